@@ -1,0 +1,141 @@
+"""Every exception mediaq raises, under one base class.
+
+Tree::
+
+    MediaqError
+    ├── ConfigError              a setting or argument is wrong (fix the call or the MEDIAQ_* variable)
+    ├── RedisUnavailable         Redis cannot be reached or refused us (server down, wrong password)
+    ├── ServerError              the embedded server could not be started or stopped
+    ├── WorkerStartError         a local worker died while starting (carries its last log lines)
+    ├── UnknownJobError          a job name that no worker registers
+    ├── EnqueueError             a bulk enqueue stopped part way (says which chunks were written)
+    ├── JobError                 a job failed; raised on the client with the worker's type, message, traceback
+    └── JobFailure               raised *inside* jobs; the worker turns it into a result
+        ├── PermanentJobError    bad input: fails at once, never retried
+        └── TransientJobError    a passing problem: retried with the seed backoff (5 s x try)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ConfigError",
+    "EnqueueError",
+    "JobError",
+    "JobFailure",
+    "MediaqError",
+    "PermanentJobError",
+    "RedisUnavailable",
+    "ServerError",
+    "TransientJobError",
+    "UnknownJobError",
+    "WorkerStartError",
+]
+
+
+class MediaqError(Exception):
+    """Base class of every mediaq error."""
+
+
+class ConfigError(MediaqError, ValueError):
+    """A setting or an argument is invalid; the message says which and what is allowed."""
+
+
+class RedisUnavailable(MediaqError, ConnectionError):
+    """Redis could not be reached, or refused the connection (for example a wrong password)."""
+
+
+class ServerError(MediaqError):
+    """The embedded Redis server could not be started or stopped."""
+
+
+class WorkerStartError(MediaqError):
+    """A local worker exited while starting. ``log_tail`` holds its last log lines."""
+
+    def __init__(self, message: str, log_tail: str = "") -> None:
+        super().__init__(f"{message}\n--- last worker log lines ---\n{log_tail}" if log_tail else message)
+        self.log_tail = log_tail
+
+
+class UnknownJobError(MediaqError, KeyError):
+    """A job function name that is not registered (built in, or from ``MEDIAQ_JOB_MODULES``)."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class EnqueueError(MediaqError):
+    """A bulk enqueue stopped part way. Chunks are atomic: each one was written whole or not at all.
+
+    ``written`` is the number of items in chunks that were written, ``chunks_written`` how many chunks;
+    rerunning the same call with deterministic ids completes the batch without duplicates.
+    """
+
+    def __init__(self, message: str, *, written: int, chunks_written: int, batch: str | None = None) -> None:
+        super().__init__(message)
+        self.written = written
+        self.chunks_written = chunks_written
+        self.batch = batch
+
+
+class JobError(MediaqError):
+    """A job failed in a worker. Carries what the worker saw, whatever the exception's class was.
+
+    Attributes: ``type`` (qualified exception class name), ``message``, ``traceback`` (text),
+    ``code`` (a short machine-readable code for structured job errors, else ``None``),
+    ``details`` (a dict of extra plain data).
+    """
+
+    def __init__(
+        self,
+        type: str,
+        message: str,
+        traceback: str = "",
+        code: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(f"{type}: {message}" if message else type)
+        self.type = type
+        self.message = message
+        self.traceback = traceback
+        self.code = code
+        self.details = details or {}
+
+    def __reduce__(self) -> Any:
+        return (JobError, (self.type, self.message, self.traceback, self.code, self.details))
+
+    def __repr__(self) -> str:
+        code = f", code={self.code!r}" if self.code else ""
+        return f"JobError(type={self.type!r}, message={self.message!r}{code})"
+
+
+class JobFailure(MediaqError):
+    """Base for the errors job functions raise. ``code`` is short and stable (``"missing_file"``)."""
+
+    retry: bool = False
+
+    def __init__(self, code: str, message: str, **details: Any) -> None:
+        super().__init__(f"[{code}] {message}")
+        self.code = code
+        self.message = message
+        self.details = details
+
+    def __reduce__(self) -> Any:
+        return (_rebuild_failure, (type(self), self.code, self.message, self.details))
+
+
+def _rebuild_failure(cls: type[JobFailure], code: str, message: str, details: dict[str, Any]) -> JobFailure:
+    return cls(code, message, **details)
+
+
+class PermanentJobError(JobFailure):
+    """Bad input (missing, corrupt, unsupported or oversized file; bad argument): fail now, no retry."""
+
+    retry = False
+
+
+class TransientJobError(JobFailure):
+    """A passing problem (server unreachable, database locked): retried up to ``max_tries``."""
+
+    retry = True

@@ -1,0 +1,110 @@
+"""The ``@job`` decorator and the helpers every job function shares.
+
+A job function is ``async def name(ctx, *args, **kwargs) -> plain data``. ``@job`` records its
+timeout and tries and turns :class:`~mediaq.errors.JobFailure` into arq's behaviour:
+
+* :class:`~mediaq.errors.PermanentJobError`: the job fails at once and is not retried;
+* :class:`~mediaq.errors.TransientJobError`: ``arq.Retry(defer=retry_backoff * job_try)``
+  (5, 10 s with the seed settings) until the last try, which fails with the real error
+  (not arq's opaque "max retries exceeded").
+
+>>> from mediaq import job
+>>> @job(timeout=30)
+... async def shout(ctx, text: str) -> str:
+...     return text.upper()
+>>> shout.__mediaq_job__.name, shout.__mediaq_job__.timeout
+('shout', 30)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from mediaq.errors import JobFailure, TransientJobError
+
+__all__ = ["JobSpec", "job", "make_process_pool", "run_cpu"]
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What the worker needs to know about a job function."""
+
+    name: str
+    coroutine: Callable[..., Awaitable[Any]]
+    timeout: float | None = None  # None: the worker's job_timeout (300 s)
+    max_tries: int | None = None  # None: the worker's max_tries (3)
+    keep_result: float | None = None
+
+
+def job(
+    func: F | None = None,
+    *,
+    name: str | None = None,
+    timeout: float | None = None,
+    max_tries: int | None = None,
+    keep_result: float | None = None,
+) -> Any:
+    """Mark an ``async def f(ctx, ...)`` as a mediaq job (usable bare or with options)."""
+
+    def wrap(f: F) -> F:
+        @functools.wraps(f)
+        async def runner(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+            try:
+                return await f(ctx, *args, **kwargs)
+            except JobFailure as exc:
+                if exc.retry:
+                    _retry_or_raise(ctx, exc, max_tries)
+                raise
+
+        runner.__mediaq_job__ = JobSpec(name or f.__name__, runner, timeout, max_tries, keep_result)  # type: ignore[attr-defined]
+        return runner  # type: ignore[return-value]
+
+    return wrap(func) if func is not None else wrap
+
+
+def _retry_or_raise(ctx: dict[str, Any], exc: JobFailure, max_tries: int | None) -> None:
+    from arq.worker import Retry
+
+    settings = ctx.get("settings")
+    tries = max_tries or (settings.max_tries if settings else 3)
+    backoff = settings.retry_backoff if settings else 5.0
+    job_try = int(ctx.get("job_try", 1))
+    if job_try < tries:
+        raise Retry(defer=backoff * job_try) from exc
+
+
+def make_process_pool(processes: int) -> ProcessPoolExecutor:
+    """A pool for CPU-bound work. ``forkserver``: a forked pool can hang when the parent already
+    holds library threads (seen with pyvips), and ``spawn`` would re-import on every start."""
+    import multiprocessing
+
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    return ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context(method))
+
+
+async def run_cpu(ctx: dict[str, Any], fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run ``fn(*args, **kwargs)`` in the worker's process pool, off the event loop.
+
+    Without a pool in ``ctx`` (a job called directly, in a test or a notebook) it runs in a thread.
+    A pool broken by a killed child is replaced, and the job is retried (transient).
+    """
+    loop = asyncio.get_running_loop()
+    call = functools.partial(fn, *args, **kwargs)
+    pool = ctx.get("pool")
+    if pool is None:
+        return await asyncio.to_thread(call)
+    try:
+        return await loop.run_in_executor(pool, call)
+    except BrokenProcessPool:
+        if ctx.get("pool") is pool:
+            ctx["pool"] = make_process_pool(ctx["settings"].processes)
+            pool.shutdown(wait=False, cancel_futures=True)
+        raise TransientJobError("worker_pool_broken", "a pool process died; the job will be retried") from None

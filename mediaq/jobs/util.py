@@ -1,0 +1,26 @@
+"""Small utility jobs: a no-op and a sleep, for checking a queue end to end and for benchmarks."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from mediaq.errors import ConfigError
+from mediaq.jobs._base import job
+
+__all__ = ["noop", "sleep"]
+
+
+@job(timeout=10)
+async def noop(ctx: dict[str, Any], value: Any = None) -> Any:
+    """Return ``value`` unchanged: the cheapest possible job (queue overhead only)."""
+    return value
+
+
+@job(timeout=3600)
+async def sleep(ctx: dict[str, Any], seconds: float = 1.0) -> float:
+    """Sleep ``seconds`` then return them: a stand-in for a slow job (aborts, dashboards)."""
+    if not isinstance(seconds, (int, float)) or seconds < 0:
+        raise ConfigError(f"sleep(seconds={seconds!r}): seconds must be a number >= 0")
+    await asyncio.sleep(seconds)
+    return float(seconds)
