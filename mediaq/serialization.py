@@ -97,8 +97,18 @@ def _ext_hook(code: int, data: bytes) -> Any:
 
 
 def msgpack_dumps(obj: Any) -> bytes:
-    """Serialize a job or result record with msgpack (datetimes as timestamps, exceptions as maps)."""
+    """Serialize a job or result record with msgpack (datetimes as timestamps, exceptions as maps).
+
+    In a result record the success flag ``s`` is written first, so its 4th byte tells success
+    (``0xc3``) from failure (``0xc2``): batch status reads 4 bytes per result, not the whole record.
+    """
+    if isinstance(obj, dict) and "s" in obj and "r" in obj:
+        obj = {"s": obj["s"], **{k: v for k, v in obj.items() if k != "s"}}
     return msgpack.packb(obj, default=_default, use_bin_type=True, datetime=True)
+
+
+#: First bytes of a msgpack result record (fixmap header, then key "s" = a1 73, then true/false).
+RESULT_OK_BYTE, RESULT_FAILED_BYTE = 0xC3, 0xC2
 
 
 def msgpack_loads(data: bytes) -> Any:

@@ -1,0 +1,230 @@
+"""A named set of jobs, stored in Redis so a restarted kernel can reattach: ``client.batch(name)``.
+
+Keys: ``mediaq:batch:<name>`` (hash: function, created), ``mediaq:batch:<name>:ids`` (list of every
+job id, in enqueue order), ``mediaq:batch:<name>:retries`` (hash: original id -> retry id), and the
+sorted set ``mediaq:batches``. A retried job is replaced by its retry in counts and results
+(``results(all_attempts=True)`` shows both, linked by ``retry_of``).
+
+>>> batch = client.batch("thumbs-2026-11-30")        # doctest: +SKIP
+>>> await batch.status()                             # doctest: +SKIP
+{'queued': 10, 'deferred': 0, 'in_progress': 10, 'complete': 980, 'failed': 0, 'not_found': 0}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from typing import TYPE_CHECKING
+
+import pandas as pd
+from arq.constants import abort_jobs_ss
+
+from mediaq.bulk import STATES, status_codes
+from mediaq.frames import fetch_records, records_frame
+
+if TYPE_CHECKING:
+    from mediaq.client import Client
+
+__all__ = ["Batch", "batch_key", "new_batch_name"]
+
+_FINAL = ("complete", "failed")
+
+
+def batch_key(name: str) -> str:
+    return f"mediaq:batch:{name}"
+
+
+def new_batch_name(function: str) -> str:
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return f"{function}-{stamp}-{time.time_ns() % 1_000_000:06d}"
+
+
+class Batch:
+    """Jobs enqueued together. ``len(batch)``, ``batch.ids``, ``await batch.status()``, ``wait()``,
+    ``results()``, ``failed()``, ``retry_failed()``, ``abort()``."""
+
+    def __init__(self, client: Client, name: str) -> None:
+        self.client = client
+        self.name = name
+        self.skipped: list[str] = []  # ids skipped at the last enqueue because they already existed
+        self._ids: list[str] | None = None
+        self._retries: dict[str, str] = {}
+        self._final: dict[str, str] = {}  # id -> complete/failed: results never change, cache them
+        self.function: str | None = None
+
+    @property
+    def key(self) -> str:
+        return batch_key(self.name)
+
+    @property
+    def ids_key(self) -> str:
+        return self.key + ":ids"
+
+    def __repr__(self) -> str:
+        n = len(self._ids) if self._ids is not None else "?"
+        return f"<Batch {self.name!r} {self.function or ''} jobs={n}>"
+
+    def __len__(self) -> int:
+        if self._ids is None:
+            raise RuntimeError("the batch's ids are not loaded yet: `await batch.load()` first "
+                               "(enqueue_many and every other method load them)")
+        return len(self.active_ids)
+
+    async def _register(self, function: str) -> None:
+        redis = self.client.redis
+        self.function = function
+        await redis.hsetnx(self.key, "function", function)
+        await redis.hsetnx(self.key, "created", str(time.time()))
+        await redis.zadd("mediaq:batches", {self.name: time.time()}, nx=True)
+
+    async def load(self) -> Batch:
+        """Read the batch's ids and retry links from Redis."""
+        redis = self.client.redis
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.lrange(self.ids_key, 0, -1)
+            pipe.hgetall(self.key + ":retries")
+            pipe.hget(self.key, "function")
+            raw_ids, retries, function = await pipe.execute()
+        if not raw_ids and function is None:
+            from mediaq.errors import ConfigError
+
+            raise ConfigError(f"no batch named {self.name!r} in Redis; `await client.batches()` lists them")
+        self._ids = list(dict.fromkeys(i.decode() for i in raw_ids))
+        self._retries = {k.decode(): v.decode() for k, v in retries.items()}
+        self.function = function.decode() if function else None
+        return self
+
+    async def _ensure(self) -> None:
+        if self._ids is None:
+            await self.load()
+
+    @property
+    def ids(self) -> list[str]:
+        """Every job id in the batch (latest attempt of each item)."""
+        return self.active_ids
+
+    @property
+    def active_ids(self) -> list[str]:
+        if self._ids is None:
+            return []
+        return [i for i in self._ids if i not in self._retries]
+
+    # -- state ------------------------------------------------------------------------------
+    async def job_states(self) -> dict[str, str]:
+        """State of each job: queued, deferred, in_progress, complete, failed or not_found."""
+        await self.load()  # other processes may have added jobs or retries
+        ids = self.active_ids
+        todo = [i for i in ids if i not in self._final]
+        codes = await status_codes(self.client.redis, self.client.settings.queue_name, todo,
+                                   int(time.time() * 1000))
+        unknown = [i for i, c in zip(todo, codes, strict=True) if c >= len(STATES)]
+        states = {i: STATES[c] for i, c in zip(todo, codes, strict=True) if c < len(STATES)}
+        if unknown:  # pickle mode: read the success flag in Python
+            for job_id, result, _ in await fetch_records(self.client.redis, unknown, self.client.loads):
+                states[job_id] = "complete" if result and result.get("s") else "failed"
+        for job_id, state in states.items():
+            if state in _FINAL:
+                self._final[job_id] = state
+        return {i: self._final.get(i) or states[i] for i in ids}
+
+    async def status(self) -> dict[str, int]:
+        """Counts by state, in a few round trips per thousand jobs (finished jobs are cached)."""
+        counts = dict.fromkeys(STATES[1:] + STATES[:1], 0)
+        for state in (await self.job_states()).values():
+            counts[state] += 1
+        return counts
+
+    async def wait(self, *, progress: bool = True, timeout: float | None = None,
+                   poll_interval: float = 0.5) -> dict[str, int]:
+        """Wait until every job is complete or failed; returns the counts.
+
+        ``progress`` shows a ``tqdm.auto`` bar (a widget in Jupyter, text in a terminal). Interrupting
+        (Ctrl-C, the kernel's stop button) stops waiting only: the batch keeps running in Redis.
+        A job that vanished (``not_found``: expired, or its result expired) counts as done.
+        """
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=None, desc=self.name, unit="job")
+        start = time.monotonic()
+        try:
+            while True:
+                counts = await self.status()
+                done = counts["complete"] + counts["failed"] + counts["not_found"]
+                total = sum(counts.values())
+                if bar is not None:
+                    bar.total = total
+                    bar.n = done
+                    bar.set_postfix(failed=counts["failed"], running=counts["in_progress"], refresh=False)
+                    bar.refresh()
+                if done >= total:
+                    return counts
+                if timeout is not None and time.monotonic() - start > timeout:
+                    raise TimeoutError(f"batch {self.name!r} not finished after {timeout} s: {counts}. "
+                                       "It keeps running; wait again, or check workers with `mediaq doctor`.")
+                await asyncio.sleep(poll_interval)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    # -- results ----------------------------------------------------------------------------
+    async def results(self, *, all_attempts: bool = False) -> pd.DataFrame:
+        """One row per job (see :mod:`mediaq.frames`); pending jobs have their state and no timings."""
+        states = await self.job_states()
+        ids = list(self._ids or []) if all_attempts else list(states)
+        records = await fetch_records(self.client.redis, ids, self.client.loads)
+        origin = {new: old for old, new in self._retries.items()}
+        extra = {i: {"retry_of": origin.get(i)} for i in ids}
+        df = records_frame(records, statuses=states, batch=self.name, extra=extra,
+                           signatures=self.client.signatures())
+        df["retry_of"] = df["retry_of"].astype("string")
+        return df
+
+    async def failed(self) -> pd.DataFrame:
+        """The failed jobs' rows (error type, code, message, traceback)."""
+        df = await self.results()
+        return df[df["status"] == "failed"].reset_index(drop=True)
+
+    async def retry_failed(self) -> list[str]:
+        """Enqueue every failed job again under a new id (``<id>~r<n>``), linked to the original.
+
+        Returns the new ids; the batch now counts the retries instead of the failures.
+        """
+        states = await self.job_states()
+        failed = [i for i, s in states.items() if s == "failed"]
+        records = await fetch_records(self.client.redis, failed, self.client.loads)
+        new_ids = []
+        for job_id, result, _ in records:
+            if not result:
+                continue
+            base, _, n = job_id.partition("~r")
+            new_id = f"{base}~r{int(n or 0) + 1}"
+            # None means a retry with that id exists already (a rerun): link it all the same
+            await self.client.enqueue_job(result["f"], *(result.get("a") or []), _job_id=new_id,
+                                          **(result.get("k") or {}))
+            async with self.client.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(self.key + ":retries", job_id, new_id)
+                pipe.rpush(self.ids_key, new_id)
+                await pipe.execute()
+            new_ids.append(new_id)
+        await self.load()
+        return new_ids
+
+    async def abort(self) -> int:
+        """Abort every job not finished yet (queued ones never start; running ones are cancelled).
+        Returns how many were asked to abort."""
+        states = await self.job_states()
+        pending = [i for i, s in states.items() if s in ("queued", "deferred", "in_progress")]
+        if pending:
+            now = int(time.time() * 1000)
+            for start in range(0, len(pending), 5000):
+                await self.client.redis.zadd(abort_jobs_ss, {i: now for i in pending[start:start + 5000]})
+        return len(pending)
+
+    async def delete(self) -> None:
+        """Forget the batch (its jobs and results stay until they expire)."""
+        await self.client.redis.delete(self.key, self.ids_key, self.key + ":retries")
+        await self.client.redis.zrem("mediaq:batches", self.name)
+

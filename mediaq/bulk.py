@@ -1,0 +1,104 @@
+"""Bulk writes and reads of arq's keys, in server-side scripts.
+
+Enqueue: one Lua script call per chunk writes jobs exactly as ``ArqRedis.enqueue_job`` does
+(``PSETEX arq:job:<id>`` + ``ZADD <queue>``) and keeps arq's rule that an id existing as a job or a
+result is not overwritten. A script runs atomically, so a chunk is written whole or not at all.
+
+Status: one script call per chunk classifies each id as arq does (result, in progress, queued,
+deferred, not found); success is told apart from failure by reading 4 bytes of the result
+(see :data:`mediaq.serialization.RESULT_OK_BYTE`).
+
+The scripts build key names from ids, so they need a single (non-cluster) Redis, like arq itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
+
+__all__ = ["STATES", "enqueue_chunk", "status_codes"]
+
+#: Job states, in the order of the status script's codes.
+STATES = ("not_found", "queued", "deferred", "in_progress", "complete", "failed")
+_RESULT_UNKNOWN = 6  # a result whose success flag must be read in Python (pickle mode)
+
+ENQUEUE_LUA = f"""
+local queue, idlist = ARGV[1], ARGV[2]
+local skipped, ids = {{}}, {{}}
+for i = 3, #ARGV, 4 do
+  local id = ARGV[i]
+  if redis.call('EXISTS', '{job_key_prefix}' .. id, '{result_key_prefix}' .. id) > 0 then
+    skipped[#skipped + 1] = id
+  else
+    redis.call('PSETEX', '{job_key_prefix}' .. id, ARGV[i + 2], ARGV[i + 3])
+    redis.call('ZADD', queue, ARGV[i + 1], id)
+  end
+  ids[#ids + 1] = id
+  if idlist ~= '' and #ids == 1000 then
+    redis.call('RPUSH', idlist, unpack(ids))
+    ids = {{}}
+  end
+end
+if idlist ~= '' and #ids > 0 then redis.call('RPUSH', idlist, unpack(ids)) end
+return skipped
+"""
+
+STATUS_LUA = f"""
+local queue, now = ARGV[1], tonumber(ARGV[2])
+local out = {{}}
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local head = redis.call('GETRANGE', '{result_key_prefix}' .. id, 0, 3)
+  local code = 0
+  if head ~= '' then
+    local b = string.byte(head, 4)
+    if string.sub(head, 2, 3) == 'as' and b == 195 then code = 4
+    elseif string.sub(head, 2, 3) == 'as' and b == 194 then code = 5
+    else code = {_RESULT_UNKNOWN} end
+  elseif redis.call('EXISTS', '{in_progress_key_prefix}' .. id) == 1 then code = 3
+  else
+    local score = redis.call('ZSCORE', queue, id)
+    if score then
+      if tonumber(score) > now then code = 2 else code = 1 end
+    elseif redis.call('EXISTS', '{job_key_prefix}' .. id) == 1 then code = 1
+    end
+  end
+  out[#out + 1] = code
+end
+return out
+"""
+STATUS_LUA = STATUS_LUA.replace("'as'", "'\\161s'")  # bytes a1 73: fixstr "s"
+
+
+async def enqueue_chunk(
+    redis: Any, queue_name: str, jobs: Sequence[tuple[str, int, int, bytes]], id_list_key: str = ""
+) -> list[str]:
+    """Write ``(job_id, score_ms, expires_ms, payload)`` jobs atomically; return the ids skipped
+    because they already exist as a job or a result. ``id_list_key`` also gets every id (RPUSH)."""
+    argv: list[Any] = [queue_name, id_list_key]
+    for job_id, score, expires_ms, payload in jobs:
+        argv += [job_id, score, expires_ms, payload]
+    script = _script(redis, "enqueue", ENQUEUE_LUA)
+    skipped = await script(args=argv)
+    return [s.decode() if isinstance(s, bytes) else s for s in skipped]
+
+
+async def status_codes(redis: Any, queue_name: str, ids: Iterable[str], now_ms: int,
+                       chunk: int = 5000) -> list[int]:
+    """One state code per id (index into :data:`STATES`, or 6 for a result to read in Python)."""
+    ids = list(ids)
+    script = _script(redis, "status", STATUS_LUA)
+    out: list[int] = []
+    for start in range(0, len(ids), chunk):
+        out += await script(args=[queue_name, now_ms, *ids[start:start + chunk]])
+    return out
+
+
+def _script(redis: Any, name: str, source: str) -> Any:
+    # register_script caches by SHA and falls back to EVAL after a server restart (NOSCRIPT)
+    cache = redis.__dict__.setdefault("_mediaq_scripts", {})
+    if name not in cache:
+        cache[name] = redis.register_script(source)
+    return cache[name]

@@ -1,0 +1,343 @@
+"""The notebook client: ``client = await mediaq.connect()``.
+
+>>> import mediaq
+>>> client = await mediaq.connect()                                     # doctest: +SKIP
+>>> batch = await client.enqueue_many("create_thumbnail",               # doctest: +SKIP
+...     [{"image_id": p.stem, "source_path": str(p)} for p in paths], job_id="thumb:{image_id}")
+>>> await batch.wait(progress=True)                                     # doctest: +SKIP
+>>> df = await batch.results()                                          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import inspect
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pandas as pd
+import redis.asyncio as aioredis
+from arq.connections import ArqRedis
+from arq.constants import abort_jobs_ss, default_queue_name, result_key_prefix
+from arq.jobs import Job
+from redis.exceptions import RedisError
+
+from mediaq.batch import Batch, batch_key, new_batch_name
+from mediaq.bulk import enqueue_chunk
+from mediaq.errors import ConfigError, EnqueueError, JobError, RedisUnavailable
+from mediaq.frames import fetch_records, records_frame
+from mediaq.registry import load_jobs
+from mediaq.serialization import get_serializer
+from mediaq.server import resolve_redis_url, with_db
+from mediaq.settings import Settings, redact_url
+
+__all__ = ["Client", "connect"]
+
+DAY_MS = 86_400_000
+
+
+class Client:
+    """A connection to mediaq's queue (Redis db ``queue_db``) and cache (db ``cache_db``).
+
+    Build it with :func:`connect`. Use as ``async with`` or call :meth:`close`.
+    """
+
+    def __init__(self, settings: Settings, url: str, redis: ArqRedis, cache: aioredis.Redis) -> None:
+        self.settings = settings
+        self.url = url
+        self.redis = redis
+        self.cache = cache
+        self.dumps, self.loads = get_serializer(settings.serializer)
+        self._jobs: dict[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        return (f"<mediaq.Client {redact_url(with_db(self.url, self.settings.queue_db))} "
+                f"queue={self.settings.queue_name!r} serializer={self.settings.serializer}>")
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+        await self.cache.aclose()
+
+    aclose = close
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- registry ---------------------------------------------------------------------------
+    @property
+    def jobs(self) -> dict[str, Any]:
+        """Registered job functions by name (built in plus ``MEDIAQ_JOB_MODULES``)."""
+        if self._jobs is None:
+            self._jobs = load_jobs(self.settings)
+        return self._jobs
+
+    def _check_function(self, function: str) -> None:
+        from mediaq.registry import check_job_name
+
+        if function not in self.jobs:
+            check_job_name(function, self.settings)  # raises UnknownJobError with suggestions
+
+    def signatures(self) -> dict[str, inspect.Signature]:
+        return {name: inspect.signature(spec.coroutine) for name, spec in self.jobs.items()}
+
+    # -- single jobs ------------------------------------------------------------------------
+    async def enqueue_job(
+        self,
+        function: str,
+        *args: Any,
+        _job_id: str | None = None,
+        _defer_by: float | dt.timedelta | None = None,
+        _defer_until: dt.datetime | None = None,
+        _expires: float | dt.timedelta | None = None,
+        **kwargs: Any,
+    ) -> str | None:
+        """Enqueue one job by name; returns its id, or ``None`` if that id already exists (arq's rule).
+
+        Keeps the seed helper's signature: ``await client.enqueue_job("create_thumbnail", 42, path)``.
+        """
+        self._check_function(function)
+        try:
+            job = await self.redis.enqueue_job(function, *args, _job_id=_job_id, _defer_by=_defer_by,
+                                               _defer_until=_defer_until, _expires=_expires, **kwargs)
+        except (RedisError, OSError) as exc:
+            raise RedisUnavailable(f"could not enqueue {function!r}: {exc}") from exc
+        return job.job_id if job else None
+
+    def job(self, job_id: str) -> Job:
+        """arq's own :class:`arq.jobs.Job` for ``job_id`` (``.status()``, ``.info()``, ``.result()``)."""
+        return Job(job_id, self.redis, _queue_name=self.settings.queue_name, _deserializer=self.loads)
+
+    async def result(self, job_id: str, timeout: float | None = 60.0, poll_delay: float = 0.1) -> Any:
+        """Wait for job ``job_id`` and return its result; a failed job raises :class:`JobError`."""
+        try:
+            return await self.job(job_id).result(timeout=timeout, poll_delay=poll_delay)
+        except JobError:
+            raise
+        except asyncio.CancelledError as exc:  # aborted job in pickle mode
+            raise JobError("asyncio.CancelledError", "job aborted") from exc
+        except TimeoutError:
+            raise TimeoutError(f"job {job_id!r} gave no result within {timeout} s; is a worker running? "
+                               "(`mediaq doctor` checks)") from None
+
+    async def abort_job(self, job_id: str) -> None:
+        """Ask workers to abort ``job_id`` (queued: never started; running: cancelled)."""
+        await self.redis.zadd(abort_jobs_ss, {job_id: int(time.time() * 1000)})
+
+    # -- bulk -------------------------------------------------------------------------------
+    async def enqueue_many(
+        self,
+        function: str,
+        items: Iterable[Any],
+        *,
+        job_id: str | Callable[[Any], str] | None = None,
+        batch: str | None = None,
+        defer_by: float | dt.timedelta | None = None,
+        defer_until: dt.datetime | None = None,
+        expires: float | dt.timedelta | None = None,
+        chunk_size: int = 1000,
+        progress: bool = False,
+    ) -> Batch:
+        """Enqueue one job per item, in atomic chunks, and return the :class:`~mediaq.batch.Batch`.
+
+        ``items``: dicts (keyword arguments), tuples (positional arguments) or single values (one
+        positional argument). ``job_id``: ``None`` (random ids), a template formatted with each
+        item (``"thumb:{image_id}"``; positional items as ``{0}``), or a function of the item.
+        Ids that exist as a job or a result are skipped, not overwritten (``batch.skipped``), so a
+        rerun with deterministic ids does not duplicate work. ``batch`` names the batch (default: a
+        new name); the same name again adds to that batch.
+        """
+        self._check_function(function)
+        if chunk_size < 1:
+            raise ConfigError(f"chunk_size={chunk_size!r} must be >= 1")
+        if defer_by is not None and defer_until is not None:
+            raise ConfigError("use either defer_by or defer_until, not both")
+        name = batch or new_batch_name(function)
+        b = Batch(self, name)
+        await b._register(function)
+        id_for = _job_id_maker(job_id)
+        defer_ms = _to_ms(defer_by) or 0
+        expires_ms = _to_ms(expires)
+        queue = self.settings.queue_name
+        written = chunks = 0
+        seen: set[str] = set()
+        skipped: list[str] = []
+        bar = _bar(progress, "enqueue")
+        chunk: list[tuple[str, int, int, bytes]] = []
+
+        async def flush() -> None:
+            nonlocal written, chunks
+            try:
+                skipped.extend(await enqueue_chunk(self.redis, queue, chunk, b.ids_key))
+            except (RedisError, OSError) as exc:
+                raise EnqueueError(
+                    f"Redis failed after {chunks} chunk(s) ({written} jobs) of batch {name!r} were written; "
+                    f"the failed chunk of {len(chunk)} was not written at all ({exc}). Rerun the same call "
+                    "with deterministic job ids to complete the batch without duplicates.",
+                    written=written, chunks_written=chunks, batch=name) from exc
+            written += len(chunk)
+            chunks += 1
+            if bar is not None:
+                bar.update(len(chunk))
+            chunk.clear()
+
+        for index, item in enumerate(items):
+            args, kwargs = _split_item(item)
+            jid = id_for(item, args, kwargs, index)
+            if jid in seen:
+                skipped.append(jid)
+                continue
+            seen.add(jid)
+            now = int(time.time() * 1000)
+            score = _to_unix_ms(defer_until) if defer_until is not None else now + defer_ms
+            job_expires = expires_ms or (score - now + DAY_MS)
+            payload = self.dumps({"t": None, "f": function, "a": args, "k": kwargs, "et": now})
+            chunk.append((jid, score, job_expires, payload))
+            if len(chunk) >= chunk_size:
+                await flush()
+        if chunk:
+            await flush()
+        if bar is not None:
+            bar.close()
+        b.skipped = skipped
+        b._ids = None  # reload on demand
+        return b
+
+    def batch(self, name: str) -> Batch:
+        """Reattach to a named batch stored in Redis (for example after a kernel restart)."""
+        return Batch(self, name)
+
+    async def batches(self) -> pd.DataFrame:
+        """Every batch stored in Redis: name, function, created, jobs."""
+        names = await self.redis.zrange("mediaq:batches", 0, -1)
+        rows = []
+        for raw in names:
+            name = raw.decode()
+            meta = await self.redis.hgetall(batch_key(name))
+            rows.append({"batch": name, "function": meta.get(b"function", b"").decode(),
+                         "created": pd.Timestamp(float(meta.get(b"created", 0)), unit="s", tz="UTC"),
+                         "jobs": await self.redis.llen(batch_key(name) + ":ids")})
+        return pd.DataFrame(rows, columns=["batch", "function", "created", "jobs"])
+
+    # -- whole-queue views ------------------------------------------------------------------
+    async def queue_counts(self) -> dict[str, int]:
+        """Counts for the whole queue: queued, deferred, in_progress, results (complete+failed)."""
+        now = int(time.time() * 1000)
+        queue = self.settings.queue_name
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcount(queue, "-inf", now)
+            pipe.zcount(queue, now + 1, "+inf")
+            ready, deferred = await pipe.execute()
+        return {"queued": ready, "deferred": deferred}
+
+    async def results_frame(self, chunk: int = 2000) -> pd.DataFrame:
+        """Every result in Redis as a DataFrame (SCAN, then MGET in pipelined chunks)."""
+        ids = [k.decode()[len(result_key_prefix):]
+               async for k in self.redis.scan_iter(match=result_key_prefix + "*", count=5000)]
+        records = await fetch_records(self.redis, ids, self.loads, chunk)
+        return records_frame(records, signatures=self.signatures()).sort_values("enqueue_time", ignore_index=True)
+
+    async def queue_frame(self, chunk: int = 2000) -> pd.DataFrame:
+        """What is waiting in the queue (queued and deferred), in run order."""
+        entries = await self.redis.zrange(self.settings.queue_name, 0, -1, withscores=True)
+        ids = [i.decode() for i, _ in entries]
+        now = time.time() * 1000
+        statuses = {i.decode(): ("deferred" if s > now else "queued") for i, s in entries}
+        records = [(i, None, j) for i, _r, j in await fetch_records(self.redis, ids, self.loads, chunk)]
+        df = records_frame(records, statuses=statuses, signatures=self.signatures())
+        df["run_at"] = pd.to_datetime([s for _, s in entries], unit="ms", utc=True)
+        return df
+
+
+async def connect(url: str | None = None, *, settings: Settings | None = None, **overrides: Any) -> Client:
+    """Connect to the queue: ``url``, else ``MEDIAQ_REDIS_URL``, else the embedded server (started if needed).
+
+    ``overrides`` are settings (``serializer="pickle"``, ``queue_db=3``). Fails fast with
+    :class:`~mediaq.errors.RedisUnavailable` (never hangs) when Redis cannot be reached.
+    """
+    settings = settings or Settings.load()
+    if url is not None:
+        overrides["redis_url"] = url
+    if overrides:
+        settings = settings.replace(**overrides)
+    server_url = await asyncio.to_thread(resolve_redis_url, settings)
+    dumps, loads = get_serializer(settings.serializer)
+    timeout = settings.connect_timeout
+    redis = ArqRedis(_pool(with_db(server_url, settings.queue_db), timeout), job_serializer=dumps,
+                     job_deserializer=loads, default_queue_name=settings.queue_name or default_queue_name)
+    cache = aioredis.Redis(connection_pool=_pool(with_db(server_url, settings.cache_db, keep_explicit=False), timeout))
+    try:
+        await redis.ping()
+    except Exception as exc:
+        await redis.aclose()
+        await cache.aclose()
+        raise RedisUnavailable(f"cannot use Redis at {redact_url(server_url)}: {exc}. Check MEDIAQ_REDIS_URL, "
+                               "or run `mediaq doctor`.") from None
+    return Client(settings, server_url, redis, cache)
+
+
+def _pool(url: str, timeout: float) -> aioredis.ConnectionPool:
+    """A pool with timeouts (nothing hangs) that reconnects across a short outage, such as a
+    restart of the embedded server, instead of failing the call."""
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    return aioredis.ConnectionPool.from_url(
+        url, socket_connect_timeout=timeout, socket_timeout=max(30.0, timeout), health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=8),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )
+
+
+def _split_item(item: Any) -> tuple[list[Any], dict[str, Any]]:
+    if isinstance(item, dict):
+        return [], dict(item)
+    if isinstance(item, (tuple, list)):
+        return list(item), {}
+    return [item], {}
+
+
+def _job_id_maker(job_id: str | Callable[[Any], str] | None) -> Callable[[Any, list[Any], dict[str, Any], int], str]:
+    if job_id is None:
+        return lambda item, args, kwargs, index: uuid.uuid4().hex
+    if callable(job_id):
+        return lambda item, args, kwargs, index: str(job_id(item))
+    if isinstance(job_id, str):
+        def fmt(item: Any, args: list[Any], kwargs: dict[str, Any], index: int) -> str:
+            try:
+                return job_id.format(*args, index=index, **kwargs)
+            except (KeyError, IndexError) as exc:
+                raise ConfigError(f"job_id template {job_id!r} needs {exc} but item {item!r} has no such "
+                                  "field") from None
+        return fmt
+    raise ConfigError(f"job_id must be None, a template string or a function, not {type(job_id).__name__}")
+
+
+def _to_ms(value: float | dt.timedelta | None) -> int | None:
+    if value is None:
+        return None
+    seconds = value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
+    if seconds < 0:
+        raise ConfigError(f"a duration must be >= 0, got {value!r}")
+    return round(seconds * 1000)
+
+
+def _to_unix_ms(when: dt.datetime) -> int:
+    if when.tzinfo is None:
+        when = when.astimezone()
+    return int(when.timestamp() * 1000)
+
+
+def _bar(progress: bool, desc: str) -> Any:
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(desc=desc, unit="job")

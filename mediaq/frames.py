@@ -1,0 +1,134 @@
+"""arq job and result records as pandas DataFrames, fetched in pipelined chunks.
+
+One row per job: ``job_id, function, batch, <arguments by name>, status, success, tries,
+enqueue_time, start_time, finish_time`` (datetime64, UTC), ``queue_seconds, run_seconds``, the
+result's fields as columns (a dict result is flattened; a name that clashes with a column above gets
+a ``result_`` prefix; a scalar result is the ``result`` column), then ``error_type, error_code,
+error_message, traceback``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import pandas as pd
+from arq.constants import job_key_prefix, result_key_prefix
+
+from mediaq.errors import JobError
+
+__all__ = ["BASE_COLUMNS", "fetch_records", "records_frame"]
+
+BASE_COLUMNS = ["job_id", "function", "batch", "status", "success", "tries", "enqueue_time", "start_time",
+                "finish_time", "queue_seconds", "run_seconds"]
+ERROR_COLUMNS = ["error_type", "error_code", "error_message", "traceback"]
+_TIME_COLUMNS = ("enqueue_time", "start_time", "finish_time")
+
+
+async def fetch_records(redis: Any, ids: Sequence[str], loads: Callable[[bytes], Any],
+                        chunk: int = 2000) -> list[tuple[str, dict[str, Any] | None, dict[str, Any] | None]]:
+    """``(job_id, result_record, job_record)`` per id; the job record only where there is no result."""
+    out = []
+    for start in range(0, len(ids), chunk):
+        part = ids[start:start + chunk]
+        raw_results = await redis.mget([result_key_prefix + i for i in part])
+        missing = [i for i, r in zip(part, raw_results, strict=True) if r is None]
+        raw_jobs = {}
+        if missing:
+            raw_jobs = dict(zip(missing, await redis.mget([job_key_prefix + i for i in missing]), strict=True))
+        for job_id, raw in zip(part, raw_results, strict=True):
+            result = _safe_loads(loads, raw)
+            job = _safe_loads(loads, raw_jobs.get(job_id)) if raw is None else None
+            out.append((job_id, result, job))
+    return out
+
+
+def _safe_loads(loads: Callable[[bytes], Any], raw: bytes | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    try:
+        value = loads(raw)
+    except Exception as exc:  # a malformed or foreign record: show it, don't fail the frame
+        return {"s": False, "r": JobError("mediaq.UnreadableRecord", f"cannot decode the record: {exc}")}
+    return value if isinstance(value, dict) else {"s": False, "r": JobError("mediaq.UnreadableRecord",
+                                                                           "record is not a map")}
+
+
+def _arg_names(function: str, n_args: int, signatures: dict[str, inspect.Signature]) -> list[str]:
+    sig = signatures.get(function)
+    if sig is not None:
+        params = [p.name for p in list(sig.parameters.values())[1:]  # skip ctx
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        if len(params) >= n_args:
+            return params[:n_args]
+    return [f"arg{i}" for i in range(n_args)]
+
+
+def _ms(value: Any) -> Any:
+    if value is None or value == "":
+        return None
+    if isinstance(value, (int, float)):
+        return pd.Timestamp(int(value), unit="ms", tz="UTC")
+    return pd.Timestamp(value).tz_convert("UTC") if getattr(value, "tzinfo", None) else pd.Timestamp(value, tz="UTC")
+
+
+def records_frame(
+    records: Iterable[tuple[str, dict[str, Any] | None, dict[str, Any] | None]],
+    *,
+    statuses: dict[str, str] | None = None,
+    batch: str | None = None,
+    extra: dict[str, dict[str, Any]] | None = None,
+    signatures: dict[str, inspect.Signature] | None = None,
+) -> pd.DataFrame:
+    """Build the jobs DataFrame from ``fetch_records`` output. ``extra`` adds columns per job id."""
+    signatures = signatures or {}
+    rows = []
+    arg_cols: dict[str, None] = {}  # ordered sets
+    result_cols: dict[str, None] = {}
+    for job_id, result, job in records:
+        rec = result or job or {}
+        function = rec.get("f")
+        args = rec.get("a") or []
+        row: dict[str, Any] = {"job_id": job_id, "function": function, "batch": batch}
+        arguments = dict(zip(_arg_names(function or "", len(args), signatures), args, strict=True))
+        arguments.update(rec.get("k") or {})
+        arg_cols.update(dict.fromkeys(arguments))
+        row.update(arguments)
+        row["enqueue_time"] = rec.get("et")
+        if result is not None:
+            success = bool(result.get("s"))
+            row.update(status="complete" if success else "failed", success=success, tries=result.get("t"),
+                       start_time=result.get("st"), finish_time=result.get("ft"))
+            value = result.get("r")
+            if success:
+                fields = value if isinstance(value, dict) else {"result": value}
+                for key, v in fields.items():
+                    col = f"result_{key}" if key in arguments or key in BASE_COLUMNS else key
+                    result_cols[col] = None
+                    row[col] = v
+            else:
+                err = value if isinstance(value, JobError) else JobError(type(value).__name__, str(value))
+                row.update(error_type=err.type, error_code=err.code, error_message=err.message,
+                           traceback=err.traceback)
+        else:
+            row["status"] = (statuses or {}).get(job_id, "queued" if job else "not_found")
+            row["tries"] = job.get("t") if job else None
+        for key, v in (extra or {}).get(job_id, {}).items():
+            result_cols.setdefault(key, None)
+            row[key] = v
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    for col in BASE_COLUMNS + ERROR_COLUMNS:
+        if col not in df.columns:
+            df[col] = None
+    for col in _TIME_COLUMNS:
+        df[col] = pd.to_datetime(df[col].map(_ms), utc=True).astype("datetime64[ns, UTC]")
+    df["queue_seconds"] = (df["start_time"] - df["enqueue_time"]).dt.total_seconds()
+    df["run_seconds"] = (df["finish_time"] - df["start_time"]).dt.total_seconds()
+    df["success"] = df["success"].astype("boolean")
+    df["tries"] = pd.to_numeric(df["tries"], errors="coerce").astype("Int64")
+    for col in ("job_id", "status", "function", "batch", *ERROR_COLUMNS):
+        df[col] = df[col].astype("string")
+    order = BASE_COLUMNS[:3] + list(arg_cols) + BASE_COLUMNS[3:] + list(result_cols) + ERROR_COLUMNS
+    return df[list(dict.fromkeys(order))]

@@ -1,0 +1,144 @@
+"""arq worker settings for mediaq: ``arq mediaq.worker.WorkerSettings``.
+
+Run it on as many machines as you like against one Redis (set ``MEDIAQ_REDIS_URL`` there), or start
+one from a notebook with :func:`mediaq.start_worker`. ``WorkerSettings`` is built when first looked
+up (not at import), from ``MEDIAQ_*`` variables and the seed defaults: 3 tries, 300 s timeout (less
+for short jobs, see each ``@job``), backoff 5 s x try, 10 jobs at once, queue on Redis db 1.
+
+CPU-bound work runs in a process pool sized to the cores (``forkserver``), so one worker keeps every
+core busy while its event loop still answers health checks and aborts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from mediaq.settings import Settings
+
+__all__ = ["WorkerSettings", "build_worker_settings"]  # noqa: F822 - built on lookup
+
+logger = logging.getLogger("mediaq.worker")
+READY_FILE_ENV = "MEDIAQ_WORKER_READY_FILE"
+
+
+def redis_settings_for(settings: Settings, url: str) -> Any:
+    """arq ``RedisSettings`` for the queue db, with timeouts so nothing hangs and retries on blips."""
+    from arq.connections import RedisSettings
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    from mediaq.server import with_db
+
+    rs = RedisSettings.from_dsn(with_db(url, settings.queue_db))
+    rs.conn_timeout = int(max(1, settings.connect_timeout))
+    rs.conn_retries = 5
+    rs.conn_retry_delay = 1
+    rs.retry_on_timeout = True
+    rs.retry_on_error = [RedisConnectionError, RedisTimeoutError, ConnectionResetError]
+    return rs
+
+
+async def _startup(ctx: dict[str, Any]) -> None:
+    import redis.asyncio as aioredis
+
+    from mediaq.jobs._base import make_process_pool
+    from mediaq.server import with_db
+
+    settings: Settings = ctx["mediaq_settings"]
+    ctx["settings"] = settings
+    ctx["pool"] = make_process_pool(settings.processes)
+    ctx["cache"] = aioredis.Redis.from_url(
+        with_db(ctx["mediaq_url"], settings.cache_db, keep_explicit=False),
+        socket_connect_timeout=settings.connect_timeout, socket_timeout=30,
+    )
+    if settings.redis_url is None:  # embedded: bring the server back if it dies under us
+        ctx["watchdog"] = asyncio.create_task(_watch_embedded(settings))
+    ready = os.environ.get(READY_FILE_ENV)
+    if ready:
+        Path(ready).write_text(str(os.getpid()))
+    logger.info("mediaq worker ready: %d processes, max_jobs=%d", settings.processes, settings.max_jobs)
+
+
+async def _shutdown(ctx: dict[str, Any]) -> None:
+    task = ctx.pop("watchdog", None)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    pool = ctx.pop("pool", None)
+    if pool is not None:
+        pool.shutdown(wait=True, cancel_futures=True)
+    cache = ctx.pop("cache", None)
+    if cache is not None:
+        await cache.aclose()
+    for value in list(ctx.values()):  # per-process resources jobs cached (engines, indexes)
+        closer = getattr(value, "aclose", None) or getattr(value, "dispose", None)
+        if callable(closer) and not isinstance(value, type):
+            with contextlib.suppress(Exception):
+                result = closer()
+                if asyncio.iscoroutine(result):
+                    await result
+
+
+async def _watch_embedded(settings: Settings, interval: float = 1.0) -> None:
+    from mediaq.server import EmbeddedServer
+
+    server = EmbeddedServer(settings.state_dir, settings.redis_server)
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            status = await asyncio.to_thread(server.status)
+            if not status["running"]:
+                logger.warning("embedded Redis server is down; starting it again")
+                await asyncio.to_thread(server.ensure_running)
+        except Exception:  # never let the watchdog kill the worker
+            logger.exception("could not restart the embedded Redis server")
+
+
+def build_worker_settings(settings: Settings | None = None, **overrides: Any) -> type:
+    """A ``WorkerSettings`` class for ``settings`` (arq reads its attributes)."""
+    from arq.worker import func
+
+    from mediaq.registry import load_jobs
+    from mediaq.serialization import get_serializer
+    from mediaq.server import resolve_redis_url
+
+    settings = (settings or Settings.load()).replace(**overrides) if overrides else (settings or Settings.load())
+    url = resolve_redis_url(settings)
+    dumps, loads = get_serializer(settings.serializer)
+    functions = [
+        func(spec.coroutine, name=spec.name, timeout=spec.timeout, max_tries=spec.max_tries,
+             keep_result=spec.keep_result)
+        for spec in load_jobs(settings).values()
+    ]
+    attrs = {
+        "functions": functions,
+        "redis_settings": redis_settings_for(settings, url),
+        "queue_name": settings.queue_name,
+        "max_jobs": settings.max_jobs,
+        "job_timeout": settings.job_timeout,
+        "max_tries": settings.max_tries,
+        "keep_result": settings.keep_result,
+        "health_check_interval": settings.health_check_interval,
+        "poll_delay": settings.poll_delay,
+        "allow_abort_jobs": True,
+        "job_serializer": dumps,
+        "job_deserializer": loads,
+        "on_startup": _startup,
+        "on_shutdown": _shutdown,
+        "ctx": {"mediaq_settings": settings, "mediaq_url": url},
+    }
+    return type("WorkerSettings", (), attrs)
+
+
+def __getattr__(name: str) -> Any:
+    # ``arq mediaq.worker.WorkerSettings`` looks this up; building it lazily keeps imports free of
+    # side effects (resolving Redis may start the embedded server).
+    if name == "WorkerSettings":
+        return build_worker_settings()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,79 @@
+"""Shared fixtures: a real throwaway Valkey server per test session, settings pointing at it with
+flushed databases per test, a connected client, and real worker subprocesses.
+
+Everything runs against real parts: the server is mediaq's own embedded server (started from a
+private state folder on a free loopback port, stopped at the end), workers are
+``arq mediaq.worker.WorkerSettings`` subprocesses.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+import mediaq
+from mediaq.server import EmbeddedServer, with_db
+from mediaq.settings import Settings
+
+# A user's own MEDIAQ_* variables must not leak into the tests.
+for _key in [k for k in os.environ if k.startswith("MEDIAQ_")]:
+    del os.environ[_key]
+
+
+class TestServer:
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.embedded = EmbeddedServer(state_dir)
+        self.url = self.embedded.ensure_running()
+        self.port = int(self.url.rsplit(":", 1)[1])
+
+    def flush(self, *dbs: int) -> None:
+        for db in dbs:
+            client = redis.Redis.from_url(with_db(self.url, db, keep_explicit=False))
+            client.flushdb()
+            client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestServer]:
+    """A real Valkey server for this test session (loopback, free port, password)."""
+    server = TestServer(tmp_path_factory.mktemp("redis-state"))
+    yield server
+    server.embedded.stop()
+
+
+@pytest.fixture
+def settings(redis_server: TestServer, tmp_path: Path) -> Settings:
+    """Settings on the session server with empty queue and cache databases and tmp storage."""
+    s = Settings.load(env={}, redis_url=redis_server.url, state_dir=tmp_path / "state",
+                      storage=tmp_path / "media", worker_processes=2, poll_delay=0.05,
+                      health_check_interval=1, retry_backoff=0.2)
+    redis_server.flush(s.queue_db, s.cache_db)
+    return s
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[mediaq.Client]:
+    c = await mediaq.connect(settings=settings)
+    yield c
+    await c.close()
+
+
+@pytest.fixture
+def start_worker(settings: Settings) -> Iterator[Callable[..., mediaq.LocalWorker]]:
+    """Factory: ``start_worker(**setting_overrides)`` starts a real worker subprocess, ready to work."""
+    started: list[mediaq.LocalWorker] = []
+
+    def start(*, burst: bool = False, **overrides: Any) -> mediaq.LocalWorker:
+        worker = mediaq.LocalWorker(settings.replace(**overrides) if overrides else settings, burst=burst)
+        started.append(worker)
+        return worker.start()
+
+    yield start
+    for worker in started:
+        worker.stop(timeout=10)
