@@ -1,0 +1,138 @@
+"""Bulk enqueue and batches against the real server and a real worker."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pandas as pd
+import pytest
+from arq.jobs import Job, JobStatus
+from arq.worker import Worker, func
+
+import mediaq
+from mediaq.jobs.util import noop, sleep
+from mediaq.serialization import get_serializer
+
+
+async def test_enqueue_many_dedups_and_reruns_skip(client, start_worker):
+    items = [{"value": i} for i in range(250)] + [{"value": 3}]  # one duplicate id inside the call
+    batch = await client.enqueue_many("noop", items, job_id="n:{value}", chunk_size=100, batch="b1")
+    assert batch.skipped == ["n:3"]
+    await batch.load()
+    assert len(batch) == 250
+    assert (await batch.status())["queued"] == 250
+    start_worker()
+    counts = await batch.wait(progress=False, timeout=60)
+    assert counts["complete"] == 250 and counts["failed"] == 0
+    again = await client.enqueue_many("noop", [{"value": i} for i in range(260)], job_id="n:{value}", batch="b1")
+    assert len(again.skipped) == 250  # results exist: not run twice
+    counts = await again.wait(progress=False, timeout=60)
+    assert counts["complete"] == 260
+
+
+async def test_mixed_batch_results_frame(client, start_worker):
+    start_worker()
+    items = [{"seconds": 0}, {"seconds": 0.01}, {"seconds": -1}, {"seconds": "x"}]
+    batch = await client.enqueue_many("sleep", items, job_id="s{index}")
+    await batch.wait(progress=False, timeout=60)
+    df = await batch.results()
+    assert list(df["job_id"]) == ["s0", "s1", "s2", "s3"]
+    assert list(df["status"]) == ["complete", "complete", "failed", "failed"]
+    assert df["success"].dtype == "boolean" and df["tries"].dtype == "Int64"
+    for col in ("enqueue_time", "start_time", "finish_time"):
+        assert str(df[col].dtype) == "datetime64[ns, UTC]"
+    assert (df["run_seconds"] >= 0).all() and (df["queue_seconds"] >= 0).all()
+    assert list(df.loc[:1, "result"]) == [0.0, 0.01]
+    assert df.loc[2, "error_type"] == "mediaq.errors.ConfigError"
+    assert "seconds must be a number" in df.loc[3, "error_message"]
+    assert df.columns.get_loc("seconds") < df.columns.get_loc("status")  # arguments come first
+    failed = await batch.failed()
+    assert list(failed["job_id"]) == ["s2", "s3"]
+
+
+async def test_reattach_after_reconnect(client, settings, start_worker):
+    batch = await client.enqueue_many("noop", range(20), batch="reattach-me")
+    await client.close()
+    other = await mediaq.connect(settings=settings)
+    try:
+        again = await other.batch("reattach-me").load()
+        assert len(again) == 20 and again.function == "noop"
+        start_worker()
+        assert (await again.wait(progress=False, timeout=60))["complete"] == 20
+        assert set((await again.results())["job_id"]) == set(batch.ids or (await batch.load()).ids)
+    finally:
+        await other.close()
+
+
+async def test_unknown_batch_is_a_clear_error(client):
+    with pytest.raises(mediaq.ConfigError, match="no batch named"):
+        await client.batch("nope").load()
+
+
+async def test_retry_failed_links_to_original(client, start_worker):
+    start_worker()
+    batch = await client.enqueue_many("sleep", [{"seconds": -1}, {"seconds": 0}], job_id="r{index}")
+    await batch.wait(progress=False, timeout=30)
+    new = await batch.retry_failed()
+    assert new == ["r0~r1"]
+    await batch.wait(progress=False, timeout=30)
+    df = await batch.results()
+    assert set(df["job_id"]) == {"r0~r1", "r1"}
+    assert df.set_index("job_id").loc["r0~r1", "retry_of"] == "r0"
+    everything = await batch.results(all_attempts=True)
+    assert len(everything) == 3
+
+
+async def test_abort_queued_and_running(client, start_worker):
+    batch = await client.enqueue_many("sleep", [{"seconds": 30}] * 3 + [{"seconds": 0}] * 2, chunk_size=2)
+    start_worker(max_jobs=2)
+    for _ in range(200):
+        if (await batch.status())["in_progress"] >= 1:
+            break
+        await asyncio.sleep(0.05)
+    assert await batch.abort() >= 3
+    counts = await batch.wait(progress=False, timeout=30)
+    assert counts["failed"] >= 3
+    df = await batch.failed()
+    assert set(df["error_type"]) == {"asyncio.CancelledError"}
+
+
+async def test_defer_and_deferred_state(client):
+    batch = await client.enqueue_many("noop", [1, 2], defer_by=60)
+    assert (await batch.status())["deferred"] == 2
+
+
+async def test_sync_forms_work_inside_a_running_loop(settings, start_worker):
+    start_worker()
+    loop_running = asyncio.get_running_loop()  # this test *is* a running loop, like a kernel
+    assert loop_running.is_running()
+    client = mediaq.connect_sync(settings=settings)
+    try:
+        batch = client.enqueue_many("noop", range(5))
+        counts = batch.wait(progress=False, timeout=30)
+        assert counts["complete"] == 5
+        df = batch.results()
+        assert isinstance(df, pd.DataFrame) and sorted(df["result"]) == [0, 1, 2, 3, 4]
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("serializer", ["msgpack", "pickle"])
+async def test_stock_arq_worker_and_job_read_bulk_jobs(settings, serializer):
+    """Unmodified arq consumes mediaq's bulk-enqueued jobs, and arq's Job reads their results."""
+    settings = settings.replace(serializer=serializer)
+    client = await mediaq.connect(settings=settings)
+    try:
+        batch = await client.enqueue_many("noop", [{"value": i} for i in range(30)], job_id="a{value}")
+        dumps, loads = get_serializer(serializer)
+        worker = Worker([func(noop, name="noop"), func(sleep, name="sleep")], redis_pool=client.redis, burst=True,
+                        handle_signals=False, job_serializer=dumps, job_deserializer=loads, poll_delay=0.01,
+                        queue_name=settings.queue_name)
+        await worker.main()
+        assert worker.jobs_complete == 30
+        job = Job("a7", client.redis, _queue_name=settings.queue_name, _deserializer=loads)
+        assert await job.status() == JobStatus.complete
+        assert await job.result(timeout=5) == 7
+        assert (await batch.status())["complete"] == 30
+    finally:
+        await client.close()
