@@ -172,9 +172,13 @@ class Batch:
     # -- results ----------------------------------------------------------------------------
     async def results(self, *, all_attempts: bool = False) -> pd.DataFrame:
         """One row per job (see :mod:`mediaq.frames`); pending jobs have their state and no timings."""
-        states = await self.job_states()
-        ids = list(self._ids or []) if all_attempts else list(states)
+        await self.load()
+        ids = list(self._ids or []) if all_attempts else self.active_ids
         records = await fetch_records(self.client.redis, ids, self.client.loads)
+        pending = [job_id for job_id, result, _ in records if result is None]  # only these need a state
+        codes = await status_codes(self.client.redis, self.client.settings.queue_name, pending,
+                                   int(time.time() * 1000))
+        states = {i: STATES[c] if c < len(STATES) else "complete" for i, c in zip(pending, codes, strict=True)}
         origin = {new: old for old, new in self._retries.items()}
         extra = {i: {"retry_of": origin.get(i)} for i in ids}
         df = records_frame(records, statuses=states, batch=self.name, extra=extra,

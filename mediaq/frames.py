@@ -65,14 +65,6 @@ def _arg_names(function: str, n_args: int, signatures: dict[str, inspect.Signatu
     return [f"arg{i}" for i in range(n_args)]
 
 
-def _ms(value: Any) -> Any:
-    if value is None or value == "":
-        return None
-    if isinstance(value, (int, float)):
-        return pd.Timestamp(int(value), unit="ms", tz="UTC")
-    return pd.Timestamp(value).tz_convert("UTC") if getattr(value, "tzinfo", None) else pd.Timestamp(value, tz="UTC")
-
-
 def records_frame(
     records: Iterable[tuple[str, dict[str, Any] | None, dict[str, Any] | None]],
     *,
@@ -123,7 +115,9 @@ def records_frame(
         if col not in df.columns:
             df[col] = None
     for col in _TIME_COLUMNS:
-        df[col] = pd.to_datetime(df[col].map(_ms), utc=True).astype("datetime64[ns, UTC]")
+        # arq stores times as epoch milliseconds
+        df[col] = pd.to_datetime(pd.to_numeric(df[col], errors="coerce"), unit="ms", utc=True).astype(
+            "datetime64[ns, UTC]")
     df["queue_seconds"] = (df["start_time"] - df["enqueue_time"]).dt.total_seconds()
     df["run_seconds"] = (df["finish_time"] - df["start_time"]).dt.total_seconds()
     df["success"] = df["success"].astype("boolean")

@@ -1,0 +1,1 @@
+"""mediaq benchmarks: ``python -m benchmarks`` (see benchmarks/run.py)."""

@@ -1,0 +1,57 @@
+"""What every benchmark gets: a fresh embedded server, settings on it, a tmp folder, local workers.
+
+A benchmark module ``benchmarks/bench_<name>.py`` defines ``run(ctx: BenchContext) -> list[dict]``
+and builds its rows with :func:`row`. Ratios are oriented so that above 1 means mediaq is better.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mediaq.localworker import LocalWorker
+from mediaq.settings import Settings
+
+__all__ = ["BenchContext", "row"]
+
+
+def row(metric: str, mediaq: float, baseline: float, unit: str, *, higher_is_better: bool = True,
+        baseline_name: str = "") -> dict[str, Any]:
+    """One result row. ``ratio`` > 1 means mediaq is better, whichever way the unit points."""
+    if higher_is_better:
+        ratio = mediaq / baseline if baseline else float("inf")
+    else:
+        ratio = baseline / mediaq if mediaq else float("inf")
+    return {"metric": metric, "mediaq": mediaq, "baseline": baseline, "ratio": ratio, "unit": unit,
+            "baseline_name": baseline_name}
+
+
+@dataclass
+class BenchContext:
+    settings: Settings
+    tmp: Path
+    quick: bool = False
+
+    @contextlib.contextmanager
+    def start_worker(self, *, burst: bool = False, **overrides: Any) -> Iterator[LocalWorker]:
+        worker = LocalWorker(self.settings.replace(**overrides) if overrides else self.settings, burst=burst)
+        worker.start()
+        try:
+            yield worker
+        finally:
+            worker.stop()
+
+    def flush(self) -> None:
+        """Empty the queue and cache databases between measurements."""
+        import redis
+
+        from mediaq.server import resolve_redis_url, with_db
+
+        url = resolve_redis_url(self.settings)
+        for db in (self.settings.queue_db, self.settings.cache_db):
+            r = redis.Redis.from_url(with_db(url, db, keep_explicit=False))
+            r.flushdb()
+            r.close()
