@@ -441,7 +441,7 @@ def _reject(raw: pd.DataFrame, bad: pd.Series, reason: str, lines: bool, show: i
     word = "line" if lines else "row"
     shown = ", ".join(
         f"{word} {label} (image_id={rec[0]!r}, user_id={rec[1]!r}, score={rec[2]!r})"
-        for label, rec in zip(rows.index[:show], rows.itertuples(index=False, name=None), strict=True)
+        for label, rec in zip(rows.index[:show], rows.head(show).itertuples(index=False, name=None), strict=True)
     )
     more = f" and {len(rows) - show} more" if len(rows) > show else ""
     raise InvalidRatingsError(f"{len(rows)} rating row(s) rejected, nothing written: {reason}: {shown}{more}",

@@ -1,0 +1,259 @@
+"""The SQL ratings store on real SQLite files: round trips, validation, set-based recalculation."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mediaq.errors import ConfigError
+from mediaq.ratings import InvalidRatingsError, RatingsStore, bayesian_ratings
+from mediaq.settings import Settings
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+
+
+def random_ratings(seed: int, images: int = 300, rows: int = 3000) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    weights = rng.pareto(1.2, images) + 0.02
+    frame = pd.DataFrame({
+        "image_id": [f"p{i:04d}" for i in rng.choice(images, size=rows, p=weights / weights.sum())],
+        "user_id": rng.integers(1, 5000, rows),
+        "score": rng.integers(1, 11, rows),
+    })
+    return frame.drop_duplicates(["image_id", "user_id"], keep="last").reset_index(drop=True)
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    s = RatingsStore(f"sqlite:///{tmp_path}/ratings.db")
+    yield s
+    s.close()
+
+
+def test_round_trip_frame(store: RatingsStore) -> None:
+    frame = random_ratings(1)
+    assert store.load_frame(frame) == len(frame)
+    back = store.ratings_frame().sort_values(["image_id", "user_id"]).reset_index(drop=True)
+    want = frame.sort_values(["image_id", "user_id"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(back, want.astype({"image_id": object, "user_id": "int64", "score": "int64"}))
+
+
+def test_recalculate_agrees_with_pandas(store: RatingsStore) -> None:
+    frame = random_ratings(2)
+    store.load_frame(frame)
+    C, m = store.prior()
+    assert (C, m) == pytest.approx(tuple(map(float, (len(frame) / frame["image_id"].nunique(),
+                                                     frame["score"].mean()))))
+    ids = sorted(frame["image_id"].unique())
+    result = store.recalculate([*ids[:100], "missing-1"])
+    assert result["updated"] == 100 and result["unknown"] == ["missing-1"]
+    assert (result["C"], result["m"]) == pytest.approx((C, m))
+    result = store.recalculate(ids[100:])
+    assert result["updated"] == len(ids) - 100 and result["unknown"] == []
+    stats = store.stats()
+    want = bayesian_ratings(frame).loc[stats.index]
+    assert len(stats) == len(ids)
+    np.testing.assert_array_equal(stats["count"], want["count"])
+    np.testing.assert_allclose(stats["mean"], want["mean"], rtol=1e-12)
+    np.testing.assert_allclose(stats["bayesian"], want["bayesian"], rtol=1e-12)
+    assert stats["updated_at"].notna().all()
+
+
+def test_recalculate_all_and_given_prior(store: RatingsStore) -> None:
+    frame = random_ratings(3)
+    store.load_frame(frame)
+    result = store.recalculate_all(C=4.0, m=9.0)
+    assert result["updated"] == frame["image_id"].nunique()
+    stats = store.stats()
+    want = bayesian_ratings(frame, C=4.0, m=9.0).loc[stats.index]
+    np.testing.assert_allclose(stats["bayesian"], want["bayesian"], rtol=1e-12)
+    with pytest.raises(ConfigError, match="both C and m"):
+        store.recalculate(["p0001"], C=1.0)
+    with pytest.raises(ValueError, match="prior C=-2"):
+        store.recalculate(["p0001"], C=-2, m=5)
+
+
+def test_with_stats_returns_the_rows(store: RatingsStore) -> None:
+    store.load_frame(pd.DataFrame({"image_id": ["a", "a", "b"], "user_id": [1, 2, 1], "score": [10, 8, 3]}))
+    store.add_images(["quiet"])
+    got = store.recalculate(["b", "quiet", "a", "ghost"], with_stats=True)
+    assert got["unknown"] == ["ghost"] and got["updated"] == 3
+    rows = {r["image_id"]: r for r in got["stats"]}
+    assert rows["a"]["count"] == 2 and rows["a"]["mean"] == 9.0
+    assert rows["a"]["bayesian"] == pytest.approx((1.5 * 7 + 18) / 3.5)
+    assert rows["quiet"] == {"image_id": "quiet", "count": 0, "mean": None, "bayesian": 0.0}
+
+
+def test_rerating_replaces_and_deleted_ratings_go_back_to_zero(store: RatingsStore, tmp_path: Path) -> None:
+    store.load_frame(pd.DataFrame({"image_id": ["a", "b"], "user_id": [1, 1], "score": [2, 4]}))
+    store.recalculate(["a", "b"])
+    store.load_frame(pd.DataFrame({"image_id": ["a"], "user_id": [1], "score": [10]}))  # user 1 changes their mind
+    assert store.ratings_frame().set_index("image_id").loc["a", "score"] == 10
+    with sqlite3.connect(tmp_path / "ratings.db") as raw:  # someone deletes b's only rating
+        raw.execute("DELETE FROM ratings WHERE image_id = 'b'")
+    got = store.recalculate(["a", "b"], with_stats=True)
+    assert got["unknown"] == [] and got["updated"] == 2
+    rows = {r["image_id"]: r for r in got["stats"]}
+    assert rows["b"] == {"image_id": "b", "count": 0, "mean": None, "bayesian": 0.0}
+    assert rows["a"]["bayesian"] == pytest.approx(10.0)  # C=1, m=10: the only rating left
+
+
+def test_add_images_makes_unrated_images_known(store: RatingsStore) -> None:
+    assert store.add_images(["x", "y", "x"]) == 2
+    assert store.add_images(["y", "z"]) == 1
+    assert store.image_ids() == ["x", "y", "z"]
+    got = store.recalculate(["x", "nope"])
+    assert got["unknown"] == ["nope"] and got["updated"] == 1
+    assert store.stats(["x"]).loc["x", "bayesian"] == 0.0
+
+
+def test_csv_round_trip_keeps_ids_exact(store: RatingsStore, tmp_path: Path) -> None:
+    path = tmp_path / "r.csv"
+    path.write_text("image_id,user_id,score\n007,1,5\n7,1,6\n007,2,7\n")
+    assert store.load_csv(path) == 3
+    back = store.ratings_frame().sort_values(["image_id", "user_id"])
+    assert back["image_id"].tolist() == ["007", "007", "7"]  # "007" is not 7
+    assert store.stats().empty  # loading does not compute stats; recalculation does
+    store.recalculate_all()
+    assert store.stats().loc["007", "mean"] == 6.0
+
+
+@pytest.mark.parametrize(
+    ("body", "reason", "lines"),
+    [
+        ("a,1,5\nb,2,11\nc,3,0\nd,4,7\n", "score must be an integer 1..10", [3, 4]),
+        ("a,1,5\nb,2,7.5\nc,3,ten\nd,4,\n", "score must be an integer 1..10", [3, 4, 5]),
+        ("a,1,5\nb,x,7\n", "user_id must be an integer", [3]),
+        (",1,5\nb,2,7\n", "image_id must be a non-empty string", [2]),
+        ("a,1,5\na,1,6\n", "appears more than once", [2, 3]),
+    ],
+)
+def test_bad_csv_rows_are_named_and_nothing_is_written(store: RatingsStore, tmp_path: Path, body: str,
+                                                       reason: str, lines: list[int]) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text("image_id,user_id,score\n" + body)
+    with pytest.raises(InvalidRatingsError, match=reason) as info:
+        store.load_csv(path)
+    assert list(info.value.rows.index) == lines
+    for line in lines:
+        assert f"line {line} (" in str(info.value)
+    assert store.ratings_frame().empty
+
+
+def test_bad_frame_rows_and_columns(store: RatingsStore) -> None:
+    with pytest.raises(InvalidRatingsError, match="missing \\['user_id'\\]"):
+        store.load_frame(pd.DataFrame({"image_id": ["a"], "score": [1]}))
+    frame = pd.DataFrame({"image_id": ["a", "b", "c"], "user_id": [1, 2, 3], "score": [5, np.nan, 3]})
+    with pytest.raises(InvalidRatingsError, match=r"row 1 \(image_id='b', user_id=2, score=nan\)"):
+        store.load_frame(frame)
+    many = pd.DataFrame({"image_id": [f"i{k}" for k in range(25)], "user_id": range(25), "score": [99] * 25})
+    with pytest.raises(InvalidRatingsError, match=r"25 rating row\(s\) rejected.* and 15 more"):
+        store.load_frame(many)
+    assert store.ratings_frame().empty
+
+
+def test_duplicates_last_keeps_the_last(store: RatingsStore) -> None:
+    frame = pd.DataFrame({"image_id": ["a", "a", "b"], "user_id": [1, 1, 1], "score": [3, 9, 4]})
+    assert store.load_frame(frame, duplicates="last") == 2
+    assert store.ratings_frame().set_index("image_id")["score"].to_dict() == {"a": 9, "b": 4}
+    with pytest.raises(ConfigError, match="duplicates="):
+        store.load_frame(frame, duplicates="first")
+
+
+def test_integer_image_ids_become_text(store: RatingsStore) -> None:
+    store.load_frame(pd.DataFrame({"image_id": [5, 6], "user_id": [1, 1], "score": [5, 6]}))
+    assert store.recalculate([5, "6", "7"])["unknown"] == ["7"]
+    with pytest.raises(ConfigError, match="invalid image id"):
+        store.recalculate([None])
+    with pytest.raises(ConfigError, match="not the single string"):
+        store.recalculate("abc")
+
+
+def test_sqlite_is_wal_with_busy_timeout(tmp_path: Path) -> None:
+    store = RatingsStore(f"sqlite:///{tmp_path}/deep/er/r.db", busy_timeout=1.5)  # parents are created
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 1500
+    store.close()
+
+
+def test_locked_database_raises_operational_error_after_the_timeout(tmp_path: Path) -> None:
+    import sqlalchemy.exc
+
+    path = tmp_path / "r.db"
+    store = RatingsStore(f"sqlite:///{path}", busy_timeout=0.2)
+    store.load_frame(pd.DataFrame({"image_id": ["a"], "user_id": [1], "score": [5]}))
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        with pytest.raises(sqlalchemy.exc.OperationalError, match="locked"):
+            store.recalculate(["a"])
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert store.recalculate(["a"])["updated"] == 1
+    store.close()
+
+
+def test_concurrent_writers_in_threads_all_land(store: RatingsStore) -> None:
+    frame = random_ratings(4, images=400, rows=4000)
+    store.load_frame(frame)
+    ids = sorted(frame["image_id"].unique())
+    chunks = [ids[i : i + 25] for i in range(0, len(ids), 25)]
+    errors: list[BaseException] = []
+
+    def work(chunk: list[str]) -> None:
+        try:
+            store.recalculate(chunk)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(c,)) for c in chunks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    stats = store.stats()
+    want = bayesian_ratings(frame).loc[stats.index]
+    assert len(stats) == len(ids)
+    np.testing.assert_allclose(stats["bayesian"], want["bayesian"], rtol=1e-12)
+
+
+def test_default_url_comes_from_settings(tmp_path: Path) -> None:
+    settings = Settings.load(env={}, state_dir=tmp_path / "state")
+    store = RatingsStore.from_settings(settings)
+    assert store.url == f"sqlite:///{tmp_path / 'state' / 'ratings.sqlite3'}"
+    assert (tmp_path / "state" / "ratings.sqlite3").exists()
+    store.close()
+    with pytest.raises(ConfigError, match="not a SQLAlchemy URL"):
+        RatingsStore("not a url")
+
+
+def test_in_memory_store_is_shared_across_threads() -> None:
+    store = RatingsStore("sqlite://")
+    store.load_frame(pd.DataFrame({"image_id": ["a"], "user_id": [1], "score": [5]}))
+    seen: list[int] = []
+    t = threading.Thread(target=lambda: seen.append(len(store.ratings_frame())))
+    t.start()
+    t.join()
+    assert seen == [1]
+
+
+def test_sample_csv_loads(store: RatingsStore) -> None:
+    path = DATA / "ratings.csv"
+    if not path.exists():
+        pytest.fail("data/ratings.csv is missing: run data/make_ratings.py")
+    frame = pd.read_csv(path, dtype={"image_id": str})
+    assert store.load_csv(path) == len(frame)
+    result = store.recalculate(store.image_ids())
+    assert result["unknown"] == [] and result["updated"] == frame["image_id"].nunique()
+    stats = store.stats()
+    assert stats["count"].min() == 1 and stats["count"].max() >= 20  # realistic skew
+    assert not math.isnan(stats["bayesian"].sum())
