@@ -1,0 +1,85 @@
+"""The 533-character ``iqdb_`` hash, both ways (DESIGN.md section 4, "Hash")."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+
+from mediaq.iqdb._errors import InvalidHashError
+from mediaq.iqdb.hashes import (
+    HASH_LENGTH,
+    format_hash,
+    is_hash,
+    pack_signature,
+    parse_hash,
+    unpack_signature,
+)
+from mediaq.iqdb.signature import Signature, signature_from_rgb
+
+
+def _random_signature(seed: int) -> Signature:
+    rng = np.random.default_rng(seed)
+    sig = np.stack([rng.choice(np.arange(1, 16384), 40, replace=False) * rng.choice([-1, 1], 40)
+                    for _ in range(3)])
+    return Signature(tuple(rng.normal(size=3) * [1, 0.1, 0.1]), sig.astype(np.int16))
+
+
+def test_layout_by_hand():
+    """avglf as big-endian IEEE bits, then int16 two's complement, lowercase, Y then I then Q."""
+    sig = Signature((1.0, -0.5, 2.0 ** -30), np.array([list(range(-40, 0)), list(range(1, 41)),
+                                                       [-16383, *range(1, 40)]], np.int16))
+    text = format_hash(sig)
+    assert len(text) == HASH_LENGTH == 533
+    assert text.startswith("iqdb_3ff0000000000000" "bfe0000000000000" "3e10000000000000")
+    coefs = text[5 + 48:]
+    assert coefs[:8] == "ffd8ffd9"  # -40, -39
+    assert coefs[40 * 4:40 * 4 + 8] == "00010002"  # I starts at +1, +2
+    assert coefs[80 * 4:80 * 4 + 4] == "c001"  # Q's -16383
+    assert text == text.lower()
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_round_trip(seed):
+    sig = _random_signature(seed)
+    text = format_hash(sig)
+    back = parse_hash(text)
+    assert back == sig and format_hash(back) == text
+    assert struct.pack(">3d", *back.avglf) == struct.pack(">3d", *sig.avglf)  # bit exact, -0.0 too
+    assert unpack_signature(pack_signature(sig)) == sig
+    assert is_hash(text)
+
+
+def test_round_trip_of_a_real_signature_and_negative_zero():
+    sig = signature_from_rgb(np.full((30, 40, 3), 77, np.uint8))
+    assert parse_hash(sig.hash).hash == sig.hash
+    neg = Signature((0.5, -0.0, 0.0), sig.sig)
+    assert parse_hash(neg.hash).hash == neg.hash
+    assert "8000000000000000" in neg.hash
+    assert neg != Signature((0.5, 0.0, 0.0), sig.sig)
+
+
+@pytest.mark.parametrize("bad", [
+    "",
+    "iqdb_",
+    "iqdc_" + "0" * 528,
+    "iqdb_" + "0" * 527,
+    "iqdb_" + "0" * 529,
+    "iqdb_" + "g" * 528,
+    "iqdb_" + "0" * 528,  # every coefficient index 0: impossible
+])
+def test_invalid_hashes(bad):
+    with pytest.raises(InvalidHashError):
+        parse_hash(bad)
+    assert not is_hash(bad) or bad == "iqdb_" + "0" * 528
+
+
+def test_not_a_string():
+    with pytest.raises(InvalidHashError):
+        parse_hash(b"iqdb_")  # type: ignore[arg-type]
+
+
+def test_uppercase_is_accepted_but_written_lowercase():
+    text = format_hash(_random_signature(1))
+    assert parse_hash("iqdb_" + text[5:].upper()).hash == text
