@@ -208,6 +208,32 @@ class Client:
         b._ids = None  # reload on demand
         return b
 
+    async def reindex(
+        self,
+        source: Any,
+        *,
+        iqdb: bool = True,
+        batch: str | None = None,
+        pattern: str = "**/*",
+        chunk_size: int = 1000,
+    ) -> Batch:
+        """Regenerate thumbnail, variants and IQDB entry for every image of a folder tree or DataFrame.
+
+        ``source``: a folder (images found recursively; image id = path relative to it, without the
+        suffix, ``/`` as ``__``) or a DataFrame with ``image_id`` and ``source_path`` columns. Each image
+        gets one ``reindex_image`` job (id ``reindex:<image_id>``) that enqueues its ``add_to_iqdb``
+        follow-up when the thumbnail exists; both are in the returned batch.
+        """
+        frame = image_frame(source, pattern) if not isinstance(source, pd.DataFrame) else source
+        missing = {"image_id", "source_path"} - set(frame.columns)
+        if missing:
+            raise ConfigError(f"reindex needs columns image_id and source_path; missing {sorted(missing)}")
+        name = batch or new_batch_name("reindex")
+        items = [{"image_id": str(i), "source_path": str(p), "iqdb": iqdb, "batch": name}
+                 for i, p in zip(frame["image_id"], frame["source_path"], strict=True)]
+        return await self.enqueue_many("reindex_image", items, job_id="reindex:{image_id}", batch=name,
+                                       chunk_size=chunk_size)
+
     def batch(self, name: str) -> Batch:
         """Reattach to a named batch stored in Redis (for example after a kernel restart)."""
         return Batch(self, name)
@@ -279,6 +305,21 @@ async def connect(url: str | None = None, *, settings: Settings | None = None, *
         raise RedisUnavailable(f"cannot use Redis at {redact_url(server_url)}: {exc}. Check MEDIAQ_REDIS_URL, "
                                "or run `mediaq doctor`.") from None
     return Client(settings, server_url, redis, cache)
+
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"})
+
+
+def image_frame(folder: Any, pattern: str = "**/*") -> pd.DataFrame:
+    """``image_id``, ``source_path`` for every image file under ``folder`` (sorted, recursive)."""
+    from pathlib import Path
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise ConfigError(f"{str(root)!r} is not a folder of images")
+    paths = sorted(p for p in root.glob(pattern) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    ids = [str(p.relative_to(root).with_suffix("")).replace("/", "__") for p in paths]
+    return pd.DataFrame({"image_id": ids, "source_path": [str(p.absolute()) for p in paths]})
 
 
 def _pool(url: str, timeout: float) -> aioredis.ConnectionPool:

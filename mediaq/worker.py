@@ -58,6 +58,8 @@ async def _startup(ctx: dict[str, Any]) -> None:
     )
     if settings.redis_url is None:  # embedded: bring the server back if it dies under us
         ctx["watchdog"] = asyncio.create_task(_watch_embedded(settings))
+    ctx["stats"] = {"ongoing": 0, "finished": 0}
+    ctx["heartbeat"] = asyncio.create_task(_heartbeat(ctx))
     ready = os.environ.get(READY_FILE_ENV)
     if ready:
         Path(ready).write_text(str(os.getpid()))
@@ -65,11 +67,14 @@ async def _startup(ctx: dict[str, Any]) -> None:
 
 
 async def _shutdown(ctx: dict[str, Any]) -> None:
-    task = ctx.pop("watchdog", None)
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    for name in ("watchdog", "heartbeat"):
+        task = ctx.pop(name, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    with contextlib.suppress(Exception):
+        await ctx["redis"].delete(_heartbeat_key())
     pool = ctx.pop("pool", None)
     if pool is not None:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -83,6 +88,41 @@ async def _shutdown(ctx: dict[str, Any]) -> None:
                 result = closer()
                 if asyncio.iscoroutine(result):
                     await result
+
+
+def _heartbeat_key() -> str:
+    import socket
+
+    from mediaq.health import HEARTBEAT_PREFIX
+
+    return f"{HEARTBEAT_PREFIX}{socket.gethostname()}:{os.getpid()}"
+
+
+async def _heartbeat(ctx: dict[str, Any]) -> None:
+    """Write this worker's heartbeat every health-check interval (expires after three)."""
+    import json
+    import socket
+    import time
+
+    settings: Settings = ctx["settings"]
+    key, started = _heartbeat_key(), time.time()
+    while True:
+        record = {"host": socket.gethostname(), "pid": os.getpid(), "started": started, "last": time.time(),
+                  "max_jobs": settings.max_jobs, "processes": settings.processes, **ctx["stats"]}
+        try:
+            await ctx["redis"].set(key, json.dumps(record), px=int(settings.health_check_interval * 3000))
+        except Exception:  # Redis away: the next beat will tell
+            logger.debug("heartbeat failed", exc_info=True)
+        await asyncio.sleep(settings.health_check_interval)
+
+
+async def _job_start(ctx: dict[str, Any]) -> None:
+    ctx["stats"]["ongoing"] += 1
+
+
+async def _job_end(ctx: dict[str, Any]) -> None:
+    ctx["stats"]["ongoing"] -= 1
+    ctx["stats"]["finished"] += 1
 
 
 async def _watch_embedded(settings: Settings, interval: float = 1.0) -> None:
@@ -131,6 +171,8 @@ def build_worker_settings(settings: Settings | None = None, **overrides: Any) ->
         "job_deserializer": loads,
         "on_startup": _startup,
         "on_shutdown": _shutdown,
+        "on_job_start": _job_start,
+        "after_job_end": _job_end,
         "ctx": {"mediaq_settings": settings, "mediaq_url": url},
     }
     return type("WorkerSettings", (), attrs)

@@ -1,0 +1,33 @@
+"""The per-image reindex pipeline: thumbnail and variants from one decode, then ``add_to_iqdb``.
+
+The origin application deferred the IQDB job by 5 s and hoped the thumbnail existed by then. Here
+the image job itself enqueues ``add_to_iqdb`` once the thumbnail is written, with a deterministic id
+(``<this job id>:iqdb``), so a retried or rerun pipeline never indexes twice, and adds it to the
+same batch so ``batch.wait()`` covers the whole pipeline.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mediaq.jobs._base import job
+
+__all__ = ["reindex_image"]
+
+
+@job(timeout=120)
+async def reindex_image(ctx: dict[str, Any], image_id: str, source_path: str, *, iqdb: bool = True,
+                        batch: str | None = None) -> dict[str, Any]:
+    """Thumbnail + medium + large from one decode, then enqueue ``add_to_iqdb`` for the thumbnail."""
+    from mediaq.jobs.images import create_image_set
+
+    result = await create_image_set(ctx, image_id, source_path)
+    follow_up = None
+    if iqdb:
+        thumb = result["thumbnail"]["path"]
+        follow_up = f"{ctx['job_id']}:iqdb"
+        redis = ctx["redis"]
+        await redis.enqueue_job("add_to_iqdb", image_id, thumb, _job_id=follow_up)
+        if batch:
+            await redis.rpush(f"mediaq:batch:{batch}:ids", follow_up)
+    return {**result, "iqdb_job": follow_up}
