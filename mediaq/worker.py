@@ -22,7 +22,7 @@ from mediaq.settings import Settings
 
 __all__ = ["WorkerSettings", "build_worker_settings"]  # noqa: F822 - built on lookup
 
-logger = logging.getLogger("mediaq.worker")
+logger = logging.getLogger("arq.mediaq")  # under "arq" so the arq CLI's log config shows it
 READY_FILE_ENV = "MEDIAQ_WORKER_READY_FILE"
 
 

@@ -1,0 +1,53 @@
+"""The mediaq command, run as a user would (subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def mediaq(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mediaq.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+@pytest.fixture
+def env(tmp_path):
+    import os
+
+    e = {k: v for k, v in os.environ.items() if not k.startswith("MEDIAQ_")}
+    e["MEDIAQ_STATE_DIR"] = str(tmp_path / "state")
+    e["MEDIAQ_STORAGE"] = str(tmp_path / "media")
+    yield e
+    subprocess.run([sys.executable, "-m", "mediaq.cli", "redis", "stop"], env=e, capture_output=True, timeout=60)
+
+
+def test_redis_commands(env):
+    assert "running" in mediaq("redis", "start", env=env).stdout
+    status = json.loads(mediaq("redis", "status", env=env).stdout)
+    assert status["running"] and "***" in status["url"]
+    assert "***" in mediaq("redis", "url", env=env).stdout
+    assert "***" not in mediaq("redis", "url", "--show-password", env=env).stdout
+    assert mediaq("redis", "stop", env=env).stdout.strip() == "stopped"
+
+
+def test_doctor_reports_waiting_jobs_without_worker(env, tmp_path):
+    code = ("import mediaq; c = mediaq.connect_sync(); c.enqueue_many('noop', range(3)); c.close()")
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
+    out = mediaq("doctor", env=env)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "Redis reachable" in out.stdout
+    assert "3 job(s) are waiting and no worker" in out.stdout
+    assert "start a worker" in out.stdout
+    status = mediaq("status", env=env)
+    assert "3 queued" in status.stdout
+
+
+def test_doctor_with_unreachable_redis_says_what_to_do(env, unused_tcp_port):
+    env = {**env, "MEDIAQ_REDIS_URL": f"redis://127.0.0.1:{unused_tcp_port}", "MEDIAQ_CONNECT_TIMEOUT": "1"}
+    out = mediaq("doctor", env=env)
+    assert out.returncode == 1
+    assert "FAIL" in out.stdout and "MEDIAQ_REDIS_URL" in out.stdout
