@@ -259,7 +259,8 @@ def _image_errors(data: bytes, name: str) -> Iterator[None]:
         raise PermanentJobError("corrupt_image", f"{name} is empty (0 bytes)", path=name, bytes=0)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore")  # Pillow's notes on odd metadata are not failures...
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # ...but its bomb guard is
             yield
     except PermanentJobError:
         raise
@@ -283,9 +284,22 @@ def _orientation(im: Image.Image) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
+#: signatures of the formats we read: such a file that Pillow cannot parse is corrupt, not "not an image"
+_SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF87a": "GIF", b"GIF89a": "GIF",
+               b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"BM": "BMP", b"\x00\x00\x00\x0cjP  ": "JPEG2000"}
+
+
 def _unidentified(data: bytes, name: str) -> PermanentJobError:
     head = data[:1024]
     kind = None
+    known = next((fmt for sig, fmt in _SIGNATURES.items() if head.startswith(sig)), None)
+    if known is None and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        known = "WEBP"
+    if known is None and head[4:12] in (b"ftypavif", b"ftypavis"):
+        known = "AVIF"
+    if known:
+        return PermanentJobError("corrupt_image", f"{name} starts like a {known} file but cannot be read: "
+                                 "corrupt or truncated", path=name, format=known)
     if head[4:12] in (b"ftypheic", b"ftypheix", b"ftyphevc", b"ftypmif1", b"ftypmsf1", b"ftypheim", b"ftypheis"):
         kind = "HEIF"
     elif head.startswith(b"\xff\x0a") or head.startswith(b"\x00\x00\x00\x0cJXL "):
