@@ -181,6 +181,11 @@ def test_sqlite_is_wal_with_busy_timeout(tmp_path: Path) -> None:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 1500
     store.close()
+    store = RatingsStore(f"sqlite:///{tmp_path}/t.db?timeout=0.25")  # the URL can carry it too
+    assert store.busy_timeout == 0.25
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 250
+    store.close()
 
 
 def test_locked_database_raises_operational_error_after_the_timeout(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@
 {'a': 8.0, 'b': 6.0}
 """
 
+from mediaq.ratings.bulk import chunk_job_id, enqueue_library
 from mediaq.ratings.math import MAX_SCORE, MIN_SCORE, bayesian, bayesian_ratings, check_prior, prior
 from mediaq.ratings.store import InvalidRatingsError, RatingsStore
 
@@ -18,5 +19,7 @@ __all__ = [
     "bayesian",
     "bayesian_ratings",
     "check_prior",
+    "chunk_job_id",
+    "enqueue_library",
     "prior",
 ]

@@ -1,7 +1,8 @@
 """The ratings store: individual ratings and per-image stats in a SQL database (SQLAlchemy 2 Core).
 
 SQLite is the embedded default (``Settings.resolved_ratings_url``: ``ratings.sqlite3`` in the state
-folder, WAL mode, a busy timeout); any SQLAlchemy URL works otherwise (PostgreSQL, MySQL, ...).
+folder, WAL mode, a busy timeout of 30 s or ``?timeout=SECONDS`` in the URL); any SQLAlchemy URL works
+otherwise (PostgreSQL, MySQL/MariaDB: the upserts are written for those three dialects).
 
 Tables:
 
@@ -55,6 +56,8 @@ __all__ = ["InvalidRatingsError", "RatingsStore", "metadata", "rating_stats", "r
 ID_BATCH = 5000
 #: rows per executemany when loading
 LOAD_BATCH = 50_000
+#: seconds a SQLite writer waits for another's lock before "database is locked" (``?timeout=`` in the URL)
+DEFAULT_BUSY_TIMEOUT = 30.0
 
 metadata = sa.MetaData()
 
@@ -101,9 +104,10 @@ class RatingsStore:
     {'updated': 0, 'unknown': [], 'C': 0.0, 'm': 0.0}
     """
 
-    def __init__(self, url: str, *, busy_timeout: float = 30.0, create: bool = True, **engine_kw: Any) -> None:
+    def __init__(self, url: str, *, busy_timeout: float | None = None, create: bool = True,
+                 **engine_kw: Any) -> None:
         self.url = str(url)
-        self.busy_timeout = float(busy_timeout)
+        self.busy_timeout = _busy_timeout(self.url, busy_timeout)
         self.engine: Engine = _make_engine(self.url, self.busy_timeout, **engine_kw)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._write_lock = threading.RLock() if self.is_sqlite else None
@@ -123,6 +127,8 @@ class RatingsStore:
     def close(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()
+
+    dispose = close  # the worker's shutdown disposes per-process resources found in ctx
 
     def create_tables(self) -> None:
         """Create ``ratings`` and ``rating_stats`` if they do not exist."""
@@ -482,6 +488,23 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+def _busy_timeout(url: str, given: float | None) -> float:
+    """Seconds a SQLite writer waits for the lock: the argument, else ``?timeout=`` in the URL, else 30."""
+    if given is not None:
+        return float(given)
+    try:
+        query = sa.engine.make_url(url).query
+    except sa.exc.ArgumentError:
+        return DEFAULT_BUSY_TIMEOUT  # _make_engine reports the bad URL
+    raw = query.get("timeout")
+    if raw is None:
+        return DEFAULT_BUSY_TIMEOUT
+    try:
+        return float(raw if isinstance(raw, str) else raw[-1])
+    except ValueError:
+        raise ConfigError(f"ratings_url timeout={raw!r} must be a number of seconds") from None
+
+
 def _make_engine(url: str, busy_timeout: float, **engine_kw: Any) -> Engine:
     try:
         parsed = sa.engine.make_url(url)
@@ -495,6 +518,8 @@ def _make_engine(url: str, busy_timeout: float, **engine_kw: Any) -> Engine:
     in_memory = database in ("", ":memory:") or database.startswith("file::memory:")
     if not in_memory:
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    if "timeout" in parsed.query:  # ours (busy_timeout) wins; the URL's was read into it already
+        parsed = parsed.difference_update_query(["timeout"])
     engine_kw.setdefault("connect_args", {}).setdefault("timeout", busy_timeout)
     if in_memory:  # one shared connection, or every thread would see its own empty database
         engine_kw.setdefault("poolclass", sa.pool.StaticPool)

@@ -1,0 +1,215 @@
+"""Rating jobs: keep Bayesian ratings current in the ratings store.
+
+* ``recalculate_rating(image_id)``: one image, as in the seed application;
+* ``recalculate_ratings(image_ids)``: a whole chunk in one set-based query (one job per image spends
+  most of its time in queue bookkeeping); :func:`mediaq.ratings.bulk.enqueue_library` enqueues a
+  library in such chunks.
+
+Both use the seed prior ``(C, m)``, cached in Redis db ``cache_db`` (``ctx['cache']``) for
+``settings.rating_cache_ttl`` seconds (300) under :func:`prior_cache_key`, or an explicit ``C``/``m``.
+An unknown image id is reported in the result (``"unknown": [...]``), never raised. A locked or
+unreachable database raises :class:`~mediaq.errors.TransientJobError` (``ratings_db_unavailable``,
+retried with the seed backoff); bad arguments :class:`~mediaq.errors.PermanentJobError`
+(``bad_argument``).
+
+>>> await client.enqueue_job("recalculate_rating", "astronaut")         # doctest: +SKIP
+>>> await client.result(_)                                             # doctest: +SKIP
+{'image_id': 'astronaut', 'count': 23, 'mean': 6.3, 'bayesian': 6.21, 'unknown': [], 'C': 7.8, 'm': 5.9,
+ 'prior_source': 'cache'}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+from mediaq.errors import ConfigError, PermanentJobError, TransientJobError
+from mediaq.jobs._base import job
+from mediaq.settings import redact_url
+
+__all__ = ["get_prior", "prior_cache_key", "recalculate_rating", "recalculate_ratings"]
+
+logger = logging.getLogger("mediaq.jobs.ratings")
+
+STORE_KEY = "mediaq_ratings_store"  # the per-process RatingsStore (an engine and its pool) in ctx
+LOCK_KEY = "mediaq_ratings_lock"  # single flight for opening the store and computing the prior
+
+
+def prior_cache_key(ratings_url: str) -> str:
+    """The Redis key (cache db) of the cached prior of one ratings database (the URL is hashed, so a
+    password never lands in Redis).
+
+    >>> prior_cache_key("sqlite:////tmp/r.db")
+    'mediaq:ratings:prior:acd2bebc95d645ba'
+    """
+    return "mediaq:ratings:prior:" + hashlib.sha256(ratings_url.encode()).hexdigest()[:16]
+
+
+async def get_prior(
+    cache: Any,
+    key: str,
+    compute: Callable[[], Awaitable[tuple[float, float]]],
+    ttl: float,
+    lock: asyncio.Lock | None = None,
+) -> tuple[float, float, str]:
+    """``(C, m, source)``: the prior cached at ``key``, else ``await compute()`` stored for ``ttl``
+    seconds. ``source`` is ``"cache"`` or ``"db"``. ``lock`` makes concurrent misses in one process
+    compute once. A cache that fails (Redis away) is skipped, not fatal: the database is the truth.
+    ``ttl <= 0`` or ``cache=None`` disables caching.
+    """
+    if cache is None or ttl <= 0:
+        C, m = await compute()
+        return C, m, "db"
+    cached = await _read(cache, key)
+    if cached is not None:
+        return cached[0], cached[1], "cache"
+    async with lock if lock is not None else contextlib.nullcontext():
+        cached = await _read(cache, key)  # another job may have filled it while we waited
+        if cached is not None:
+            return cached[0], cached[1], "cache"
+        C, m = await compute()
+        try:
+            await cache.set(key, json.dumps([C, m]), px=max(1, int(ttl * 1000)))
+        except Exception as exc:  # the cache is an optimisation
+            logger.warning("could not cache the rating prior in Redis: %s", exc)
+        return C, m, "db"
+
+
+async def _read(cache: Any, key: str) -> tuple[float, float] | None:
+    try:
+        raw = await cache.get(key)
+    except Exception as exc:
+        logger.warning("could not read the cached rating prior from Redis: %s", exc)
+        return None
+    if raw is None:
+        return None
+    try:
+        C, m = json.loads(raw)
+        return float(C), float(m)
+    except (ValueError, TypeError):  # garbage under our key: recompute and overwrite
+        return None
+
+
+@job(timeout=60)
+async def recalculate_rating(ctx: dict[str, Any], image_id: str, C: float | None = None,
+                             m: float | None = None) -> dict[str, Any]:
+    """Recalculate one image's count, mean and Bayesian rating (the seed's per-image job).
+
+    Returns ``{"image_id", "count", "mean", "bayesian", "unknown", "C", "m", "prior_source"}``;
+    for an unknown id ``count``/``mean``/``bayesian`` are ``None`` and ``unknown`` is ``[image_id]``.
+    """
+    image_id = _image_id(image_id, "image_id")
+    prior = _given_prior(C, m)
+    store = await _store(ctx)
+    C, m, source = prior if prior else await _cached_prior(ctx, store)
+    with _db_errors(store.url):
+        got = await asyncio.to_thread(store.recalculate, [image_id], C, m, with_stats=True)
+    stats = got["stats"][0] if got["stats"] else {"count": None, "mean": None, "bayesian": None}
+    return {"image_id": image_id, "count": stats["count"], "mean": stats["mean"], "bayesian": stats["bayesian"],
+            "unknown": got["unknown"], "C": C, "m": m, "prior_source": source}
+
+
+@job(timeout=300)
+async def recalculate_ratings(ctx: dict[str, Any], image_ids: list[str], C: float | None = None,
+                              m: float | None = None) -> dict[str, Any]:
+    """Recalculate a chunk of images in one set-based query.
+
+    Returns ``{"updated": n, "unknown": [ids], "C", "m", "prior_source"}``.
+    """
+    if not isinstance(image_ids, (list, tuple)):
+        raise PermanentJobError("bad_argument", "image_ids must be a list of image ids, "
+                                f"not {type(image_ids).__name__}", value=repr(image_ids)[:200])
+    ids = [_image_id(value, f"image_ids[{i}]") for i, value in enumerate(image_ids)]
+    prior = _given_prior(C, m)
+    store = await _store(ctx)
+    C, m, source = prior if prior else await _cached_prior(ctx, store)
+    with _db_errors(store.url):
+        got = await asyncio.to_thread(store.recalculate, ids, C, m)
+    return {"updated": got["updated"], "unknown": got["unknown"], "C": C, "m": m, "prior_source": source}
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def _image_id(value: Any, name: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+        raise PermanentJobError("bad_argument", f"{name}={value!r} must be a non-empty string (or an integer)",
+                                value=repr(value)[:200])
+    text = str(value)
+    if len(text) > 255:
+        raise PermanentJobError("bad_argument", f"{name} is {len(text)} characters long; at most 255",
+                                value=text[:200])
+    return text
+
+
+def _given_prior(C: Any, m: Any) -> tuple[float, float, str] | None:
+    if C is None and m is None:
+        return None
+    ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (C, m))
+    if not ok or C < 0:
+        raise PermanentJobError("bad_argument", f"prior C={C!r}, m={m!r}: pass both, as finite numbers with C >= 0 "
+                                "(or neither, for the seed prior)", C=repr(C), m=repr(m))
+    return float(C), float(m), "given"
+
+
+async def _store(ctx: dict[str, Any]) -> Any:
+    """This process's :class:`~mediaq.ratings.store.RatingsStore`, opened once and kept in ``ctx``."""
+    from mediaq.ratings.store import RatingsStore
+
+    url = ctx["settings"].resolved_ratings_url
+    store = ctx.get(STORE_KEY)
+    if store is not None and store.url == url:
+        return store
+    async with _lock(ctx):
+        store = ctx.get(STORE_KEY)
+        if store is None or store.url != url:
+            with _db_errors(url):
+                try:
+                    store = await asyncio.to_thread(RatingsStore, url)
+                except ConfigError as exc:
+                    raise PermanentJobError("bad_config", f"ratings store: {exc}", url=redact_url(url)) from None
+                except ImportError as exc:
+                    raise PermanentJobError("bad_config", f"ratings store {redact_url(url)}: database driver "
+                                            f"missing ({exc}); install it in the worker's environment",
+                                            url=redact_url(url)) from None
+            ctx[STORE_KEY] = store
+    return store
+
+
+def _lock(ctx: dict[str, Any]) -> asyncio.Lock:
+    lock = ctx.get(LOCK_KEY)
+    if lock is None:
+        lock = ctx[LOCK_KEY] = asyncio.Lock()
+    return lock
+
+
+async def _cached_prior(ctx: dict[str, Any], store: Any) -> tuple[float, float, str]:
+    async def compute() -> tuple[float, float]:
+        with _db_errors(store.url):
+            return await asyncio.to_thread(store.prior)
+
+    ttl = float(ctx["settings"].rating_cache_ttl)
+    return await get_prior(ctx.get("cache"), prior_cache_key(store.url), compute, ttl, _lock(ctx))
+
+
+@contextlib.contextmanager
+def _db_errors(url: str) -> Iterator[None]:
+    """Database errors as job errors: connection trouble and locks are transient, the rest permanent."""
+    import sqlalchemy.exc as sa_exc
+
+    try:
+        yield
+    except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError, sa_exc.TimeoutError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        raise TransientJobError("ratings_db_unavailable", f"ratings database {redact_url(url)} is locked or "
+                                f"unreachable: {reason}", url=redact_url(url)) from None
+    except sa_exc.DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise TransientJobError("ratings_db_unavailable", f"lost the connection to {redact_url(url)}: {exc.orig}",
+                                    url=redact_url(url)) from None
+        raise PermanentJobError("ratings_db_error", f"ratings database {redact_url(url)} refused the statement: "
+                                f"{str(exc.orig).splitlines()[0]}", url=redact_url(url)) from None

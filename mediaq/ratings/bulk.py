@@ -1,0 +1,90 @@
+"""Recalculate a whole library through the queue, in chunks: one ``recalculate_ratings`` job per
+``chunk_size`` images (one set-based query each), instead of one job per image.
+
+>>> import mediaq
+>>> from mediaq.ratings.bulk import enqueue_library
+>>> client = await mediaq.connect()                              # doctest: +SKIP
+>>> batch = await enqueue_library(client)                        # every known image, 1000 a job  # doctest: +SKIP
+>>> await batch.wait()                                           # doctest: +SKIP
+>>> (await batch.results())["result"].str["unknown"].explode().dropna()  # ids nobody knew  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from mediaq.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mediaq.batch import Batch
+    from mediaq.client import Client
+
+__all__ = ["chunk_job_id", "enqueue_library"]
+
+
+def chunk_job_id(batch: str, image_ids: list[str]) -> str:
+    """The job id of one chunk: ``ratings:<batch>:<digest of its ids>``. Deterministic, so rerunning
+    :func:`enqueue_library` with the same ``batch`` name skips chunks already enqueued or done, while a
+    new batch (the default) recalculates again.
+
+    >>> chunk_job_id("lib", ["a", "b"])
+    'ratings:lib:f04cdced9736a69d'
+    """
+    digest = hashlib.sha256("\x1f".join(image_ids).encode()).hexdigest()[:16]
+    return f"ratings:{batch}:{digest}"
+
+
+async def enqueue_library(
+    client: Client,
+    image_ids: Iterable[object] | None = None,
+    chunk_size: int = 1000,
+    batch: str | None = None,
+    *,
+    prior: tuple[float, float] | None = None,
+    refresh_prior: bool = False,
+    ratings_url: str | None = None,
+) -> Batch:
+    """Enqueue ``recalculate_ratings`` jobs for ``image_ids`` (default: every known image in the store
+    at ``ratings_url``, default ``client.settings.resolved_ratings_url``), ``chunk_size`` ids per job,
+    in one named :class:`~mediaq.batch.Batch` (``batch``; default a new name).
+
+    ``prior=(C, m)`` uses that prior in every chunk (experiments); otherwise the workers use the seed
+    prior cached in Redis for ``rating_cache_ttl`` s, and ``refresh_prior=True`` drops the cached one
+    first so the run starts from the current ratings.
+    """
+    from mediaq.batch import new_batch_name
+    from mediaq.jobs.ratings import prior_cache_key
+    from mediaq.ratings.store import RatingsStore, _ids
+
+    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+        raise ConfigError(f"chunk_size={chunk_size!r} must be an integer >= 1")
+    url = ratings_url or client.settings.resolved_ratings_url
+    if image_ids is None:
+        store = await asyncio.to_thread(RatingsStore, url)
+        try:
+            ids = await asyncio.to_thread(store.image_ids)
+        finally:
+            store.close()
+    else:
+        ids = list(dict.fromkeys(_ids(image_ids)))
+    extra: dict[str, Any] = {}
+    if prior is not None:
+        C, m = prior
+        from mediaq.ratings.math import check_prior
+
+        check_prior(C, m)
+        extra = {"C": float(C), "m": float(m)}
+    if refresh_prior:
+        await client.cache.delete(prior_cache_key(url))
+    name = batch or new_batch_name("recalculate_ratings")
+    chunks = [ids[i : i + chunk_size] for i in range(0, len(ids), chunk_size)]
+    items = [{"image_ids": chunk, **extra} for chunk in chunks]
+    b = await client.enqueue_many("recalculate_ratings", items, batch=name,
+                                  job_id=lambda item: chunk_job_id(name, item["image_ids"]))
+    skipped = b.skipped
+    await b.load()  # ids ready for len(batch) / batch.ids
+    b.skipped = skipped
+    return b

@@ -1,0 +1,290 @@
+"""Rating jobs: the prior cache (pure logic on fakeredis, then for real), errors, and chunked and
+per-image recalculation through a real worker subprocess agreeing with each other and with pandas."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import redis.asyncio as aioredis
+from arq.worker import Retry
+
+import mediaq
+from mediaq.errors import PermanentJobError, TransientJobError
+from mediaq.jobs.ratings import get_prior, prior_cache_key, recalculate_rating, recalculate_ratings
+from mediaq.ratings import RatingsStore, bayesian_ratings, chunk_job_id, enqueue_library
+from mediaq.server import with_db
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+
+
+def some_ratings(seed: int, images: int = 80, rows: int = 600, prefix: str = "s") -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    weights = rng.pareto(1.2, images) + 0.05
+    frame = pd.DataFrame({
+        "image_id": [f"{prefix}{i:03d}" for i in rng.choice(images, size=rows, p=weights / weights.sum())],
+        "user_id": rng.integers(1, 3000, rows),
+        "score": rng.integers(1, 11, rows),
+    })
+    return frame.drop_duplicates(["image_id", "user_id"]).reset_index(drop=True)
+
+
+async def wait_for(condition: Any, timeout: float = 15.0, interval: float = 0.02) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = await condition()
+        if value:
+            return value
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+# -- the prior cache, pure logic (fakeredis) ---------------------------------------------------------
+class Counter:
+    def __init__(self, values: list[tuple[float, float]]) -> None:
+        self.values = values
+        self.calls = 0
+
+    async def __call__(self) -> tuple[float, float]:
+        self.calls += 1
+        await asyncio.sleep(0.01)
+        return self.values[min(self.calls - 1, len(self.values) - 1)]
+
+
+async def test_prior_is_cached_until_it_expires_fakeredis() -> None:
+    fakeredis = pytest.importorskip("fakeredis")
+    cache = fakeredis.FakeAsyncRedis()
+    compute = Counter([(2.0, 6.0), (3.0, 7.0)])
+    assert await get_prior(cache, "k", compute, ttl=0.3) == (2.0, 6.0, "db")
+    assert 0 < await cache.pttl("k") <= 300
+    assert await get_prior(cache, "k", compute, ttl=0.3) == (2.0, 6.0, "cache")
+    assert compute.calls == 1
+    await asyncio.sleep(0.35)
+    assert await get_prior(cache, "k", compute, ttl=0.3) == (3.0, 7.0, "db")
+    assert compute.calls == 2
+
+
+async def test_prior_cache_single_flight_garbage_and_off_fakeredis() -> None:
+    fakeredis = pytest.importorskip("fakeredis")
+    cache = fakeredis.FakeAsyncRedis()
+    compute = Counter([(2.0, 6.0)])
+    lock = asyncio.Lock()
+    got = await asyncio.gather(*(get_prior(cache, "k", compute, 60, lock) for _ in range(8)))
+    assert compute.calls == 1 and {g[:2] for g in got} == {(2.0, 6.0)}
+    assert sorted(g[2] for g in got) == ["cache"] * 7 + ["db"]
+    await cache.set("k", b"not json")  # garbage under our key is replaced, not trusted
+    assert await get_prior(cache, "k", compute, 60) == (2.0, 6.0, "db")
+    assert await cache.get("k") == b"[2.0, 6.0]"
+    assert await get_prior(cache, "k2", compute, 0) == (2.0, 6.0, "db")  # ttl 0: no caching
+    assert not await cache.exists("k2")
+
+
+async def test_prior_cache_failure_falls_back_to_the_database() -> None:
+    class Broken:
+        async def get(self, key: str) -> bytes:
+            raise ConnectionError("cache down")
+
+        async def set(self, *a: Any, **k: Any) -> None:
+            raise ConnectionError("cache down")
+
+    compute = Counter([(1.0, 5.0)])
+    assert await get_prior(Broken(), "k", compute, 60) == (1.0, 5.0, "db")
+
+
+# -- jobs called directly (real Redis cache, real SQLite) --------------------------------------------
+@pytest.fixture
+async def ctx(settings: mediaq.Settings, redis_server: Any, tmp_path: Path):
+    cache = aioredis.Redis.from_url(with_db(redis_server.url, settings.cache_db, keep_explicit=False))
+    context = {"settings": settings.replace(ratings_url=f"sqlite:///{tmp_path}/direct.db?timeout=0.2"),
+               "cache": cache, "job_try": 1}
+    yield context
+    await cache.aclose()
+    store = context.get("mediaq_ratings_store")
+    if store is not None:
+        store.close()
+
+
+async def test_jobs_report_unknown_ids_and_use_the_cached_prior(ctx: dict[str, Any]) -> None:
+    store = RatingsStore(ctx["settings"].resolved_ratings_url)
+    store.load_frame(pd.DataFrame({"image_id": ["a", "a", "b"], "user_id": [1, 2, 1], "score": [10, 8, 3]}))
+    got = await recalculate_rating(ctx, "a")
+    assert got["prior_source"] == "db" and (got["C"], got["m"]) == (1.5, 7.0)
+    assert got["count"] == 2 and got["mean"] == 9.0 and got["bayesian"] == pytest.approx(28.5 / 3.5)
+    assert got["unknown"] == []
+    ghost = await recalculate_rating(ctx, "ghost")
+    assert ghost["unknown"] == ["ghost"] and ghost["bayesian"] is None and ghost["prior_source"] == "cache"
+    chunk = await recalculate_ratings(ctx, ["b", "ghost", "a", 7])
+    assert chunk == {"updated": 2, "unknown": ["ghost", "7"], "C": 1.5, "m": 7.0, "prior_source": "cache"}
+    given = await recalculate_ratings(ctx, ["a"], C=0, m=0)
+    assert given["prior_source"] == "given"
+    assert store.stats(["a"]).loc["a", "bayesian"] == 9.0  # no prior: the plain mean
+    store.close()
+
+
+@pytest.mark.parametrize(
+    ("function", "args", "kwargs"),
+    [
+        (recalculate_rating, [""], {}),
+        (recalculate_rating, [None], {}),
+        (recalculate_rating, [True], {}),
+        (recalculate_rating, ["x" * 300], {}),
+        (recalculate_ratings, ["abc"], {}),
+        (recalculate_ratings, [["ok", {"id": 1}]], {}),
+        (recalculate_ratings, [["ok"]], {"C": 5}),
+        (recalculate_ratings, [["ok"]], {"C": -1, "m": 5}),
+        (recalculate_ratings, [["ok"]], {"C": "5", "m": 5}),
+        (recalculate_rating, ["ok"], {"C": 1, "m": float("nan")}),
+    ],
+)
+async def test_bad_arguments_fail_permanently(ctx: dict[str, Any], function: Any, args: list[Any],
+                                              kwargs: dict[str, Any]) -> None:
+    with pytest.raises(PermanentJobError) as info:
+        await function(ctx, *args, **kwargs)
+    assert info.value.code == "bad_argument"
+
+
+async def test_locked_database_is_transient(ctx: dict[str, Any]) -> None:
+    store = RatingsStore(ctx["settings"].resolved_ratings_url)
+    store.load_frame(pd.DataFrame({"image_id": ["a"], "user_id": [1], "score": [5]}))
+    holder = sqlite3.connect(store.engine.url.database, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(Retry):  # not the last try: arq retries it after the seed backoff
+            await recalculate_ratings(ctx, ["a"])
+        with pytest.raises(TransientJobError) as info:  # the last try fails with the real reason
+            await recalculate_ratings({**ctx, "job_try": 3}, ["a"])
+        assert info.value.code == "ratings_db_unavailable" and "locked" in info.value.message
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert (await recalculate_ratings(ctx, ["a"]))["updated"] == 1
+    store.close()
+
+
+# -- through a real worker ---------------------------------------------------------------------------
+async def test_chunked_and_per_image_jobs_agree_through_a_worker(client: mediaq.Client, start_worker: Any,
+                                                                 tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/r.db"
+    store = RatingsStore(url)
+    store.load_csv(DATA / "ratings.csv")
+    store.load_frame(some_ratings(11))
+    store.add_images(["lonely"])  # known, never rated: 0 as in the seed
+    ids = [*store.image_ids(), "ghost-1"]
+    start_worker(ratings_url=url)
+
+    chunked = await enqueue_library(client, ids, chunk_size=16, ratings_url=url)
+    assert len(chunked) == math.ceil(len(ids) / 16)
+    assert chunked.ids[0] == chunk_job_id(chunked.name, ids[:16])
+    await chunked.wait(progress=False, timeout=60, poll_interval=0.05)
+    frame = await chunked.results()
+    assert frame["success"].all()
+    assert frame["updated"].sum() == len(ids) - 1
+    assert [u for us in frame["unknown"] for u in us] == ["ghost-1"]
+    assert frame["C"].nunique() == 1 and set(frame["prior_source"]) <= {"db", "cache"}
+    after_chunks = store.stats()
+
+    per_image = await client.enqueue_many("recalculate_rating", [{"image_id": i} for i in ids],
+                                          job_id="rr:{image_id}")
+    await per_image.wait(progress=False, timeout=120, poll_interval=0.05)
+    single = (await per_image.results()).set_index("result_image_id")
+    assert single["success"].all() and len(single) == len(ids)
+    assert single.loc["ghost-1", "unknown"] == ["ghost-1"]
+    known = single.drop(index="ghost-1")
+    assert (known["unknown"].map(len) == 0).all()
+    assert set(known["prior_source"]) == {"cache"}  # within 5 minutes of the chunked run
+    assert (known["C"] == frame["C"].iloc[0]).all()
+
+    # both forms agree with each other and with pandas on the same ratings
+    want = bayesian_ratings(store.ratings_frame(), images=after_chunks.index)
+    np.testing.assert_array_equal(known.loc[after_chunks.index, "count"].astype(int), after_chunks["count"])
+    np.testing.assert_allclose(known.loc[after_chunks.index, "bayesian"].astype(float), after_chunks["bayesian"],
+                               rtol=1e-12)
+    np.testing.assert_allclose(after_chunks["bayesian"], want["bayesian"], rtol=1e-12)
+    assert after_chunks.loc["lonely"].to_dict() | {"updated_at": None} == {
+        "count": 0, "mean": pytest.approx(math.nan, nan_ok=True), "bayesian": 0.0, "updated_at": None}
+    assert known.loc["lonely", "bayesian"] == 0.0 and known.loc["lonely", "count"] == 0
+
+    # the same batch name again skips every chunk (deterministic ids); a new batch runs again
+    again = await enqueue_library(client, ids, chunk_size=16, batch=chunked.name, ratings_url=url)
+    assert len(again.skipped) == len(chunked)
+    fresh = await enqueue_library(client, chunk_size=50, ratings_url=url, prior=(0.0, 0.0))  # whole library
+    await fresh.wait(progress=False, timeout=60, poll_interval=0.05)
+    res = await fresh.results()
+    assert res["updated"].sum() == len(ids) - 1 and set(res["prior_source"]) == {"given"}
+    stats = store.stats()
+    rated = stats["count"] > 0
+    np.testing.assert_allclose(stats.loc[rated, "bayesian"], stats.loc[rated, "mean"], rtol=1e-12)
+    store.close()
+
+
+async def test_prior_cache_expires_through_a_worker(client: mediaq.Client, start_worker: Any,
+                                                    tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/r.db"
+    store = RatingsStore(url)
+    store.load_frame(pd.DataFrame({"image_id": ["a", "a", "b"], "user_id": [1, 2, 1], "score": [10, 8, 3]}))
+    start_worker(ratings_url=url, rating_cache_ttl=2.0)
+    key = prior_cache_key(url)
+
+    async def run() -> dict[str, Any]:
+        return await client.result(await client.enqueue_job("recalculate_rating", "a"), timeout=20)
+
+    first = await run()
+    assert (first["C"], first["m"], first["prior_source"]) == (1.5, 7.0, "db")
+    assert 0 < await client.cache.pttl(key) <= 2000
+    store.load_frame(pd.DataFrame({"image_id": ["c"] * 3, "user_id": [1, 2, 3], "score": [1, 1, 1]}))
+    stale = await run()  # within the TTL the seed keeps using the cached prior
+    assert (stale["C"], stale["m"], stale["prior_source"]) == (1.5, 7.0, "cache")
+    await wait_for(lambda: _gone(client, key), timeout=10)
+    fresh = await run()
+    assert fresh["prior_source"] == "db"
+    assert (fresh["C"], fresh["m"]) == (2.0, 4.0)  # 6 ratings of 3 images, mean 24 / 6
+    assert fresh["bayesian"] == pytest.approx((2 * 4.0 + 18) / 4)
+    store.close()
+
+
+async def _gone(client: mediaq.Client, key: str) -> bool:
+    return not await client.cache.exists(key)
+
+
+async def test_locked_database_is_retried_then_succeeds_through_a_worker(client: mediaq.Client, start_worker: Any,
+                                                                         tmp_path: Path) -> None:
+    path = tmp_path / "r.db"
+    url = f"sqlite:///{path}?timeout=0.3"
+    store = RatingsStore(url)
+    store.load_frame(pd.DataFrame({"image_id": ["a"], "user_id": [1], "score": [5]}))
+    start_worker(ratings_url=url)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        job_id = await client.enqueue_job("recalculate_ratings", ["a"])
+
+        async def second_try_started() -> bool:
+            return int(await client.redis.get(f"arq:retry:{job_id}") or 0) >= 2
+
+        await wait_for(second_try_started, timeout=20)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert (await client.result(job_id, timeout=20))["updated"] == 1
+    info = await client.job(job_id).result_info()
+    assert info is not None and info.job_try >= 2
+    store.close()
+
+
+async def test_unreachable_database_fails_after_the_retries(client: mediaq.Client, start_worker: Any,
+                                                            tmp_path: Path) -> None:
+    start_worker(ratings_url=f"sqlite:///{tmp_path}")  # a folder: SQLite cannot open it
+    job_id = await client.enqueue_job("recalculate_rating", "a")
+    with pytest.raises(mediaq.JobError) as info:
+        await client.result(job_id, timeout=30)
+    assert info.value.code == "ratings_db_unavailable"
+    assert "unable to open database file" in info.value.message
+    result = await client.job(job_id).result_info()
+    assert result is not None and result.job_try == 3  # the seed's max_tries
