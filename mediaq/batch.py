@@ -1,7 +1,7 @@
 """A named set of jobs, stored in Redis so a restarted kernel can reattach: ``client.batch(name)``.
 
-Keys: ``mediaq:batch:<name>`` (hash: function, created), ``mediaq:batch:<name>:ids`` (list of every
-job id, in enqueue order), ``mediaq:batch:<name>:retries`` (hash: original id -> retry id), and the
+Keys: ``mediaq:batch:<name>`` (hash: function, created), ``mediaq:batch:<name>:ids`` (sorted set of
+every job id, scored by enqueue order), ``mediaq:batch:<name>:retries`` (hash: original id -> retry id), and the
 sorted set ``mediaq:batches``. A retried job is replaced by its retry in counts and results
 (``results(all_attempts=True)`` shows both, linked by ``retry_of``).
 
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 from arq.constants import abort_jobs_ss
 
-from mediaq.bulk import STATES, status_codes
+from mediaq.bulk import STATES, enqueue_chunk, job_entry, status_codes
 from mediaq.frames import fetch_records, records_frame
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ def batch_key(name: str) -> str:
 
 
 def new_batch_name(function: str) -> str:
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
     return f"{function}-{stamp}-{time.time_ns() % 1_000_000:06d}"
 
 
@@ -82,7 +82,7 @@ class Batch:
         """Read the batch's ids and retry links from Redis."""
         redis = self.client.redis
         async with redis.pipeline(transaction=False) as pipe:
-            pipe.lrange(self.ids_key, 0, -1)
+            pipe.zrange(self.ids_key, 0, -1)
             pipe.hgetall(self.key + ":retries")
             pipe.hget(self.key, "function")
             raw_ids, retries, function = await pipe.execute()
@@ -90,7 +90,7 @@ class Batch:
             from mediaq.errors import ConfigError
 
             raise ConfigError(f"no batch named {self.name!r} in Redis; `await client.batches()` lists them")
-        self._ids = list(dict.fromkeys(i.decode() for i in raw_ids))
+        self._ids = [i.decode() for i in raw_ids]
         self._retries = {k.decode(): v.decode() for k, v in retries.items()}
         self.function = function.decode() if function else None
         return self
@@ -199,20 +199,20 @@ class Batch:
         states = await self.job_states()
         failed = [i for i, s in states.items() if s == "failed"]
         records = await fetch_records(self.client.redis, failed, self.client.loads)
-        new_ids = []
+        entries, links = [], {}
         for job_id, result, _ in records:
             if not result:
                 continue
             base, _, n = job_id.partition("~r")
             new_id = f"{base}~r{int(n or 0) + 1}"
-            # None means a retry with that id exists already (a rerun): link it all the same
-            await self.client.enqueue_job(result["f"], *(result.get("a") or []), _job_id=new_id,
-                                          **(result.get("k") or {}))
-            async with self.client.redis.pipeline(transaction=True) as pipe:
-                pipe.hset(self.key + ":retries", job_id, new_id)
-                pipe.rpush(self.ids_key, new_id)
-                await pipe.execute()
-            new_ids.append(new_id)
+            entries.append(job_entry(self.client.dumps, new_id, result["f"], result.get("a") or [],
+                                     result.get("k") or {}, self.name))
+            links[job_id] = new_id
+        new_ids = list(links.values())
+        if entries:
+            # ids that exist already (a rerun of retry_failed) are skipped, and still linked
+            await enqueue_chunk(self.client.redis, self.client.settings.queue_name, entries, self.ids_key)
+            await self.client.redis.hset(self.key + ":retries", mapping=links)
         await self.load()
         return new_ids
 
@@ -229,6 +229,6 @@ class Batch:
 
     async def delete(self) -> None:
         """Forget the batch (its jobs and results stay until they expire)."""
-        await self.client.redis.delete(self.key, self.ids_key, self.key + ":retries")
+        await self.client.redis.delete(self.key, self.ids_key, self.key + ":retries", self.key + ":counts")
         await self.client.redis.zrem("mediaq:batches", self.name)
 

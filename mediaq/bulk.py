@@ -18,15 +18,19 @@ from typing import Any
 
 from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
 
-__all__ = ["STATES", "enqueue_chunk", "status_codes"]
+__all__ = ["DAY_MS", "STATES", "enqueue_chunk", "job_entry", "status_codes"]
+
+DAY_MS = 86_400_000
 
 #: Job states, in the order of the status script's codes.
 STATES = ("not_found", "queued", "deferred", "in_progress", "complete", "failed")
 _RESULT_UNKNOWN = 6  # a result whose success flag must be read in Python (pickle mode)
 
 ENQUEUE_LUA = f"""
-local queue, idlist = ARGV[1], ARGV[2]
-local skipped, ids = {{}}, {{}}
+local queue, idset = ARGV[1], ARGV[2]
+local skipped = {{}}
+local seq = 0
+if idset ~= '' then seq = redis.call('ZCARD', idset) end
 for i = 3, #ARGV, 4 do
   local id = ARGV[i]
   if redis.call('EXISTS', '{job_key_prefix}' .. id, '{result_key_prefix}' .. id) > 0 then
@@ -35,13 +39,10 @@ for i = 3, #ARGV, 4 do
     redis.call('PSETEX', '{job_key_prefix}' .. id, ARGV[i + 2], ARGV[i + 3])
     redis.call('ZADD', queue, ARGV[i + 1], id)
   end
-  ids[#ids + 1] = id
-  if idlist ~= '' and #ids == 1000 then
-    redis.call('RPUSH', idlist, unpack(ids))
-    ids = {{}}
+  if idset ~= '' then
+    seq = seq + redis.call('ZADD', idset, 'NX', seq, id)
   end
 end
-if idlist ~= '' and #ids > 0 then redis.call('RPUSH', idlist, unpack(ids)) end
 return skipped
 """
 
@@ -72,11 +73,28 @@ return out
 STATUS_LUA = STATUS_LUA.replace("'as'", "'\\161s'")  # bytes a1 73: fixstr "s"
 
 
+def job_entry(dumps: Any, job_id: str, function: str, args: Sequence[Any], kwargs: dict[str, Any],
+              batch: str | None, *, score_ms: int | None = None, expires_ms: int | None = None,
+              now_ms: int | None = None) -> tuple[str, int, int, bytes]:
+    """``(job_id, score, expires_ms, payload)`` for :func:`enqueue_chunk`: arq's job record, plus the
+    batch name as ``b`` (mediaq's addition; stock arq ignores unknown keys). Expiry as arq: one day
+    after the job is due, unless given."""
+    import time
+
+    now = now_ms if now_ms is not None else int(time.time() * 1000)
+    score = score_ms if score_ms is not None else now
+    record = {"t": None, "f": function, "a": list(args), "k": kwargs, "et": now}
+    if batch:
+        record["b"] = batch
+    return job_id, score, expires_ms or (score - now + DAY_MS), dumps(record)
+
+
 async def enqueue_chunk(
     redis: Any, queue_name: str, jobs: Sequence[tuple[str, int, int, bytes]], id_list_key: str = ""
 ) -> list[str]:
     """Write ``(job_id, score_ms, expires_ms, payload)`` jobs atomically; return the ids skipped
-    because they already exist as a job or a result. ``id_list_key`` also gets every id (RPUSH)."""
+    because they already exist as a job or a result. ``id_list_key`` (a batch's sorted set of ids,
+    scored by insertion order) gets every id not in it yet, skipped ones included."""
     argv: list[Any] = [queue_name, id_list_key]
     for job_id, score, expires_ms, payload in jobs:
         argv += [job_id, score, expires_ms, payload]

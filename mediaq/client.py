@@ -26,7 +26,7 @@ from arq.jobs import Job
 from redis.exceptions import RedisError
 
 from mediaq.batch import Batch, batch_key, new_batch_name
-from mediaq.bulk import enqueue_chunk
+from mediaq.bulk import enqueue_chunk, job_entry
 from mediaq.errors import ConfigError, EnqueueError, JobError, RedisUnavailable
 from mediaq.frames import fetch_records, records_frame
 from mediaq.registry import load_jobs
@@ -35,9 +35,6 @@ from mediaq.server import resolve_redis_url, with_db
 from mediaq.settings import Settings, redact_url
 
 __all__ = ["Client", "connect"]
-
-DAY_MS = 86_400_000
-
 
 class Client:
     """A connection to mediaq's queue (Redis db ``queue_db``) and cache (db ``cache_db``).
@@ -195,9 +192,8 @@ class Client:
             seen.add(jid)
             now = int(time.time() * 1000)
             score = _to_unix_ms(defer_until) if defer_until is not None else now + defer_ms
-            job_expires = expires_ms or (score - now + DAY_MS)
-            payload = self.dumps({"t": None, "f": function, "a": args, "k": kwargs, "et": now})
-            chunk.append((jid, score, job_expires, payload))
+            chunk.append(job_entry(self.dumps, jid, function, args, kwargs, name, score_ms=score,
+                                   expires_ms=expires_ms, now_ms=now))
             if len(chunk) >= chunk_size:
                 await flush()
         if chunk:
@@ -247,7 +243,7 @@ class Client:
             meta = await self.redis.hgetall(batch_key(name))
             rows.append({"batch": name, "function": meta.get(b"function", b"").decode(),
                          "created": pd.Timestamp(float(meta.get(b"created", 0)), unit="s", tz="UTC"),
-                         "jobs": await self.redis.llen(batch_key(name) + ":ids")})
+                         "jobs": await self.redis.zcard(batch_key(name) + ":ids")})
         return pd.DataFrame(rows, columns=["batch", "function", "created", "jobs"])
 
     # -- whole-queue views ------------------------------------------------------------------

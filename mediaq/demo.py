@@ -71,7 +71,9 @@ async def run_demo(settings: Settings, data_dir: Path) -> int:
             chunks = [{"image_ids": ids[i:i + 50]} for i in range(0, len(ids), 50)]
             batches.append(await client.enqueue_many("recalculate_ratings", chunks, batch=f"demo-{run}-ratings",
                                                      job_id=f"demo-{run}:ratings:{{index}}"))
-        print(f"enqueued {sum(len((await b.load()).ids) for b in batches)} jobs in "
+        for b in batches:
+            await b.load()
+        print(f"enqueued {sum(len(b) for b in batches)} jobs in "
               f"{time.perf_counter() - enqueue_started:.2f} s; waiting for the worker...")
         for b in batches:
             await b.wait(progress=True, timeout=600)

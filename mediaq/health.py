@@ -2,7 +2,8 @@
 
 arq writes one ``<queue>:health-check`` string for the queue (the last worker to write wins). Each
 mediaq worker also writes its own ``mediaq:worker:<host>:<pid>`` heartbeat (JSON, expiring after
-three health-check intervals), so the dashboard and ``mediaq doctor`` can list every live worker.
+three health-check intervals) and its key in the ``mediaq:workers`` sorted set, so the dashboard and
+``mediaq doctor`` list every live worker without scanning the keyspace.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import json
 import re
 from typing import Any
 
-__all__ = ["HEARTBEAT_PREFIX", "parse_health_check", "read_health", "read_workers"]
+__all__ = ["HEARTBEAT_PREFIX", "WORKERS_KEY", "parse_health_check", "read_health", "read_workers"]
 
 HEARTBEAT_PREFIX = "mediaq:worker:"
+WORKERS_KEY = "mediaq:workers"  # sorted set: heartbeat key -> time of last beat
 _FIELD = re.compile(r"(\w+)=(\d+)")
 
 
@@ -36,14 +38,22 @@ async def read_health(redis: Any, queue_name: str) -> dict[str, Any] | None:
 
 async def read_workers(redis: Any) -> list[dict[str, Any]]:
     """Live mediaq workers' heartbeats: host, pid, started, last (epoch s), ongoing, finished, max_jobs."""
-    keys = [k async for k in redis.scan_iter(match=HEARTBEAT_PREFIX + "*", count=1000)]
+    import time
+
+    # heartbeats expire by themselves; the set only says where to look (two round trips in all)
+    keys = await redis.zrangebyscore(WORKERS_KEY, time.time() - 3600, "+inf")
     if not keys:
         return []
     out = []
-    for raw in await redis.mget(keys):
-        if raw:
-            try:
-                out.append(json.loads(raw))
-            except ValueError:
-                continue
+    stale = []
+    for key, raw in zip(keys, await redis.mget(keys), strict=True):
+        if not raw:
+            stale.append(key)
+            continue
+        try:
+            out.append(json.loads(raw))
+        except ValueError:
+            continue
+    if stale:
+        await redis.zrem(WORKERS_KEY, *stale)
     return sorted(out, key=lambda w: (w.get("host", ""), w.get("pid", 0)))

@@ -60,6 +60,7 @@ async def _startup(ctx: dict[str, Any]) -> None:
         ctx["watchdog"] = asyncio.create_task(_watch_embedded(settings))
     ctx["stats"] = {"ongoing": 0, "finished": 0}
     ctx["heartbeat"] = asyncio.create_task(_heartbeat(ctx))
+    ctx["stats_flush"] = asyncio.create_task(_flush_stats(ctx))
     ready = os.environ.get(READY_FILE_ENV)
     if ready:
         Path(ready).write_text(str(os.getpid()))
@@ -67,14 +68,19 @@ async def _startup(ctx: dict[str, Any]) -> None:
 
 
 async def _shutdown(ctx: dict[str, Any]) -> None:
-    for name in ("watchdog", "heartbeat"):
+    for name in ("watchdog", "heartbeat", "stats_flush"):
         task = ctx.pop(name, None)
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
     with contextlib.suppress(Exception):
+        await ctx["worker_stats"].flush(ctx["redis"])
+    with contextlib.suppress(Exception):
+        from mediaq.health import WORKERS_KEY
+
         await ctx["redis"].delete(_heartbeat_key())
+        await ctx["redis"].zrem(WORKERS_KEY, _heartbeat_key())
     pool = ctx.pop("pool", None)
     if pool is not None:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -110,10 +116,25 @@ async def _heartbeat(ctx: dict[str, Any]) -> None:
         record = {"host": socket.gethostname(), "pid": os.getpid(), "started": started, "last": time.time(),
                   "max_jobs": settings.max_jobs, "processes": settings.processes, **ctx["stats"]}
         try:
-            await ctx["redis"].set(key, json.dumps(record), px=int(settings.health_check_interval * 3000))
+            from mediaq.health import WORKERS_KEY
+
+            async with ctx["redis"].pipeline(transaction=False) as pipe:
+                pipe.set(key, json.dumps(record), px=int(settings.health_check_interval * 3000))
+                pipe.zadd(WORKERS_KEY, {key: time.time()})
+                await pipe.execute()
         except Exception:  # Redis away: the next beat will tell
             logger.debug("heartbeat failed", exc_info=True)
         await asyncio.sleep(settings.health_check_interval)
+
+
+async def _flush_stats(ctx: dict[str, Any], interval: float = 1.0) -> None:
+    """Write the outcome counters (see :mod:`mediaq.stats`) every second."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await ctx["worker_stats"].flush(ctx["redis"])
+        except Exception:  # kept for the next flush
+            logger.debug("stats flush failed", exc_info=True)
 
 
 async def _job_start(ctx: dict[str, Any]) -> None:
@@ -150,7 +171,9 @@ def build_worker_settings(settings: Settings | None = None, **overrides: Any) ->
 
     settings = (settings or Settings.load()).replace(**overrides) if overrides else (settings or Settings.load())
     url = resolve_redis_url(settings)
-    dumps, loads = get_serializer(settings.serializer)
+    from mediaq.stats import WorkerStats
+
+    stats = WorkerStats(*get_serializer(settings.serializer))
     functions = [
         func(spec.coroutine, name=spec.name, timeout=spec.timeout, max_tries=spec.max_tries,
              keep_result=spec.keep_result)
@@ -167,13 +190,13 @@ def build_worker_settings(settings: Settings | None = None, **overrides: Any) ->
         "health_check_interval": settings.health_check_interval,
         "poll_delay": settings.poll_delay,
         "allow_abort_jobs": True,
-        "job_serializer": dumps,
-        "job_deserializer": loads,
+        "job_serializer": stats.dumps,
+        "job_deserializer": stats.loads,
         "on_startup": _startup,
         "on_shutdown": _shutdown,
         "on_job_start": _job_start,
         "after_job_end": _job_end,
-        "ctx": {"mediaq_settings": settings, "mediaq_url": url},
+        "ctx": {"mediaq_settings": settings, "mediaq_url": url, "worker_stats": stats},
     }
     return type("WorkerSettings", (), attrs)
 

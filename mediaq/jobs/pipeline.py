@@ -24,10 +24,12 @@ async def reindex_image(ctx: dict[str, Any], image_id: str, source_path: str, *,
     result = await create_image_set(ctx, image_id, source_path)
     follow_up = None
     if iqdb:
-        thumb = result["thumbnail"]["path"]
+        from mediaq.bulk import enqueue_chunk, job_entry
+
         follow_up = f"{ctx['job_id']}:iqdb"
         redis = ctx["redis"]
-        await redis.enqueue_job("add_to_iqdb", image_id, thumb, _job_id=follow_up)
-        if batch:
-            await redis.rpush(f"mediaq:batch:{batch}:ids", follow_up)
+        entry = job_entry(redis.job_serializer, follow_up, "add_to_iqdb", [image_id, result["thumbnail"]["path"]],
+                          {}, batch)
+        # atomic: the job and its place in the batch; skipped if it exists (a retried parent)
+        await enqueue_chunk(redis, ctx["settings"].queue_name, [entry], f"mediaq:batch:{batch}:ids" if batch else "")
     return {**result, "iqdb_job": follow_up}
