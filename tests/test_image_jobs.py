@@ -16,7 +16,7 @@ import mediaq
 from mediaq import storage as storage_module
 from mediaq.errors import PermanentJobError
 from mediaq.imaging import OutputSpec
-from mediaq.jobs.images import create_image_set, create_thumbnail, create_variant, thumbnail_task
+from mediaq.jobs.images import create_image_set, create_thumbnail, create_variant, render_task, store_outputs
 from mediaq.settings import Settings
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -235,6 +235,8 @@ async def test_permanent_errors_through_a_real_worker_fail_once_with_code(client
 
 def test_encoded_thumbnail_is_an_image(tmp_path):
     """The job's output decodes as what it says it is (guards against writing the wrong buffer)."""
-    r = thumbnail_task(str(tmp_path), "x", str(DATA / "astronaut.jpg"), OutputSpec((64, 64), "png", 90))
+    specs = {"thumbnail": OutputSpec((64, 64), "png", 90)}
+    info, outputs = render_task(str(DATA / "astronaut.jpg"), specs)
+    r = store_outputs(str(tmp_path), "x", info, outputs, specs)["thumbnail"]
     im = Image.open(io.BytesIO(Path(r["path"]).read_bytes()))
     assert (im.format, im.size) == ("PNG", (64, 64))

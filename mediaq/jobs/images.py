@@ -8,8 +8,9 @@ variant's edge (else ``skipped``, reason ``"not_larger"``), and dropped when its
 fewer than the original file's (``"not_smaller"``). A skipped variant removes any earlier file of the
 same name, so the folder always matches the latest run.
 
-Each job validates its arguments on the event loop, then does all file and pixel work in the
-worker's process pool (:func:`~mediaq.jobs.run_cpu`). Results are plain dicts::
+Each job validates its arguments on the event loop, reads, decodes and encodes in the worker's
+process pool (:func:`~mediaq.jobs.run_cpu`: one process per core), then writes the files from a
+thread, so a core never sits idle while a file is fsynced. Results are plain dicts::
 
     {"image_id", "variant", "path", "width", "height", "bytes", "format", "skipped", "reason",
      "source_width", "source_height", "source_format", "source_bytes"}
@@ -28,6 +29,7 @@ decoded at a different DCT scale), but each job on its own is deterministic.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from mediaq.errors import PermanentJobError
@@ -35,7 +37,6 @@ from mediaq.imaging import (
     OUTPUT_FORMATS,
     Output,
     OutputSpec,
-    Source,
     check_format,
     check_quality,
     check_size,
@@ -53,9 +54,8 @@ __all__ = [
     "create_image_set",
     "create_thumbnail",
     "create_variant",
-    "image_set_task",
-    "thumbnail_task",
-    "variant_task",
+    "render_task",
+    "store_outputs",
 ]
 
 THUMBS = "thumbs"
@@ -63,7 +63,7 @@ VARIANTS = ("medium", "large")
 DEFAULT_VARIANT_FORMAT = "jpeg"
 
 
-# -- jobs (event loop: validate, then hand over to the pool) ----------------------------------------
+# -- jobs (event loop: validate, CPU work in the pool, file writes in a thread) ---------------------
 @job
 async def create_thumbnail(
     ctx: dict[str, Any],
@@ -82,7 +82,8 @@ async def create_thumbnail(
     _check_source_path(source_path)
     box = _box(s, width, height)
     spec = OutputSpec(box, check_format(_or(format, s.thumb_format)), check_quality(_or(quality, s.thumb_quality)))
-    return await run_cpu(ctx, thumbnail_task, str(s.storage), image_id, source_path, spec)
+    result = await _run(ctx, s, image_id, source_path, {"thumbnail": spec})
+    return result["thumbnail"]
 
 
 @job
@@ -105,7 +106,8 @@ async def create_variant(
         raise PermanentJobError("bad_argument", f"variant={variant!r} must be one of {list(VARIANTS)}",
                                 argument="variant", value=repr(variant))
     spec = _variant_spec(s, _or(edge, s.variant_edges[variant]), format, quality, "edge")
-    return await run_cpu(ctx, variant_task, str(s.storage), image_id, source_path, variant, spec)
+    result = await _run(ctx, s, image_id, source_path, {variant: spec})
+    return result[variant]
 
 
 @job
@@ -123,7 +125,7 @@ async def create_image_set(
     variant_format: str | None = None,
     variant_quality: int | None = None,
 ) -> dict[str, Any]:
-    """Thumbnail, medium and large from ONE decode (for reindex pipelines).
+    """Thumbnail, medium and large from ONE read and ONE decode (for reindex pipelines).
 
     Returns ``{"image_id", "source_width", "source_height", "source_format", "source_bytes",
     "thumbnail": {...}, "medium": {...}, "large": {...}}`` with the per-output dicts of the single jobs.
@@ -131,79 +133,74 @@ async def create_image_set(
     s = _settings(ctx)
     validate_image_id(image_id)
     _check_source_path(source_path)
-    thumb = OutputSpec(_box(s, width, height), check_format(_or(format, s.thumb_format)),
-                       check_quality(_or(quality, s.thumb_quality)))
-    variants = {
+    specs = {
+        "thumbnail": OutputSpec(_box(s, width, height), check_format(_or(format, s.thumb_format)),
+                                check_quality(_or(quality, s.thumb_quality))),
         "medium": _variant_spec(s, _or(medium_edge, s.medium_edge), variant_format, variant_quality, "medium_edge"),
         "large": _variant_spec(s, _or(large_edge, s.large_edge), variant_format, variant_quality, "large_edge"),
     }
-    return await run_cpu(ctx, image_set_task, str(s.storage), image_id, source_path, thumb, variants)
+    result = await _run(ctx, s, image_id, source_path, specs)
+    first = result["thumbnail"]
+    return {"image_id": image_id, **{k: first[k] for k in _SOURCE_KEYS}, **result}
 
 
-# -- pool side (pure functions of their arguments; importable by forkserver/spawn children) -------
-def thumbnail_task(root: str, image_id: str | int, source_path: str, spec: OutputSpec) -> dict[str, Any]:
-    """Read, decode (draft for ``spec.box``), render, encode and atomically write one thumbnail."""
-    data = read_source(source_path)
-    source = decode(data, [spec.box], name=source_path)
-    out = render_outputs(source, {"thumbnail": spec})["thumbnail"]
-    path = Storage(root).write(THUMBS, image_id, out.ext, out.data)
-    return _result(image_id, "thumbnail", source.info(), out, str(path))
+async def _run(ctx: dict[str, Any], s: Settings, image_id: str | int, source_path: str,
+               specs: dict[str, OutputSpec]) -> dict[str, dict[str, Any]]:
+    """Pixels in the process pool, then the files in a thread: an fsync waiting on the disk never
+    holds a pool process (a core) idle."""
+    info, outputs = await run_cpu(ctx, render_task, source_path, specs)
+    return await asyncio.to_thread(store_outputs, str(s.storage), image_id, info, outputs, specs)
 
 
-def variant_task(root: str, image_id: str | int, source_path: str, variant: str, spec: OutputSpec) -> dict[str, Any]:
-    """One variant with the seed rules; the size check reads only the header."""
-    data = read_source(source_path)
-    info = probe(data, name=source_path)
-    storage = Storage(root)
-    if max(info["width"], info["height"]) <= spec.box[0]:
-        return _skip(storage, image_id, variant, info, spec, "not_larger")
-    source = decode(data, [spec.box], name=source_path)
-    return _keep_or_drop(storage, image_id, variant, source, render_outputs(source, {variant: spec})[variant], spec)
+# -- pool side: pure functions of their arguments (importable by forkserver/spawn children) --------
+def render_task(source_path: str, specs: dict[str, OutputSpec]) -> tuple[dict[str, Any], dict[str, Output | str]]:
+    """Read ``source_path`` once, decode once, and encode every output in ``specs``.
 
-
-def image_set_task(
-    root: str, image_id: str | int, source_path: str, thumb: OutputSpec, variants: dict[str, OutputSpec]
-) -> dict[str, Any]:
-    """Thumbnail and variants from one read and one decode (drafted for the largest output needed)."""
+    Keys ``thumbnail`` (always made) or a variant name (seed rules). Returns the source facts and,
+    per key, the encoded :class:`Output` or the reason it was skipped (``"not_larger"``,
+    ``"not_smaller"``). With only variants that are not larger, the pixels are never decoded.
+    """
     data = read_source(source_path)
     info = probe(data, name=source_path)
     longest = max(info["width"], info["height"])
-    needed = {name: spec for name, spec in variants.items() if longest > spec.box[0]}
-    source = decode(data, [thumb.box, *(spec.box for spec in needed.values())], name=source_path)
-    info = source.info()
-    outputs = render_outputs(source, {"thumbnail": thumb, **needed})
-    storage = Storage(root)
-    result: dict[str, Any] = {"image_id": image_id, **_source_fields(info)}
-    path = storage.write(THUMBS, image_id, outputs["thumbnail"].ext, outputs["thumbnail"].data)
-    result["thumbnail"] = _result(image_id, "thumbnail", info, outputs["thumbnail"], str(path))
-    for name, spec in variants.items():
-        if name in needed:
-            result[name] = _keep_or_drop(storage, image_id, name, source, outputs[name], spec)
+    results: dict[str, Output | str] = {}
+    wanted = {}
+    for name, spec in specs.items():
+        if name != "thumbnail" and longest <= spec.box[0]:
+            results[name] = "not_larger"
         else:
-            result[name] = _skip(storage, image_id, name, info, spec, "not_larger")
-    return result
+            wanted[name] = spec
+    if not wanted:
+        return info, results
+    source = decode(data, [spec.box for spec in wanted.values()], name=source_path)
+    for name, out in render_outputs(source, wanted).items():
+        results[name] = "not_smaller" if name != "thumbnail" and len(out.data) >= source.bytes else out
+    return source.info(), results
+
+
+def store_outputs(root: str, image_id: str | int, info: dict[str, Any], outputs: dict[str, Output | str],
+                  specs: dict[str, OutputSpec]) -> dict[str, dict[str, Any]]:
+    """Write each output atomically (thumbnails to ``thumbs/``, variants to their own folder);
+    a skipped variant removes any earlier file of its name. Returns the result dict per key."""
+    storage = Storage(root)
+    results = {}
+    for name, out in outputs.items():
+        folder = THUMBS if name == "thumbnail" else name
+        if isinstance(out, str):
+            storage.remove(folder, image_id, OUTPUT_FORMATS[specs[name].format][1])
+            results[name] = {"image_id": image_id, "variant": name, "path": None, "width": None, "height": None,
+                             "bytes": None, "format": specs[name].format, "skipped": True, "reason": out,
+                             **_source_fields(info)}
+        else:
+            path = storage.write(folder, image_id, out.ext, out.data)
+            results[name] = {"image_id": image_id, "variant": name, "path": str(path), "width": out.width,
+                             "height": out.height, "bytes": len(out.data), "format": out.format, "skipped": False,
+                             "reason": None, **_source_fields(info)}
+    return {name: results[name] for name in specs}
 
 
 # -- helpers ----------------------------------------------------------------------------------------
-def _keep_or_drop(storage: Storage, image_id: str | int, variant: str, source: Source, out: Output,
-                  spec: OutputSpec) -> dict[str, Any]:
-    info = source.info()
-    if len(out.data) >= source.bytes:
-        return _skip(storage, image_id, variant, info, spec, "not_smaller")
-    path = storage.write(variant, image_id, out.ext, out.data)
-    return _result(image_id, variant, info, out, str(path))
-
-
-def _skip(storage: Storage, image_id: str | int, variant: str, info: dict[str, Any], spec: OutputSpec,
-          reason: str) -> dict[str, Any]:
-    storage.remove(variant, image_id, OUTPUT_FORMATS[spec.format][1])
-    return {"image_id": image_id, "variant": variant, "path": None, "width": None, "height": None, "bytes": None,
-            "format": spec.format, "skipped": True, "reason": reason, **_source_fields(info)}
-
-
-def _result(image_id: str | int, variant: str, info: dict[str, Any], out: Output, path: str) -> dict[str, Any]:
-    return {"image_id": image_id, "variant": variant, "path": path, "width": out.width, "height": out.height,
-            "bytes": len(out.data), "format": out.format, "skipped": False, "reason": None, **_source_fields(info)}
+_SOURCE_KEYS = ("source_width", "source_height", "source_format", "source_bytes")
 
 
 def _source_fields(info: dict[str, Any]) -> dict[str, Any]:
