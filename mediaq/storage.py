@@ -11,6 +11,8 @@ Layout: ``{root}/{folder}/{image_id}.{ext}`` with folders such as ``thumbs``, ``
   part. Any error removes the temporary file. A process killed mid-write can leave a temporary
   file behind (never a partial target); the next write of the same target removes such leftovers
   once they are older than ``stale_after`` seconds, and :meth:`Storage.sweep` clears a whole root.
+  The writer holds an ``flock`` on its temporary file until the rename, so the worker's janitor
+  removes a dead writer's leftovers at once (:func:`mediaq.recovery.sweep_abandoned`).
 * **Errors**: a full disk (``ENOSPC``, ``EDQUOT``) -> ``storage_full``, a read-only file system
   (``EROFS``) -> ``storage_read_only``, no permission (``EACCES``, ``EPERM``) -> ``storage_denied``,
   all :class:`~mediaq.errors.PermanentJobError`. A full disk is *permanent* on purpose: the job's
@@ -28,6 +30,7 @@ Layout: ``{root}/{folder}/{image_id}.{ext}`` with folders such as ``thumbs``, ``
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import re
 import secrets
@@ -126,14 +129,15 @@ class Storage:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
                          dir_fd=dir_fd)
             try:
+                _hold(fd)  # until renamed: a sweeper tells a dead writer's file by its free lock
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
                 os.fsync(fd)
+                os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                tmp = ""
             finally:
                 os.close(fd)
-            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            tmp = ""
             if self.fsync_dir:
                 os.fsync(dir_fd)
         except OSError as exc:
@@ -212,6 +216,14 @@ def _file_name(image_id: str | int, ext: str) -> str:
 
 def _is_temp(name: str) -> bool:
     return name.startswith(".") and name.endswith(_TMP_SUFFIX)
+
+
+def _hold(fd: int) -> None:
+    """Lock a temporary file while it is written (see :func:`mediaq.recovery.sweep_abandoned`)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # no lock support (some network file systems): the age rule still applies
+        pass
 
 
 def _unlink_quietly(name: str, dir_fd: int | None) -> None:
