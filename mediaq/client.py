@@ -192,8 +192,11 @@ class Client:
             seen.add(jid)
             now = int(time.time() * 1000)
             score = _to_unix_ms(defer_until) if defer_until is not None else now + defer_ms
-            chunk.append(job_entry(self.dumps, jid, function, args, kwargs, name, score_ms=score,
-                                   expires_ms=expires_ms, now_ms=now))
+            try:
+                chunk.append(job_entry(self.dumps, jid, function, args, kwargs, name, score_ms=score,
+                                       expires_ms=expires_ms, now_ms=now))
+            except TypeError as exc:
+                raise ConfigError(f"item {index} ({item!r:.80}) cannot be enqueued: {exc}") from None
             if len(chunk) >= chunk_size:
                 await flush()
         if chunk:

@@ -75,42 +75,61 @@ def records_frame(
 ) -> pd.DataFrame:
     """Build the jobs DataFrame from ``fetch_records`` output. ``extra`` adds columns per job id."""
     signatures = signatures or {}
+    statuses = statuses or {}
     rows = []
-    arg_cols: dict[str, None] = {}  # ordered sets
+    arg_cols: dict[str, None] = {}  # ordered sets of column names
     result_cols: dict[str, None] = {}
+    names_cache: dict[tuple[str, int], list[str]] = {}
+    seen_arg_keys: set[tuple[str, ...]] = set()
+    seen_result_keys: set[tuple[str, ...]] = set()
     for job_id, result, job in records:
         rec = result or job or {}
-        function = rec.get("f")
+        function = rec.get("f") or ""
         args = rec.get("a") or []
-        row: dict[str, Any] = {"job_id": job_id, "function": function, "batch": batch}
-        arguments = dict(zip(_arg_names(function or "", len(args), signatures), args, strict=True))
-        arguments.update(rec.get("k") or {})
-        arg_cols.update(dict.fromkeys(arguments))
-        row.update(arguments)
-        row["enqueue_time"] = rec.get("et")
+        names = names_cache.get((function, len(args)))
+        if names is None:
+            names = names_cache[(function, len(args))] = _arg_names(function, len(args), signatures)
+        arguments = dict(zip(names, args, strict=True))
+        if rec.get("k"):
+            arguments.update(rec["k"])
+        keys = tuple(arguments)
+        if keys not in seen_arg_keys:
+            seen_arg_keys.add(keys)
+            arg_cols.update(dict.fromkeys(keys))
+        row = {"job_id": job_id, "function": function or None, "batch": batch, "enqueue_time": rec.get("et"),
+               **arguments}
         if result is not None:
             success = bool(result.get("s"))
-            row.update(status="complete" if success else "failed", success=success, tries=result.get("t"),
-                       start_time=result.get("st"), finish_time=result.get("ft"))
+            row["status"] = "complete" if success else "failed"
+            row["success"] = success
+            row["tries"] = result.get("t")
+            row["start_time"] = result.get("st")
+            row["finish_time"] = result.get("ft")
             value = result.get("r")
             if success:
                 fields = value if isinstance(value, dict) else {"result": value}
+                keys = tuple(fields)
+                if keys not in seen_result_keys:
+                    seen_result_keys.add(keys)
+                    result_cols.update(dict.fromkeys(
+                        f"result_{k}" if k in arguments or k in BASE_COLUMNS else k for k in keys))
                 for key, v in fields.items():
-                    col = f"result_{key}" if key in arguments or key in BASE_COLUMNS else key
-                    result_cols[col] = None
-                    row[col] = v
+                    row[f"result_{key}" if key in arguments or key in BASE_COLUMNS else key] = v
             else:
                 err = value if isinstance(value, JobError) else JobError(type(value).__name__, str(value))
-                row.update(error_type=err.type, error_code=err.code, error_message=err.message,
-                           traceback=err.traceback)
+                row["error_type"] = err.type
+                row["error_code"] = err.code
+                row["error_message"] = err.message
+                row["traceback"] = err.traceback
         else:
-            row["status"] = (statuses or {}).get(job_id, "queued" if job else "not_found")
+            row["status"] = statuses.get(job_id, "queued" if job else "not_found")
             row["tries"] = job.get("t") if job else None
-        for key, v in (extra or {}).get(job_id, {}).items():
-            result_cols.setdefault(key, None)
-            row[key] = v
         rows.append(row)
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame(rows) if rows else pd.DataFrame({"job_id": pd.Series(dtype="string")})
+    if extra:
+        for key in dict.fromkeys(k for values in extra.values() for k in values):
+            result_cols.setdefault(key, None)
+            df[key] = df["job_id"].map(lambda i, key=key: extra.get(i, {}).get(key))
     for col in BASE_COLUMNS + ERROR_COLUMNS:
         if col not in df.columns:
             df[col] = None

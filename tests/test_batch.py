@@ -136,3 +136,55 @@ async def test_stock_arq_worker_and_job_read_bulk_jobs(settings, serializer):
         assert (await batch.status())["complete"] == 30
     finally:
         await client.close()
+
+
+async def test_wait_interrupted_keeps_the_batch(client, start_worker):
+    batch = await client.enqueue_many("noop", range(10), batch="interrupted")
+    waiter = asyncio.create_task(batch.wait(progress=True, poll_interval=0.05))
+    await asyncio.sleep(0.2)
+    waiter.cancel()  # what the kernel's stop button does to an awaiting cell
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    start_worker()
+    again = client.batch("interrupted")
+    assert (await again.wait(progress=False, timeout=30))["complete"] == 10
+
+
+async def test_wait_timeout_says_the_batch_keeps_running(client):
+    batch = await client.enqueue_many("noop", range(3))
+    with pytest.raises(TimeoutError, match="keeps running"):
+        await batch.wait(progress=False, timeout=0.3, poll_interval=0.1)
+    assert (await batch.status())["queued"] == 3
+
+
+async def test_results_frame_and_queue_frame(client, start_worker):
+    await client.enqueue_many("noop", [{"value": i} for i in range(4)], job_id="q{value}")
+    waiting = await client.queue_frame()
+    assert list(waiting["job_id"]) == ["q0", "q1", "q2", "q3"]
+    assert set(waiting["status"]) == {"queued"} and list(waiting["value"]) == [0, 1, 2, 3]
+    start_worker()
+    await client.batch((await client.batches())["batch"].iloc[-1]).wait(progress=False, timeout=30)
+    done = await client.results_frame()
+    assert sorted(done["job_id"]) == ["q0", "q1", "q2", "q3"]
+    assert (done["status"] == "complete").all() and sorted(done["result"]) == [0, 1, 2, 3]
+
+
+async def test_bad_enqueue_arguments_are_clear(client):
+    with pytest.raises(mediaq.ConfigError, match="needs 'image_id'"):
+        await client.enqueue_many("noop", [{"value": 1}], job_id="t:{image_id}")
+    with pytest.raises(mediaq.ConfigError, match="not both"):
+        await client.enqueue_many("noop", [1], defer_by=1, defer_until=__import__("datetime").datetime.now())
+    with pytest.raises(mediaq.ConfigError, match="chunk_size"):
+        await client.enqueue_many("noop", [1], chunk_size=0)
+    with pytest.raises(mediaq.ConfigError, match=r"item 0 .* plain data"):
+        await client.enqueue_many("noop", [{"value": object()}])
+    assert await client.queue_counts() == {"queued": 0, "deferred": 0}
+
+
+async def test_expires_drops_jobs_not_started_in_time(client, start_worker):
+    batch = await client.enqueue_many("noop", range(3), expires=0.2, job_id="e{0}")
+    await asyncio.sleep(0.5)
+    start_worker()
+    counts = await batch.wait(progress=False, timeout=30)
+    assert counts["complete"] == 0  # arq fails expired jobs ("job expired") or they vanish
+    assert counts["failed"] + counts["not_found"] == 3
