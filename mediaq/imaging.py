@@ -149,7 +149,9 @@ def read_source(path: str | os.PathLike[str], *, max_bytes: int = MAX_FILE_BYTES
             raise PermanentJobError("too_large", f"{name} is {st.st_size} bytes, more than the {max_bytes} allowed",
                                     path=name, bytes=st.st_size, limit=max_bytes)
         with os.fdopen(fd, "rb", closefd=False) as f:
-            data = f.read(max_bytes + 1)
+            data = f.read(st.st_size + 1)  # one exact buffer (a bigger request allocates it all)
+            if len(data) > st.st_size:  # it grew while we read: read on, up to the limit
+                data += f.read(max_bytes + 1 - len(data))
     except OSError as exc:
         raise _read_error(exc, name) from None
     finally:

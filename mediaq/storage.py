@@ -9,10 +9,10 @@ Layout: ``{root}/{folder}/{image_id}.{ext}`` with folders such as ``thumbs``, ``
 * **Atomic writes**: bytes go to a temporary file in the same folder (``.{name}.{random}.tmp``), are
   fsynced, then ``os.replace``-d over the target: readers see the old file or the new one, never a
   part. Any error removes the temporary file. A process killed mid-write can leave a temporary
-  file behind (never a partial target); the next write of the same target removes such leftovers
-  once they are older than ``stale_after`` seconds, and :meth:`Storage.sweep` clears a whole root.
-  The writer holds an ``flock`` on its temporary file until the rename, so the worker's janitor
-  removes a dead writer's leftovers at once (:func:`mediaq.recovery.sweep_abandoned`).
+  file behind (never a partial target). The writer holds an ``flock`` on its temporary file until
+  the rename, so the worker's janitor removes a dead writer's leftovers at once
+  (:func:`mediaq.recovery.sweep_abandoned`); :meth:`Storage.sweep` does the same by hand. Writes
+  never list the folder themselves: with 100k thumbnails that would cost more than the write.
 * **Errors**: a full disk (``ENOSPC``, ``EDQUOT``) -> ``storage_full``, a read-only file system
   (``EROFS``) -> ``storage_read_only``, no permission (``EACCES``, ``EPERM``) -> ``storage_denied``,
   all :class:`~mediaq.errors.PermanentJobError`. A full disk is *permanent* on purpose: the job's
@@ -73,10 +73,10 @@ def validate_image_id(image_id: Any) -> str:
 class Storage:
     """The storage root of image outputs. Cheap to build; keeps no open files."""
 
-    def __init__(self, root: str | os.PathLike[str], *, stale_after: float = 900.0, fsync_dir: bool = False):
+    def __init__(self, root: str | os.PathLike[str], *, stale_after: float = 2.0, fsync_dir: bool = False):
         #: the root as given (absolute); outputs are checked against its resolved form
         self.root = Path(os.path.abspath(root))
-        #: seconds after which a leftover temporary file of a target is removed (3 x the seed job timeout)
+        #: :meth:`sweep` removes unlocked temporary files older than this (seconds)
         self.stale_after = stale_after
         #: also fsync the folder after the rename (survives power loss; costs a journal commit per file)
         self.fsync_dir = fsync_dir
@@ -125,7 +125,6 @@ class Storage:
         dir_fd = self._open_folder(folder)
         tmp = f".{name}.{secrets.token_hex(6)}{_TMP_SUFFIX}"
         try:
-            self._remove_stale(dir_fd, name)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
                          dir_fd=dir_fd)
             try:
@@ -163,7 +162,11 @@ class Storage:
             os.close(dir_fd)
 
     def sweep(self, older_than: float | None = None) -> list[Path]:
-        """Remove temporary files left by killed writers in every folder of the root; returns them."""
+        """Remove temporary files left by dead writers in every folder of the root; returns them.
+
+        A file is removed when it is older than ``older_than`` seconds (default ``stale_after``) and
+        no live writer holds its lock.
+        """
         limit = time.time() - (self.stale_after if older_than is None else older_than)
         removed = []
         if not self.root.is_dir():
@@ -173,7 +176,7 @@ class Storage:
                 continue
             for entry in os.scandir(sub):
                 if _is_temp(entry.name) and entry.is_file(follow_symlinks=False) and \
-                        entry.stat(follow_symlinks=False).st_mtime <= limit:
+                        entry.stat(follow_symlinks=False).st_mtime <= limit and not _locked(entry.path):
                     _unlink_quietly(entry.path, None)
                     removed.append(Path(entry.path))
         return removed
@@ -185,18 +188,6 @@ class Storage:
             return os.open(real, _DIR_FLAGS)
         except OSError as exc:
             raise _storage_error(exc, real) from None
-
-    def _remove_stale(self, dir_fd: int, name: str) -> None:
-        prefix = f".{name}."
-        limit = time.time() - self.stale_after
-        with os.scandir(dir_fd) as entries:
-            for entry in entries:
-                if entry.name.startswith(prefix) and _is_temp(entry.name):
-                    try:
-                        if entry.stat(follow_symlinks=False).st_mtime <= limit:
-                            os.unlink(entry.name, dir_fd=dir_fd)
-                    except FileNotFoundError:
-                        pass
 
 
 def _check_folder(folder: Any) -> str:
@@ -224,6 +215,23 @@ def _hold(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:  # no lock support (some network file systems): the age rule still applies
         pass
+
+
+def _locked(path: str) -> bool:
+    """True if a live writer holds the lock of temporary file ``path``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # closing drops our lock
+    return False
 
 
 def _unlink_quietly(name: str, dir_fd: int | None) -> None:

@@ -270,31 +270,32 @@ KILLED_WRITER = textwrap.dedent("""
 
 def test_writer_killed_mid_write_never_leaves_a_partial_target(tmp_path):
     root = tmp_path / "media"
-    store = Storage(root, stale_after=0)
+    store = Storage(root)
     target = store.write("thumbs", "x", "jpg", b"old")
     child = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(root)], stdout=subprocess.PIPE)
     try:
         assert child.stdout.readline() == b"partial\n"  # 1000 of 1,000,000 bytes are on disk
+        (leftover,) = leftovers(target.parent)
+        assert store.sweep(older_than=0) == []  # its writer is alive and holds the lock: kept
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=10)
     assert target.read_bytes() == b"old"  # never the partial content
-    (leftover,) = leftovers(target.parent)
     assert (target.parent / leftover).stat().st_size == 1000
-    # the next write of the same target clears such leftovers (here at once: stale_after=0)
+    assert store.sweep(older_than=0) == [target.parent / leftover]  # dead writer: lock free, removed
     store.write("thumbs", "x", "jpg", b"new")
     assert target.read_bytes() == b"new" and leftovers(target.parent) == []
 
 
-def test_recent_leftovers_are_kept_old_ones_removed(tmp_path):
+def test_sweep_keeps_recent_leftovers(tmp_path):
     store = Storage(tmp_path, stale_after=900)
     folder = store.folder("thumbs")
     old, recent = folder / ".x.jpg.aaaa.tmp", folder / ".x.jpg.bbbb.tmp"
     old.write_bytes(b"1")
     recent.write_bytes(b"2")
     os.utime(old, (time.time() - 3600, time.time() - 3600))
-    store.write("thumbs", "x", "jpg", b"data")
-    assert leftovers(folder) == [recent.name]  # may belong to a writer still running
+    assert store.sweep() == [old]
+    assert leftovers(folder) == [recent.name]
 
 
 def test_sweep_clears_old_leftovers_in_every_folder(tmp_path):
