@@ -1,0 +1,170 @@
+"""IQDB jobs: index a thumbnail, or remove an image, on the configured backend.
+
+``Settings.iqdb_url`` is ``None``: the embedded index shared through Redis (queue database,
+``mediaq:iqdb:*``); otherwise a danbooru/iqdb or iqdb-rs server at that URL.
+
+The signature (and the JPEG conversion a server needs) is computed in the worker's process pool.
+Errors, with stable codes:
+
+* ``missing_file``, ``unreadable``, ``too_large`` (permanent), ``read_error`` (transient): reading
+  the thumbnail;
+* ``bad_image`` (permanent): the file is not a decodable image;
+* ``bad_argument`` (permanent): an image id the backend cannot take (servers: integers 0..2**32-1);
+* ``iqdb_unreachable`` (transient, retried): the server cannot be reached, or a proxy in front of it
+  answered 502/503/504;
+* ``iqdb_rejected`` (permanent): the server refused the request (HTTP 4xx/500 with its message);
+* ``redis_unavailable`` (transient): the embedded index's Redis could not be reached.
+
+Results are plain dicts::
+
+    {"image_id", "hash", "grayscale", "backend": "embedded" | "server", "server_hash_matches"}
+
+>>> import asyncio, tempfile                                                  # doctest: +SKIP
+>>> asyncio.run(add_to_iqdb(ctx, 42, "thumbs/42.jpg"))["hash"][:5]            # doctest: +SKIP
+'iqdb_'
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mediaq.errors import ConfigError, PermanentJobError, TransientJobError
+from mediaq.iqdb._errors import InvalidImageError, IqdbServerError, IqdbUnavailable
+from mediaq.iqdb.hashes import parse_hash
+from mediaq.iqdb.signature import compute_signature, to_jpeg_bytes
+from mediaq.jobs._base import job, run_cpu
+from mediaq.settings import Settings
+
+__all__ = ["add_to_iqdb", "prepare_thumbnail", "remove_from_iqdb"]
+
+_CTX_KEY = "mediaq_iqdb_backend"
+
+
+def prepare_thumbnail(path: str) -> tuple[bytes, str]:
+    """Read ``path``, convert it to JPEG if needed, and compute its hash (runs in the process pool).
+
+    Returns ``(jpeg_bytes, hash)``; raises :class:`PermanentJobError` (``bad_image`` and the read
+    errors of :func:`mediaq.imaging.read_source`).
+    """
+    from mediaq.imaging import read_source
+
+    data = read_source(path)
+    try:
+        jpeg = to_jpeg_bytes(data)
+        return jpeg, compute_signature(jpeg).hash
+    except InvalidImageError as exc:
+        raise PermanentJobError("bad_image", f"{path} is not a decodable image: {exc}", path=path) from None
+
+
+def _settings(ctx: dict[str, Any]) -> Settings:
+    settings = ctx.get("settings")
+    if settings is None:
+        settings = ctx["settings"] = Settings.load()
+    return settings
+
+
+def _resolve(settings: Settings, thumb_path: Any) -> str:
+    if not isinstance(thumb_path, str) or not thumb_path or "\x00" in thumb_path:
+        raise PermanentJobError("bad_argument", f"thumb_path={thumb_path!r} must be a non-empty path string",
+                                argument="thumb_path", value=repr(thumb_path)[:200])
+    path = Path(thumb_path)
+    return str(path if path.is_absolute() else settings.storage / path)
+
+
+def _check_image_id(image_id: Any, remote: bool) -> int | str:
+    if remote:
+        ok = isinstance(image_id, int) and not isinstance(image_id, bool) and 0 <= image_id < 2**32
+        rule = "an integer 0..4294967295 (IQDB servers take integer post ids)"
+    else:
+        ok = (isinstance(image_id, int) and not isinstance(image_id, bool)) or (
+            isinstance(image_id, str) and 0 < len(image_id) <= 256)
+        rule = "an int or a non-empty str of at most 256 characters"
+    if not ok:
+        raise PermanentJobError("bad_argument", f"image_id={image_id!r} is not allowed: use {rule}",
+                                argument="image_id", value=repr(image_id)[:200])
+    return image_id
+
+
+def _backend(ctx: dict[str, Any]) -> Any:
+    """The backend object, created once per worker process and cached in ``ctx``."""
+    backend = ctx.get(_CTX_KEY)
+    if backend is None:
+        settings = _settings(ctx)
+        if settings.iqdb_url:
+            from mediaq.iqdb.remote import RemoteIqdb
+
+            backend = RemoteIqdb(settings.iqdb_url)
+        else:
+            from mediaq.iqdb.index import IqdbIndex
+
+            redis = ctx.get("redis")
+            if redis is None:
+                raise ConfigError("the embedded IQDB index needs ctx['redis'] (a worker provides it)")
+            backend = IqdbIndex(redis)
+        ctx[_CTX_KEY] = backend
+    return backend
+
+
+def _server_failure(exc: IqdbServerError | IqdbUnavailable) -> Exception:
+    if isinstance(exc, IqdbUnavailable) or exc.status in (502, 503, 504):
+        return TransientJobError("iqdb_unreachable", str(exc))
+    return PermanentJobError("iqdb_rejected", str(exc), status=exc.status, exception=exc.exception,
+                             server_message=exc.server_message)
+
+
+def _redis_failure(exc: Exception) -> Exception:
+    return TransientJobError("redis_unavailable", f"the embedded IQDB index's Redis failed: {exc}")
+
+
+@job(timeout=120)
+async def add_to_iqdb(ctx: dict[str, Any], image_id: int | str, thumb_path: str) -> dict[str, Any]:
+    """Index the thumbnail at ``thumb_path`` (absolute, or relative to ``settings.storage``) as
+    ``image_id``, replacing an earlier entry of that id. Returns its hash."""
+    settings = _settings(ctx)
+    remote = bool(settings.iqdb_url)
+    image_id = _check_image_id(image_id, remote)
+    path = _resolve(settings, thumb_path)
+    jpeg, text = await run_cpu(ctx, prepare_thumbnail, path)
+    sig = parse_hash(text)
+    backend = _backend(ctx)
+    result: dict[str, Any] = {"image_id": image_id, "hash": text, "grayscale": sig.is_grayscale}
+    if remote:
+        try:
+            added = await backend.add(image_id, jpeg, signature=sig)
+        except (IqdbServerError, IqdbUnavailable) as exc:
+            raise _server_failure(exc) from None
+        result.update(hash=added.hash, grayscale=added.signature.is_grayscale, backend="server",
+                      server_hash_matches=added.local_hash_matches)
+        return result
+    import redis.exceptions
+
+    try:
+        await backend.add_many([(image_id, sig)])
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+        raise _redis_failure(exc) from None
+    result.update(backend="embedded", server_hash_matches=None)
+    return result
+
+
+@job(timeout=60)
+async def remove_from_iqdb(ctx: dict[str, Any], image_id: int | str) -> dict[str, Any]:
+    """Remove ``image_id`` from the index. ``removed`` is True/False on the embedded index and None on
+    a server (which answers the same for unknown ids)."""
+    settings = _settings(ctx)
+    remote = bool(settings.iqdb_url)
+    image_id = _check_image_id(image_id, remote)
+    backend = _backend(ctx)
+    if remote:
+        try:
+            await backend.remove(image_id)
+        except (IqdbServerError, IqdbUnavailable) as exc:
+            raise _server_failure(exc) from None
+        return {"image_id": image_id, "backend": "server", "removed": None}
+    import redis.exceptions
+
+    try:
+        removed = await backend.remove(image_id)
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+        raise _redis_failure(exc) from None
+    return {"image_id": image_id, "backend": "embedded", "removed": removed}
