@@ -18,7 +18,7 @@ from arq.worker import Retry
 
 import mediaq
 from mediaq.errors import PermanentJobError, TransientJobError
-from mediaq.jobs.ratings import get_prior, prior_cache_key, recalculate_rating, recalculate_ratings
+from mediaq.jobs.ratings import close_stores, get_prior, prior_cache_key, recalculate_rating, recalculate_ratings
 from mediaq.ratings import RatingsStore, bayesian_ratings, chunk_job_id, enqueue_library
 from mediaq.server import with_db
 
@@ -103,12 +103,10 @@ async def test_prior_cache_failure_falls_back_to_the_database() -> None:
 async def ctx(settings: mediaq.Settings, redis_server: Any, tmp_path: Path):
     cache = aioredis.Redis.from_url(with_db(redis_server.url, settings.cache_db, keep_explicit=False))
     context = {"settings": settings.replace(ratings_url=f"sqlite:///{tmp_path}/direct.db?timeout=0.2"),
-               "cache": cache, "job_try": 1}
+               "cache": cache, "job_try": 1, "resources": {}}
     yield context
     await cache.aclose()
-    store = context.get("mediaq_ratings_store")
-    if store is not None:
-        store.close()
+    close_stores(context)
 
 
 async def test_jobs_report_unknown_ids_and_use_the_cached_prior(ctx: dict[str, Any]) -> None:
@@ -121,6 +119,7 @@ async def test_jobs_report_unknown_ids_and_use_the_cached_prior(ctx: dict[str, A
     ghost = await recalculate_rating(ctx, "ghost")
     assert ghost["unknown"] == ["ghost"] and ghost["bayesian"] is None and ghost["prior_source"] == "cache"
     chunk = await recalculate_ratings(ctx, ["b", "ghost", "a", 7])
+    assert chunk.pop("db_seconds") > 0
     assert chunk == {"updated": 2, "unknown": ["ghost", "7"], "C": 1.5, "m": 7.0, "prior_source": "cache"}
     given = await recalculate_ratings(ctx, ["a"], C=0, m=0)
     assert given["prior_source"] == "given"

@@ -26,6 +26,8 @@ import hashlib
 import json
 import logging
 import math
+import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -33,12 +35,12 @@ from mediaq.errors import ConfigError, PermanentJobError, TransientJobError
 from mediaq.jobs._base import job
 from mediaq.settings import redact_url
 
-__all__ = ["get_prior", "prior_cache_key", "recalculate_rating", "recalculate_ratings"]
+__all__ = ["close_stores", "get_prior", "prior_cache_key", "recalculate_rating", "recalculate_ratings"]
 
 logger = logging.getLogger("mediaq.jobs.ratings")
 
-STORE_KEY = "mediaq_ratings_store"  # the per-process RatingsStore (an engine and its pool) in ctx
-LOCK_KEY = "mediaq_ratings_lock"  # single flight for opening the store and computing the prior
+STORE_KEY = "mediaq_ratings_stores"  # {url: RatingsStore} (an engine and its pool), per process
+LOCK_KEY = "mediaq_ratings_locks"  # {event loop: lock}: single flight for opening stores and the prior
 
 
 def prior_cache_key(ratings_url: str) -> str:
@@ -120,7 +122,8 @@ async def recalculate_ratings(ctx: dict[str, Any], image_ids: list[str], C: floa
                               m: float | None = None) -> dict[str, Any]:
     """Recalculate a chunk of images in one set-based query.
 
-    Returns ``{"updated": n, "unknown": [ids], "C", "m", "prior_source"}``.
+    Returns ``{"updated": n, "unknown": [ids], "C", "m", "prior_source", "db_seconds"}`` (``db_seconds``:
+    time in the store, including any wait for the write lock).
     """
     if not isinstance(image_ids, (list, tuple)):
         raise PermanentJobError("bad_argument", "image_ids must be a list of image ids, "
@@ -129,9 +132,11 @@ async def recalculate_ratings(ctx: dict[str, Any], image_ids: list[str], C: floa
     prior = _given_prior(C, m)
     store = await _store(ctx)
     C, m, source = prior if prior else await _cached_prior(ctx, store)
+    started = time.perf_counter()
     with _db_errors(store.url):
         got = await asyncio.to_thread(store.recalculate, ids, C, m)
-    return {"updated": got["updated"], "unknown": got["unknown"], "C": C, "m": m, "prior_source": source}
+    return {"updated": got["updated"], "unknown": got["unknown"], "C": C, "m": m, "prior_source": source,
+            "db_seconds": round(time.perf_counter() - started, 6)}
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -156,17 +161,29 @@ def _given_prior(C: Any, m: Any) -> tuple[float, float, str] | None:
     return float(C), float(m), "given"
 
 
+#: Per-process resources when the worker offers no shared ``ctx['resources']`` dict. arq hands every
+#: job a *copy* of the worker's ctx (``{**worker.ctx, **job_ctx}``), so a key a job sets in ctx is
+#: gone for the next job; only objects *inside* ctx are shared.
+_PROCESS_RESOURCES: dict[str, Any] = {}
+
+
+def _resources(ctx: dict[str, Any]) -> dict[str, Any]:
+    shared = ctx.get("resources")
+    return shared if isinstance(shared, dict) else _PROCESS_RESOURCES
+
+
 async def _store(ctx: dict[str, Any]) -> Any:
-    """This process's :class:`~mediaq.ratings.store.RatingsStore`, opened once and kept in ``ctx``."""
+    """This process's :class:`~mediaq.ratings.store.RatingsStore` for the settings' URL, opened once."""
     from mediaq.ratings.store import RatingsStore
 
     url = ctx["settings"].resolved_ratings_url
-    store = ctx.get(STORE_KEY)
-    if store is not None and store.url == url:
+    stores = _resources(ctx).setdefault(STORE_KEY, {})
+    store = stores.get(url)
+    if store is not None:
         return store
     async with _lock(ctx):
-        store = ctx.get(STORE_KEY)
-        if store is None or store.url != url:
+        store = stores.get(url)
+        if store is None:
             with _db_errors(url):
                 try:
                     store = await asyncio.to_thread(RatingsStore, url)
@@ -176,14 +193,24 @@ async def _store(ctx: dict[str, Any]) -> Any:
                     raise PermanentJobError("bad_config", f"ratings store {redact_url(url)}: database driver "
                                             f"missing ({exc}); install it in the worker's environment",
                                             url=redact_url(url)) from None
-            ctx[STORE_KEY] = store
+            stores[url] = store
     return store
 
 
+def close_stores(ctx: dict[str, Any] | None = None) -> None:
+    """Dispose of the stores this process opened (for ``ctx``'s resources, else the process-wide ones)."""
+    stores = _resources(ctx or {}).pop(STORE_KEY, {})
+    for store in stores.values():
+        store.close()
+
+
 def _lock(ctx: dict[str, Any]) -> asyncio.Lock:
-    lock = ctx.get(LOCK_KEY)
+    """One lock per event loop (an asyncio lock cannot be shared between loops)."""
+    locks = _resources(ctx).setdefault(LOCK_KEY, weakref.WeakKeyDictionary())
+    loop = asyncio.get_running_loop()
+    lock = locks.get(loop)
     if lock is None:
-        lock = ctx[LOCK_KEY] = asyncio.Lock()
+        lock = locks[loop] = asyncio.Lock()
     return lock
 
 
