@@ -1,0 +1,232 @@
+"""Queue snapshots against the real server and a real worker, their fixed cost, and the pure formatting."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from redis.asyncio.connection import AbstractConnection
+
+import mediaq
+from mediaq.server import EmbeddedServer
+from mediaq.snapshot import (
+    BatchCounts,
+    Failure,
+    RateWindow,
+    Snapshot,
+    WorkerInfo,
+    format_duration,
+    format_html,
+    format_text,
+    queue_snapshot,
+    sparkline_svg,
+    throughput_rate,
+)
+
+
+async def _until(predicate, read, timeout: float = 30.0, delay: float = 0.1):
+    """Read until ``predicate(value)``; returns the value (fails with the last one)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await read()
+        if predicate(value):
+            return value
+        assert time.monotonic() < deadline, f"condition not met within {timeout} s; last value: {value!r}"
+        await asyncio.sleep(delay)
+
+
+async def test_snapshot_of_a_finished_batch(client, start_worker):
+    worker = start_worker()
+    items = [{"seconds": 0}] * 10 + [{"seconds": -1}, {"seconds": "x"}]
+    batch = await client.enqueue_many("sleep", items, job_id="s{index}", batch="known")
+    await batch.wait(progress=False, timeout=60)
+    # workers flush their counters every second: wait for them, not for a fixed time
+    snap = await _until(lambda s: s.batches and s.batches[0].finished and len(s.failures) == 2,
+                        lambda: queue_snapshot(client, batch, worker))
+    assert snap.error is None and snap.ok
+    (b,) = snap.batches
+    assert (b.name, b.function, b.total, b.complete, b.failed, b.pending) == ("known", "sleep", 12, 10, 2, 0)
+    assert b.by_function == {"sleep": {"complete": 10, "failed": 2}}
+    assert snap.by_function == {"sleep": {"complete": 10, "failed": 2}}
+    assert (snap.complete, snap.failed, snap.queued, snap.deferred) == (10, 2, 0, 0)
+    assert {f.job_id for f in snap.failures} == {"s10", "s11"}
+    assert {f.short_type for f in snap.failures} == {"ConfigError"}
+    assert all("seconds must be a number" in f.message and f.batch == "known" for f in snap.failures)
+    assert snap.failures[0].time >= snap.failures[1].time  # newest first
+    assert [w.pid for w in snap.workers] == [worker.pid]
+    assert snap.workers[0].age < 10 and snap.workers[0].finished == 12
+    assert snap.local_worker is not None and snap.local_worker.alive and snap.local_worker.pid == worker.pid
+    assert sum(c for _, c, _ in snap.throughput) == 10 and sum(f for _, _, f in snap.throughput) == 2
+    seconds = [s for s, _, _ in snap.throughput]
+    assert seconds == list(range(seconds[0], seconds[0] + len(seconds)))  # dense, oldest first
+
+    # another batch's failures are not this batch's
+    other = await client.enqueue_many("sleep", [{"seconds": -2}], batch="other")
+    await other.wait(progress=False, timeout=60)
+    snap = await _until(lambda s: s.failed == 3, lambda: queue_snapshot(client, batch))
+    assert {f.job_id for f in snap.failures} == {"s10", "s11"}
+    whole = await queue_snapshot(client)  # the whole queue: newest batches first, every failure
+    assert [x.name for x in whole.batches] == ["other", "known"]
+    assert len(whole.failures) == 3 and whole.failures[0].batch == "other"
+
+    worker.stop()
+    snap = await queue_snapshot(client, batch, worker)
+    assert snap.workers == () and not snap.local_worker.alive
+
+
+async def test_queued_deferred_and_in_progress(client, start_worker):
+    await client.enqueue_many("noop", range(5), batch="now")
+    await client.enqueue_many("noop", range(3), batch="later", defer_by=3600)
+    snap = await queue_snapshot(client, "now")
+    assert (snap.queued, snap.deferred, snap.in_progress) == (5, 3, 0)
+    assert snap.batches[0].pending == 5 and snap.batches[0].fraction == 0.0
+    await client.redis.delete(client.settings.queue_name)
+
+    slow = await client.enqueue_many("sleep", [{"seconds": 30}] * 3)
+    start_worker()
+    # running jobs stay in arq's queue until they finish: they count as in progress, not queued
+    snap = await _until(lambda s: s.in_progress == 3, lambda: queue_snapshot(client, slow))
+    assert snap.queued == 0 and snap.workers[0].ongoing == 3
+    assert await slow.abort() == 3
+
+
+class _Wire:
+    """Counts round trips (packed sends) and command names on every redis.asyncio connection, leaving
+    out a new connection's handshake (AUTH, SELECT...), which the pool does once per connection."""
+
+    HANDSHAKE = frozenset({"AUTH", "SELECT", "HELLO", "CLIENT", "PING"})
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.sends = 0
+        self.commands: list[str] = []
+        send = AbstractConnection.send_packed_command
+
+        async def counting_send(conn, command, check_health=True):
+            names = self._names(command)
+            if not set(names) <= self.HANDSHAKE:
+                self.sends += 1
+                self.commands.extend(names)
+            return await send(conn, command, check_health)
+
+        monkeypatch.setattr(AbstractConnection, "send_packed_command", counting_send)
+
+    @staticmethod
+    def _names(command) -> list[str]:
+        data = command if isinstance(command, bytes) else b"".join(bytes(c) for c in command)
+        parts = data.split(b"\r\n")
+        # RESP arrays: *<n>, $<len>, NAME, ...; a pipeline is several arrays back to back
+        names, i = [], 0
+        while i < len(parts) - 2:
+            if parts[i].startswith(b"*") and parts[i + 1].startswith(b"$"):
+                names.append(parts[i + 2].decode().upper())
+                count = int(parts[i][1:])
+                i += 1 + 2 * count
+            else:
+                i += 1
+        return names
+
+    async def cost(self, coro) -> tuple[int, list[str]]:
+        self.sends, self.commands = 0, []
+        await coro
+        return self.sends, list(self.commands)
+
+
+async def _fill(client, n: int, batch: str) -> None:
+    """``n`` ids deferred by an hour (so the running worker leaves them alone) in arq's queue and in a
+    batch: ids only, as a snapshot never reads job bodies."""
+    later = int(time.time() * 1000) + 3_600_000
+    for start in range(0, n, 5000):
+        ids = {f"f{i}": later for i in range(start, min(n, start + 5000))}
+        async with client.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(client.settings.queue_name, ids)
+            pipe.zadd(f"mediaq:batch:{batch}:ids", ids)
+            await pipe.execute()
+    await client.redis.zadd("mediaq:batches", {batch: time.time()})
+
+
+async def test_fixed_round_trips_whatever_the_queue_length(client, start_worker, monkeypatch):
+    start_worker()
+    done = await client.enqueue_many("sleep", [{"seconds": -1}] * 3 + [{"seconds": 0}] * 3)
+    await done.wait(progress=False, timeout=60)
+    await _until(lambda s: s.workers and s.failed == 3, lambda: queue_snapshot(client))
+    await client.redis.zadd("mediaq:batches", {f"old{i}": 0 for i in range(3)})  # a whole-queue view shows 3
+    wire = _Wire(monkeypatch)
+    costs = {}
+    for n in (10, 30_000):
+        await _fill(client, n, f"big{n}")
+        costs[n] = (await wire.cost(queue_snapshot(client, f"big{n}")), await wire.cost(queue_snapshot(client)))
+        snap = await queue_snapshot(client, f"big{n}")
+        assert (snap.deferred, snap.batches[0].total, snap.failed, len(snap.workers)) == (n, n, 3, 1)
+    (batch_small, whole_small), (batch_big, whole_big) = costs[10], costs[30_000]
+    assert batch_small[0] == batch_big[0] <= 10
+    assert whole_small[0] == whole_big[0] <= 14
+    for _, commands in (batch_big, whole_big):
+        assert not {"KEYS", "SCAN", "ZRANGE", "GET", "SMEMBERS"} & set(commands)
+        assert commands.count("MGET") == 1  # the workers' heartbeats
+
+
+async def test_unreachable_redis_is_an_error_field_not_an_exception(settings, tmp_path):
+    server = EmbeddedServer(tmp_path / "own-server")
+    url = server.ensure_running()
+    client = await mediaq.connect(settings=settings.replace(redis_url=url))
+    try:
+        assert (await queue_snapshot(client)).error is None
+        server.stop()
+        snap = await queue_snapshot(client, timeout=1.0)
+        assert snap.error is not None and snap.error.startswith("Redis unreachable")
+        assert not snap.ok and snap.counts() == dict.fromkeys(snap.counts(), 0)
+    finally:
+        server.stop()
+        await client.close()
+
+
+# -- pure parts ------------------------------------------------------------------------------------
+def _snap(**kw) -> Snapshot:
+    base = dict(time=1_000_000.5, queued=4, deferred=1, in_progress=2, complete=90, failed=3,
+                by_function={"create_thumbnail": {"complete": 90, "failed": 3}},
+                batches=(BatchCounts("thumbs", "create_thumbnail", 100, 90, 3),),
+                workers=(WorkerInfo("box", 42, 1.2, 2, 93, 10),),
+                failures=(Failure("thumb:<7>", "create_thumbnail", "mediaq.errors.PermanentJobError",
+                                  "bad <script>alert(1)</script>", code="corrupt_image", time=999_999.0),),
+                throughput=tuple((s, 3, s % 2) for s in range(999_900, 1_000_001)))
+    return Snapshot(**{**base, **kw})
+
+
+def test_text_and_html_formatting():
+    snap = _snap()
+    text = format_text(snap, {"thumbs": (2.0, 3.5)})
+    assert "4 queued, 1 deferred, 2 in progress, 90 complete, 3 failed" in text
+    assert "93/100 done (93.0%) · 3 failed · 2.0 jobs/s · ETA 4 s" in text
+    assert "box:42 (2 running" in text and "PermanentJobError: bad <script>" in text
+    page = format_html(snap)
+    assert "<script>" not in page and "&lt;script&gt;" in page and "thumb:&lt;7&gt;" in page
+    assert "corrupt_image" in page and "7 pending" in page and "mediaq-sparkline" in page
+    error = format_html(Snapshot(time=1.0, error="Redis unreachable: <refused>"))
+    assert "Redis unreachable: &lt;refused&gt;" in error and "no live workers" in error
+
+
+def test_sparkline_scales_to_the_peak():
+    svg = sparkline_svg(((1, 0, 0), (2, 10, 5), (3, 5, 0)), width=100, height=54)
+    green, red = svg.split("<polyline")[1:]
+    assert 'points="0.0,52.0 50.0,2.0 100.0,27.0"' in green  # 10 is the top, 0 the bottom
+    assert 'points="0.0,52.0 50.0,27.0 100.0,52.0"' in red
+    assert "peak 10/s" in svg
+    assert "<polyline" not in sparkline_svg(())
+
+
+def test_rates_and_eta():
+    # flush lag: the current second (1_000_001) and the one before are still filling: left out
+    tp = ((999_990, 0, 0), (999_995, 4, 0), (999_996, 2, 2), (999_999, 4, 0), (1_000_000, 50, 0))
+    assert throughput_rate(tp, now=1_000_001.9, window=30) == pytest.approx(12 / 5)  # since the first busy second
+    assert throughput_rate(tp, now=1_000_001.9, window=4) == pytest.approx(8 / 4)  # the last 4 whole seconds
+    assert throughput_rate((), now=5.0) == 0.0
+    w = RateWindow(window=10)
+    assert w.rate() is None and w.eta(5) is None and w.eta(0) == 0.0
+    for t in range(0, 30):
+        w.update(float(t), 2 * t)
+    assert w.rate() == pytest.approx(2.0) and w.eta(10) == pytest.approx(5.0)
+    assert w.samples[0][0] >= 30 - 1 - 10  # old samples are dropped
+    w.update(30.0, 3)  # the count went back (a retry): the window starts over
+    assert w.rate() is None
+    assert [format_duration(s) for s in (None, 59.4, 61, 7322)] == ["?", "59 s", "1:01", "2:02:02"]
