@@ -1,0 +1,184 @@
+"""The widget dashboard after a known batch run by a real worker: counts, failures, buttons, refresh task."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from arq.constants import abort_jobs_ss
+
+import mediaq
+from mediaq.dashboard import Dashboard
+from mediaq.server import EmbeddedServer
+
+ipywidgets = pytest.importorskip("ipywidgets")
+
+
+async def _until(predicate, timeout: float = 30.0, delay: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what} not met within {timeout} s"
+        await asyncio.sleep(delay)
+
+
+async def _refresh_until(dash: Dashboard, predicate, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        snap = await dash.refresh()
+        if predicate(snap):
+            return snap
+        assert time.monotonic() < deadline, f"dashboard never showed it; last snapshot {snap!r}"
+        await asyncio.sleep(0.1)
+
+
+async def test_widget_state_after_a_known_batch(client, start_worker):
+    worker = start_worker()
+    items = [{"seconds": 0}] * 8 + [{"seconds": -1}, {"seconds": "x"}]
+    batch = await client.enqueue_many("sleep", items, job_id="k{index}", batch="known")
+    dash = Dashboard(client, batch, local_worker=worker, autostart=False)
+    assert not dash.running and dash.snapshot is None
+    await batch.wait(progress=False, timeout=60)
+    await _refresh_until(dash, lambda s: s.batches[0].finished and len(s.failures) == 2)
+
+    bar, label, _ = dash._bars["known"]
+    assert bar.value == 1.0 and bar.bar_style == "warning"  # finished, with failures
+    assert "10/10 done (100.0%) · 2 failed · finished" in label.value
+    counts = dash.counts.value
+    assert "batch <code>known</code>" in counts and "0 pending" in counts
+    assert "<code>sleep</code></td><td" in dash.functions.value and ">8</td><td" in dash.functions.value
+    for job_id in ("k8", "k9"):
+        assert f"<code>{job_id}</code>" in dash.failures.value
+    assert "ConfigError" in dash.failures.value and "seconds must be a number" in dash.failures.value
+    assert f"<td style=\"padding:1px 8px;text-align:right\">{worker.pid}</td>" in dash.workers.value
+    assert f"pid {worker.pid} <b>alive</b>" in dash.local_label.value
+    assert dash.buttons["start"].disabled and not dash.buttons["stop"].disabled
+    assert "<polyline" in dash.chart.value
+
+    # static and text front ends show the same snapshot
+    assert "<code>k9</code>" in dash._repr_html_() and "10/10 done" in dash._repr_html_()
+    assert "batch known: 10/10 done" in str(dash)
+    bundle = dash._repr_mimebundle_()
+    assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == dash.widget.model_id
+    assert bundle["text/html"] == dash._repr_html_() and bundle["text/plain"] == str(dash)
+    assert "mediaq-dashboard" in dash.widget._dom_classes
+
+    # "Retry failed": the two failures get retry jobs, linked in Redis, run by the worker (and fail again)
+    dash.buttons["retry"].click()
+    await dash.wait_actions()
+    assert dash.action_label.value == "retried 2 failed job(s)"
+    retries = await client.redis.hgetall("mediaq:batch:known:retries")
+    assert {k.decode(): v.decode() for k, v in retries.items()} == {"k8": "k8~r1", "k9": "k9~r1"}
+    assert await client.redis.exists("arq:job:k8~r1", "arq:result:k8~r1") >= 1
+    await batch.wait(progress=False, timeout=60)
+    await _refresh_until(dash, lambda s: {f.job_id for f in s.failures} >= {"k8~r1", "k9~r1"})
+    assert "<code>k9~r1</code>" in dash.failures.value
+
+    # "Stop worker", then "Start worker" (mediaq.start_worker on the client's settings)
+    dash.buttons["stop"].click()
+    await dash.wait_actions()
+    assert not worker.alive and dash.action_label.value.startswith(f"stopped worker {worker.pid}")
+    assert "stopped" in dash.local_label.value and not dash.buttons["start"].disabled
+    dash.buttons["start"].click()
+    await dash.wait_actions()
+    try:
+        new = dash.local_worker
+        assert new is not worker and new.alive and new.settings == client.settings
+        assert dash.action_label.value == f"started worker {new.pid}"
+        assert f"pid {new.pid} <b>alive</b>" in dash.local_label.value and dash.buttons["start"].disabled
+        await _refresh_until(dash, lambda s: [w.pid for w in s.workers] == [new.pid])
+    finally:
+        dash.local_worker.stop()
+    await dash.aclose()
+
+
+async def test_abort_button_marks_pending_jobs(client):
+    batch = await client.enqueue_many("noop", range(5), job_id="a{0}", batch="later", defer_by=3600)
+    dash = Dashboard(client, batch, autostart=False)
+    snap = await dash.refresh()
+    assert snap.deferred == 5 and "5 pending" in dash.counts.value
+    assert dash._bars["later"][0].value == 0.0 and "ETA" in dash._bars["later"][1].value
+    dash.buttons["abort"].click()
+    assert dash.buttons["abort"].disabled  # no double clicks while it runs
+    await dash.wait_actions()
+    assert dash.action_label.value == "asked 5 job(s) to abort"
+    assert sorted(m.decode() for m in await client.redis.zrange(abort_jobs_ss, 0, -1)) == [f"a{i}" for i in range(5)]
+    assert not dash.buttons["abort"].disabled
+
+
+async def test_whole_queue_dashboard(client):
+    for name in ("b1", "b2", "b3", "b4"):
+        await client.enqueue_many("noop", range(2), batch=name)
+    dash = Dashboard(client, autostart=False)
+    assert dash.buttons["retry"].disabled and dash.buttons["abort"].disabled  # they need a batch
+    snap = await dash.refresh()
+    assert snap.queued == 8 and [b.name for b in snap.batches] == ["b4", "b3", "b2"]
+    assert [row.children[0].description for row in dash.progress_box.children] == ["b4", "b3", "b2"]
+    await client.enqueue_many("noop", range(2), batch="b5")
+    await dash.refresh()
+    assert [row.children[0].description for row in dash.progress_box.children] == ["b5", "b4", "b3"]
+    assert set(dash._bars) == {"b5", "b4", "b3"}  # the widgets of batches no longer shown are closed
+    assert "local worker: none" in dash.local_label.value and dash.buttons["stop"].disabled
+    assert "no live workers" in dash.workers.value and "whole queue" in dash.header.value
+
+
+async def test_background_refresh_and_close(client):
+    dash = Dashboard(client, interval=0.05)
+    assert dash.running
+    await _until(lambda: dash.refreshes >= 3, what="three refreshes")
+    assert "every 0.05 s" in dash.header.value
+    await client.enqueue_many("noop", range(7))
+    await _until(lambda: dash.snapshot.queued == 7, what="the new jobs")
+    dash.close()
+    await asyncio.sleep(0.1)
+    assert not dash.running and "(stopped)" in dash.header.value
+    count = dash.refreshes
+    await asyncio.sleep(0.2)
+    assert dash.refreshes == count
+
+
+async def test_redis_outage_shows_and_recovers(settings, tmp_path):
+    server = EmbeddedServer(tmp_path / "own-server")
+    client = await mediaq.connect(settings=settings.replace(redis_url=server.ensure_running()))
+    dash = Dashboard(client, interval=0.1, timeout=1.0)
+    try:
+        await client.enqueue_many("noop", range(3))
+        await _until(lambda: dash.snapshot is not None and dash.snapshot.queued == 3, what="a first snapshot")
+        server.stop()
+        await _until(lambda: dash.error is not None, what="the outage", timeout=20)
+        assert dash.error.startswith("Redis unreachable") and dash.running
+        assert "Redis unreachable" in dash.status.value and "retrying every 0.1 s" in dash.status.value
+        assert "<td style=\"padding:1px 8px;text-align:right\">3</td>" in dash.counts.value  # last good figures
+        server.ensure_running()
+        await _until(lambda: dash.error is None and dash.status.value == "", what="the recovery", timeout=30)
+        assert dash.running and dash.snapshot.queued == 3
+    finally:
+        await dash.aclose()
+        await client.close()
+        server.stop()
+
+
+async def test_a_failing_refresh_does_not_end_the_task(client, monkeypatch):
+    calls = []
+
+    async def broken(*args, **kwargs):
+        calls.append(1)
+        raise ValueError("bad <data>")
+
+    monkeypatch.setattr("mediaq.dashboard.queue_snapshot", broken)
+    dash = Dashboard(client, interval=0.05)
+    await _until(lambda: len(calls) >= 3, what="three attempts")
+    assert dash.running and "refresh failed: ValueError: bad &lt;data&gt;" in dash.status.value
+    await dash.aclose()
+    assert not dash.running
+
+
+def test_outside_a_running_loop(client):
+    dash = Dashboard(client, "some-batch")  # a script: built, but refreshed by hand
+    assert not dash.running and "(stopped)" not in dash.header.value
+    assert "no snapshot yet" in dash._repr_html_() and str(dash) == repr(dash)
+    assert repr(dash) == "<mediaq.Dashboard batch='some-batch' interval=1 stopped>"
+    dash.buttons["retry"].click()
+    assert "no running event loop" in dash.action_label.value
+    with pytest.raises(mediaq.ConfigError, match="interval"):
+        Dashboard(client, interval=0)
