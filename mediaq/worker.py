@@ -7,6 +7,11 @@ for short jobs, see each ``@job``), backoff 5 s x try, 10 jobs at once, queue on
 
 CPU-bound work runs in a process pool sized to the cores (``forkserver``), so one worker keeps every
 core busy while its event loop still answers health checks and aborts.
+
+Each worker claims the jobs it runs and runs a janitor (:mod:`mediaq.recovery`): the jobs of a worker
+that died (SIGKILL, OOM) run again within seconds instead of after arq's in-progress timeout, and
+the temporary files it was writing are removed. Redis calls retry for about 8 s, so a restart of the
+server (the embedded one is restarted by the worker's watchdog) does not stop the worker.
 """
 
 from __future__ import annotations
@@ -40,13 +45,26 @@ def redis_settings_for(settings: Settings, url: str) -> Any:
     rs.conn_retry_delay = 1
     rs.retry_on_timeout = True
     rs.retry_on_error = [RedisConnectionError, RedisTimeoutError, ConnectionResetError]
+    rs.retry = _retry_policy()
     return rs
+
+
+def _retry_policy() -> Any:
+    """Retry a failed Redis call for about 8 s (0.1, 0.2, 0.4, 0.8, then 1 s apart): long enough to
+    ride out a restart of the server, short enough to notice a real outage."""
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
+
+    return Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=12)
 
 
 async def _startup(ctx: dict[str, Any]) -> None:
     import redis.asyncio as aioredis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
 
     from mediaq.jobs._base import make_process_pool
+    from mediaq.recovery import Claims, Janitor, WorkerIdentity
     from mediaq.server import with_db
 
     settings: Settings = ctx["mediaq_settings"]
@@ -55,11 +73,24 @@ async def _startup(ctx: dict[str, Any]) -> None:
     ctx["cache"] = aioredis.Redis.from_url(
         with_db(ctx["mediaq_url"], settings.cache_db, keep_explicit=False),
         socket_connect_timeout=settings.connect_timeout, socket_timeout=30,
+        retry=_retry_policy(), retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
     if settings.redis_url is None:  # embedded: bring the server back if it dies under us
         ctx["watchdog"] = asyncio.create_task(_watch_embedded(settings))
     ctx["stats"] = {"ongoing": 0, "finished": 0}
     ctx["heartbeat"] = asyncio.create_task(_heartbeat(ctx))
+    # recovery: free the jobs of dead workers (a predecessor with our pid too) before claiming any
+    identity = WorkerIdentity.current(storage=settings.storage)
+    claims = ctx["claims"] = Claims(ctx["redis"], identity)
+    interval = settings.health_check_interval
+    janitor = Janitor(ctx["redis"], identity, interval=interval, heartbeat_ttl=3 * interval, claims=claims)
+    dead: dict[str, Any] = {}
+    try:
+        dead = await janitor.free_dead()
+    except Exception:  # Redis away: the janitor's loop tries again
+        logger.warning("could not check for dead workers at start", exc_info=True)
+    await claims.register()
+    ctx["janitor"] = asyncio.create_task(janitor.run(startup_dead=dead))
     ctx["stats_flush"] = asyncio.create_task(_flush_stats(ctx))
     ready = os.environ.get(READY_FILE_ENV)
     if ready:
@@ -68,7 +99,7 @@ async def _startup(ctx: dict[str, Any]) -> None:
 
 
 async def _shutdown(ctx: dict[str, Any]) -> None:
-    for name in ("watchdog", "heartbeat", "stats_flush"):
+    for name in ("watchdog", "heartbeat", "stats_flush", "janitor"):
         task = ctx.pop(name, None)
         if task is not None:
             task.cancel()
@@ -81,6 +112,8 @@ async def _shutdown(ctx: dict[str, Any]) -> None:
 
         await ctx["redis"].delete(_heartbeat_key())
         await ctx["redis"].zrem(WORKERS_KEY, _heartbeat_key())
+    if "claims" in ctx:
+        await ctx["claims"].unregister()
     pool = ctx.pop("pool", None)
     if pool is not None:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -139,11 +172,13 @@ async def _flush_stats(ctx: dict[str, Any], interval: float = 1.0) -> None:
 
 async def _job_start(ctx: dict[str, Any]) -> None:
     ctx["stats"]["ongoing"] += 1
+    await ctx["claims"].claim(ctx["job_id"])  # never raises
 
 
 async def _job_end(ctx: dict[str, Any]) -> None:
     ctx["stats"]["ongoing"] -= 1
     ctx["stats"]["finished"] += 1
+    await ctx["claims"].release(ctx["job_id"])
 
 
 async def _watch_embedded(settings: Settings, interval: float = 1.0) -> None:

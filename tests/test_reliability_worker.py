@@ -1,0 +1,371 @@
+"""Issue 9, item 1: a worker SIGKILLed mid-batch loses nothing, and its jobs do not wait out arq's
+in-progress timeout (an hour here: the ``sleep`` job registers a 3600 s timeout).
+
+Real server, real worker subprocesses, real thumbnails. The janitor itself (dead or alive, local or
+remote, orphans) is also checked directly against the real server, with planted records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mediaq.imaging import fit_size
+from mediaq.recovery import (
+    CLAIMANTS_KEY,
+    CLAIMS_PREFIX,
+    Janitor,
+    WorkerIdentity,
+    read_recoveries,
+    sweep_abandoned,
+)
+
+pytestmark = pytest.mark.slow
+
+SIZES = [(320, 240), (240, 320), (400, 100), (64, 48), (300, 300), (500, 220), (180, 260), (260, 200)]
+
+
+def make_sources(folder: Path) -> list[tuple[str, tuple[int, int]]]:
+    """Small JPEGs of various shapes (noise over a gradient, so each encodes to real bytes)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(9)
+    out = []
+    for i, (w, h) in enumerate(SIZES):
+        grad = np.linspace(0, 255, w, dtype=np.float64)[None, :, None].repeat(h, 0).repeat(3, 2)
+        arr = np.clip(grad * 0.7 + rng.normal(0, 40, (h, w, 3)), 0, 255).astype(np.uint8)
+        path = folder / f"src{i}.jpg"
+        Image.fromarray(arr).save(path, "JPEG", quality=85)
+        out.append((str(path), (w, h)))
+    return out
+
+
+def temp_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob(".*.tmp"))
+
+
+async def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        await asyncio.sleep(interval)
+
+
+async def test_worker_killed_mid_batch_loses_nothing(settings, client, start_worker, tmp_path):
+    sources = make_sources(tmp_path / "src")
+    n = 2000
+    items = [{"image_id": f"img{i:05d}", "source_path": sources[i % len(sources)][0]} for i in range(n)]
+    expected = {f"img{i:05d}": fit_size(sources[i % len(sources)][1], (250, 200)) for i in range(n)}
+    first = start_worker()
+    batch = await client.enqueue_many("create_thumbnail", items, job_id="thumb:{image_id}", chunk_size=500)
+    assert len(await batch.load()) == n
+
+    async def some_done():
+        return (await batch.status())["complete"] >= 300
+    await wait_until(some_done, 90, "300 thumbnails by the first worker")
+
+    first.kill()  # SIGKILL the worker and its pool: no cleanup of any kind runs
+    killed_at = time.time()
+    dead_name = f"{socket.gethostname()}:{first.pid}"
+    claimed = {m.decode() for m in await client.redis.smembers(CLAIMS_PREFIX + dead_name)}
+    blocked = {k.decode().removeprefix("arq:in-progress:")
+               async for k in client.redis.scan_iter(match="arq:in-progress:*")}
+    in_flight = claimed & blocked  # claimed and not finished (a finish deletes the in-progress key)
+    status = await batch.status()
+    assert status["complete"] < n, "the batch finished before the kill: nothing was tested"
+    assert in_flight, "no job was running at the kill: nothing was tested"
+
+    second = start_worker()
+    counts = await batch.wait(progress=False, timeout=120)  # arq alone would block these jobs 3610 s
+    assert counts["complete"] == n and counts["failed"] == 0 and counts["not_found"] == 0, counts
+
+    # every output is there and is a valid image of the expected size
+    media = settings.storage / "thumbs"
+    for image_id, size in expected.items():
+        with Image.open(media / f"{image_id}.jpg") as im:
+            assert im.format == "JPEG" and im.size == size, image_id
+            im.load()  # decodes fully: a truncated file would raise
+    assert sorted(p.name for p in media.iterdir()) == sorted(f"{i}.jpg" for i in expected)
+    assert temp_files(settings.storage) == []
+
+    # the new worker freed exactly the dead worker's jobs, which then ran again
+    recoveries = await read_recoveries(client.redis)
+    mine = [r for r in recoveries if r["reason"] == "dead_worker" and r["worker"] == dead_name]
+    assert len(mine) == 1 and mine[0]["by"] == f"{socket.gethostname()}:{second.pid}"
+    assert set(mine[0]["ids"]) <= claimed and mine[0]["jobs"] >= len(in_flight)
+    df = await batch.results()
+    recovered = df[df["job_id"].isin(in_flight)]
+    assert len(recovered) == len(in_flight) and (recovered["status"] == "complete").all()
+    assert (recovered["tries"] >= 2).all()  # the killed try counts
+    assert await client.redis.hget(CLAIMANTS_KEY, dead_name) is None
+    assert second.alive
+    print(f"\nrecovery: {len(claimed)} claimed, {len(blocked)} in progress, {len(in_flight)} in flight at the kill; "
+          f"all {n} complete {time.time() - killed_at:.1f} s after it ({status['complete']} were done before)")
+
+
+STALL_JOBS = textwrap.dedent('''
+    """A job that, on its first try, stalls in the middle of writing its output (for a kill)."""
+    import asyncio, os, threading, time
+    from pathlib import Path
+    from mediaq import job
+    from mediaq import storage as storage_module
+
+    _local = threading.local()
+
+    class _Os:
+        def __getattr__(self, name):
+            return getattr(os, name)
+
+        def write(self, fd, data):
+            if getattr(_local, "stall", None):
+                os.write(fd, bytes(data[:1000]))
+                Path(_local.stall).write_text("mid-write")
+                time.sleep(3600)
+            return os.write(fd, data)
+
+    storage_module.os = _Os()
+
+    @job(timeout=60)
+    async def stalling_write(ctx, image_id, marker):
+        storage = storage_module.Storage(ctx["settings"].storage)
+
+        def write():
+            _local.stall = marker if ctx["job_try"] == 1 else None
+            return str(storage.write("thumbs", image_id, "jpg", b"J" * 100_000))
+        return await asyncio.to_thread(write)
+''')
+
+
+@pytest.fixture
+def stall_jobs(tmp_path, monkeypatch):
+    folder = tmp_path / "jobmods"
+    folder.mkdir()
+    (folder / "mq_stall_jobs.py").write_text(STALL_JOBS)
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")]))
+    return "mq_stall_jobs"
+
+
+async def test_worker_killed_mid_write_leaves_no_temporary_file(settings, start_worker, stall_jobs, tmp_path):
+    import mediaq
+
+    s = settings.replace(job_modules=(stall_jobs,))
+    client = await mediaq.connect(settings=s)
+    try:
+        marker = tmp_path / "mid-write"
+        first = start_worker(job_modules=(stall_jobs,))
+        job_id = await client.enqueue_job("stalling_write", "x1", str(marker))
+
+        async def stalled():
+            return marker.exists()
+        await wait_until(stalled, 30, "the job stalls mid-write")
+        (leftover,) = temp_files(s.storage)
+        assert leftover.stat().st_size == 1000  # a partial temporary file, no target
+        assert not (s.storage / "thumbs" / "x1.jpg").exists()
+        first.kill()
+        start_worker(job_modules=(stall_jobs,))
+        path = await client.result(job_id, timeout=60)
+        assert Path(path).read_bytes() == b"J" * 100_000
+
+        async def swept():
+            return not temp_files(s.storage)
+        await wait_until(swept, 30, "the dead writer's temporary file is removed")
+    finally:
+        await client.close()
+
+
+def test_sweep_removes_only_files_whose_writer_died(tmp_path):
+    """A live writer's temporary file (lock held) stays; a dead writer's one (lock free) goes."""
+    from mediaq.storage import Storage
+
+    root = tmp_path / "media"
+    Storage(root).write("thumbs", "a", "jpg", b"ok")
+    writer = textwrap.dedent("""
+        import os, sys, time
+        from mediaq import storage
+        real = os.write
+        def stalled(fd, data):
+            real(fd, bytes(data[:10]))
+            print("partial", flush=True)
+            time.sleep(120)
+        storage.os.write = stalled
+        storage.Storage(sys.argv[1]).write("thumbs", sys.argv[2], "jpg", b"x" * 1000)
+    """)
+    live = subprocess.Popen([sys.executable, "-c", writer, str(root), "live"], stdout=subprocess.PIPE)
+    dead = subprocess.Popen([sys.executable, "-c", writer, str(root), "dead"], stdout=subprocess.PIPE)
+    try:
+        assert live.stdout.readline() == dead.stdout.readline() == b"partial\n"
+        dead.send_signal(signal.SIGKILL)
+        dead.wait(10)
+        assert len(temp_files(root)) == 2
+        assert sweep_abandoned(root, min_age=60) == []  # too recent: could be between create and lock
+        removed = sweep_abandoned(root, min_age=0)
+        assert [p.name.split(".")[1] for p in removed] == ["dead"]
+        assert [p.name.split(".")[1] for p in temp_files(root)] == ["live"]
+    finally:
+        live.kill()
+        live.wait(10)
+        dead.stdout.close()
+        live.stdout.close()
+    assert (root / "thumbs" / "a.jpg").read_bytes() == b"ok"
+
+
+# -- the janitor on planted records (real server, no worker) -------------------------------------------
+def _ident(**changes) -> WorkerIdentity:
+    import dataclasses
+
+    return dataclasses.replace(WorkerIdentity.current(), **changes)
+
+
+async def _plant(redis, ident: WorkerIdentity, job_ids: list[str]) -> None:
+    await redis.hset(CLAIMANTS_KEY, ident.name, ident.to_json())
+    if job_ids:
+        await redis.sadd(CLAIMS_PREFIX + ident.name, *job_ids)
+    for job_id in job_ids:
+        await redis.psetex(f"arq:in-progress:{job_id}", 3_610_000, b"1")
+
+
+async def _blocked(redis, job_ids):
+    return {j for j in job_ids if await redis.exists(f"arq:in-progress:{j}")}
+
+
+async def test_janitor_tells_dead_workers_from_live_ones(client):
+    redis = client.redis
+    me = WorkerIdentity.current()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    long_ago = time.time() - 3600
+    cases = {
+        "local_dead": (_ident(pid=gone.pid, created=me.created + 5), True),
+        "local_alive": (_ident(host=me.host, pid=os.getppid(), created=_create_time(os.getppid())), False),
+        "pid_reused": (_ident(pid=os.getpid(), created=me.created - 100), True),  # our pid, older process
+        "remote_dead": (_ident(host="elsewhere", pid=4242, registered=long_ago), True),
+        "remote_beating": (_ident(host="elsewhere", pid=4343, registered=long_ago), False),
+        "remote_new": (_ident(host="elsewhere", pid=4444, registered=time.time()), False),
+        "other_namespace": (_ident(pid=gone.pid, pidns="pid:[1]", registered=long_ago), True),
+    }
+    for name, (ident, _) in cases.items():
+        await _plant(redis, ident, [f"{name}-1", f"{name}-2"])
+    await redis.set("mediaq:worker:elsewhere:4343", b"{}", px=15_000)  # its heartbeat
+    janitor = Janitor(redis, _ident(pid=99_999_999, created=0.0), grace=0.2, heartbeat_ttl=15)
+    freed = await janitor.free_dead()
+    dead_names = {cases[k][0].name for k, (_, dead) in cases.items() if dead}
+    assert set(freed) == dead_names
+    for name, (ident, dead) in cases.items():
+        ids = [f"{name}-1", f"{name}-2"]
+        assert await _blocked(redis, ids) == (set() if dead else set(ids)), name
+        assert (await redis.hexists(CLAIMANTS_KEY, ident.name)) == (not dead), name
+    assert await janitor.free_dead() == {}  # idempotent
+
+
+def _create_time(pid: int) -> float:
+    import psutil
+
+    return psutil.Process(pid).create_time()
+
+
+async def test_janitor_never_frees_a_job_a_live_worker_claims(client):
+    redis = client.redis
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = _ident(pid=gone.pid, created=1.0)
+    live = _ident(pid=os.getppid(), created=_create_time(os.getppid()))
+    await _plant(redis, dead, ["shared", "only-dead"])
+    await _plant(redis, live, ["shared"])  # the job was re-taken by a live worker since
+    freed = await Janitor(redis, _ident(pid=99_999_998, created=0.0)).free_dead()
+    assert freed == {dead.name: ["only-dead"]}
+    assert await _blocked(redis, ["shared", "only-dead"]) == {"shared"}
+
+
+async def test_orphans_are_freed_but_not_fresh_or_claimed_keys(client):
+    """An in-progress key nobody claims (a worker killed between arq's marking and its claim) is
+    freed once it stayed unclaimed for the grace period; a claimed one or one set again is not."""
+    redis = client.redis
+    live = _ident(pid=os.getppid(), created=_create_time(os.getppid()))
+    await _plant(redis, live, ["claimed"])
+    await redis.psetex("arq:in-progress:orphan", 3_610_000, b"1")
+    await redis.psetex("arq:in-progress:reset", 3_610_000, b"1")
+    janitor = Janitor(redis, _ident(pid=99_999_997, created=0.0), grace=1.0)
+    task = asyncio.create_task(janitor.free_orphans())
+    await asyncio.sleep(0.3)
+    await redis.psetex("arq:in-progress:reset", 3_610_000, b"1")  # marked again meanwhile: a fresh start
+    freed = await task
+    assert freed == ["orphan"]
+    assert await _blocked(redis, ["claimed", "orphan", "reset"]) == {"claimed", "reset"}
+    (entry,) = [r for r in await read_recoveries(redis) if r["reason"] == "orphans"]
+    assert entry["ids"] == ["orphan"]
+
+
+async def test_orphan_left_by_a_kill_before_the_claim_runs_again(client, start_worker):
+    """A queued job whose in-progress key nobody claims (what a worker killed in the instant between
+    arq's marking and mediaq's claim leaves) runs once a worker starts, not after 3610 s."""
+    job_id = await client.enqueue_job("noop", "hello", _job_id="orphaned")
+    await client.redis.psetex("arq:in-progress:orphaned", 3_610_000, b"1")
+    start_worker()
+    assert await client.result(job_id, timeout=60) == "hello"
+
+
+POISON = textwrap.dedent('''
+    import os, signal
+    from mediaq import job
+
+    @job(timeout=30)
+    async def kill_my_worker(ctx):
+        os.killpg(os.getpgrp(), signal.SIGKILL)  # the worker and its pool, as the OOM killer might
+''')
+
+
+async def test_a_job_that_kills_every_worker_ends_failed_after_max_tries(settings, start_worker, tmp_path,
+                                                                         monkeypatch):
+    import mediaq
+
+    folder = tmp_path / "poison"
+    folder.mkdir()
+    (folder / "mq_poison_jobs.py").write_text(POISON)
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")]))
+    s = settings.replace(job_modules=("mq_poison_jobs",))
+    client = await mediaq.connect(settings=s)
+    try:
+        job_id = await client.enqueue_job("kill_my_worker")
+        ok = await client.enqueue_job("noop", "after")
+        deaths = 0
+        for _ in range(settings.max_tries + 2):
+            worker = start_worker(job_modules=("mq_poison_jobs",))
+            for _ in range(300):
+                if not worker.alive or await client.redis.exists(f"arq:result:{job_id}"):
+                    break
+                await asyncio.sleep(0.1)
+            if worker.alive:
+                break
+            deaths += 1
+        assert deaths == settings.max_tries  # each try killed a worker; then arq refused another try
+        with pytest.raises(mediaq.JobError, match="max 3 retries exceeded"):
+            await client.result(job_id, timeout=30)
+        assert await client.result(ok, timeout=30) == "after"
+        assert worker.alive
+    finally:
+        await client.close()
+
+
+def test_identity_round_trip():
+    me = WorkerIdentity.current(storage="/x")
+    assert WorkerIdentity.from_json(me.to_json()) == me
+    assert WorkerIdentity.from_json(b"not json") is None
+    assert json.loads(me.to_json())["storage"] == "/x"
+    assert me.process_alive() and me.same_machine(me)
