@@ -95,6 +95,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self, fn: Any) -> None:
         self._count()
         try:
+            with self.server.lock:
+                injected = self.server.owner.fail_next.pop(0) if self.server.owner.fail_next else None
+            if injected:
+                self._body()
+                raise _ServerError(*injected)
             status, payload = fn()
         except _ServerError as exc:
             status, payload = exc.status, {"exception": exc.exception, "message": exc.message,
@@ -190,13 +195,16 @@ class _HTTPServer(ThreadingHTTPServer):
 
 
 class IqdbTestServer:
-    """The test server: ``start()`` binds 127.0.0.1 on a free port in a background thread."""
+    """The test server: ``start()`` binds 127.0.0.1 (on ``port``, default a free one) in a thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
+        self.port = port
         self.index = LocalIndex()
         self.capacity = 0
         self.next_internal_id = 0
         self.limit_zero = 0
+        #: test hook: (exception, message, status) errors to answer the next requests with
+        self.fail_next: list[tuple[str, str, int]] = []
         self.requests_per_connection: dict[int, int] = {}
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self._httpd: _HTTPServer | None = None
@@ -209,7 +217,7 @@ class IqdbTestServer:
         return f"http://{host}:{port}"
 
     def start(self) -> IqdbTestServer:
-        httpd = _HTTPServer(("127.0.0.1", 0), _Handler)
+        httpd = _HTTPServer(("127.0.0.1", self.port), _Handler)
         httpd.owner = self
         httpd.lock = threading.Lock()
         self._httpd = httpd

@@ -1,0 +1,159 @@
+"""The IQDB jobs: called directly (error codes), and through a real worker subprocess on both
+backends (the embedded index in Redis, and an HTTP server), including a transient outage."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import socket
+import time
+
+import numpy as np
+import pytest
+from iqdb_server import IqdbTestServer
+from PIL import Image
+
+import mediaq
+from mediaq.errors import PermanentJobError, TransientJobError
+from mediaq.iqdb.index import IqdbIndex
+from mediaq.iqdb.signature import compute_signature
+from mediaq.jobs.iqdb import add_to_iqdb, remove_from_iqdb
+
+
+def _write_thumb(settings, name: str, seed: int, fmt: str = "JPEG") -> str:
+    rng = np.random.default_rng(seed)
+    img = Image.fromarray(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)).resize((250, 200), Image.BILINEAR)
+    path = settings.storage / "thumbs" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, fmt)
+    return str(path)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# -- direct calls (no worker): arguments and error codes ------------------------------------------------
+async def test_direct_embedded(settings, client):
+    ctx = {"settings": settings, "redis": client.redis}
+    path = _write_thumb(settings, "1.jpg", 1)
+    result = await add_to_iqdb(ctx, 1, "thumbs/1.jpg")  # relative to storage
+    assert result == {"image_id": 1, "hash": compute_signature(path).hash, "grayscale": False,
+                      "backend": "embedded", "server_hash_matches": None}
+    _write_thumb(settings, "p.png", 2, "PNG")
+    assert (await add_to_iqdb(ctx, "p", str(settings.storage / "thumbs/p.png")))["hash"].startswith("iqdb_")
+    assert await remove_from_iqdb(ctx, "p") == {"image_id": "p", "backend": "embedded", "removed": True}
+    assert (await remove_from_iqdb(ctx, "p"))["removed"] is False
+
+
+@pytest.mark.parametrize(("image_id", "path", "code"), [
+    (1, "thumbs/missing.jpg", "missing_file"),
+    (1, "thumbs/garbage.jpg", "bad_image"),
+    (1, "", "bad_argument"),
+    (1.5, "thumbs/ok.jpg", "bad_argument"),
+    ("", "thumbs/ok.jpg", "bad_argument"),
+])
+async def test_direct_permanent_errors(settings, client, image_id, path, code):
+    (settings.storage / "thumbs").mkdir(parents=True, exist_ok=True)
+    (settings.storage / "thumbs" / "garbage.jpg").write_bytes(b"\xff\xd8 this is not a JPEG")
+    _write_thumb(settings, "ok.jpg", 3)
+    ctx = {"settings": settings, "redis": client.redis}
+    with pytest.raises(PermanentJobError) as info:
+        await add_to_iqdb(ctx, image_id, path)
+    assert info.value.code == code
+    assert await IqdbIndex(client.redis).count() == 0  # nothing half-written
+
+
+async def test_direct_server_errors(settings):
+    path = _write_thumb(settings, "1.jpg", 1)
+    ctx = {"settings": settings.replace(iqdb_url=f"http://127.0.0.1:{_free_port()}"), "job_try": 3}
+    with pytest.raises(TransientJobError) as info:  # last try: the real error, not a Retry
+        await add_to_iqdb(ctx, 1, path)
+    assert info.value.code == "iqdb_unreachable"
+    with pytest.raises(PermanentJobError) as info:
+        await add_to_iqdb({"settings": ctx["settings"]}, "not-an-int", path)
+    assert info.value.code == "bad_argument"
+
+
+# -- through a real worker ------------------------------------------------------------------------------
+async def test_worker_embedded_index(client, settings, start_worker):
+    start_worker()
+    paths = {i: _write_thumb(settings, f"{i}.jpg", 10 + i) for i in range(6)}
+    ids = [await client.enqueue_job("add_to_iqdb", i, f"thumbs/{i}.jpg") for i in paths]
+    results = [await client.result(job_id, timeout=60) for job_id in ids]
+    assert [r["hash"] for r in results] == [compute_signature(p).hash for p in paths.values()]
+    assert all(r["backend"] == "embedded" for r in results)
+    index = IqdbIndex(client.redis)
+    for i, p in paths.items():
+        top = await index.query(p, limit=1)
+        assert top[0].image_id == i and top[0].score == pytest.approx(100, abs=1e-4)
+    # a bad image fails at once with its code, and leaves the index as it was
+    (settings.storage / "thumbs" / "bad.jpg").write_bytes(b"not an image")
+    with pytest.raises(mediaq.JobError) as info:
+        await client.result(await client.enqueue_job("add_to_iqdb", 99, "thumbs/bad.jpg"), timeout=60)
+    assert info.value.code == "bad_image"
+    assert await index.count() == 6
+    removed = await client.result(await client.enqueue_job("remove_from_iqdb", 3), timeout=60)
+    assert removed == {"image_id": 3, "backend": "embedded", "removed": True}
+    assert 3 not in {m.image_id for m in await index.query(paths[3], limit=6)}
+
+
+async def test_worker_server_backend_and_transient_outage(client, settings, start_worker):
+    port = _free_port()
+    start_worker(iqdb_url=f"http://127.0.0.1:{port}", retry_backoff=0.5, max_tries=5)
+    path = _write_thumb(settings, "5.jpg", 5)
+    # the server is down: the job is retried (transient) until it comes up, then succeeds
+    job_id = await client.enqueue_job("add_to_iqdb", 5, "thumbs/5.jpg")
+    await _first_try_over(client, job_id)
+    server = IqdbTestServer(port=port).start()
+    try:
+        started = time.monotonic()
+        result = await client.result(job_id, timeout=60)
+        assert result["backend"] == "server" and result["server_hash_matches"] is True
+        assert result["hash"] == compute_signature(path).hash
+        assert server.index.get(5) is not None and time.monotonic() - started < 60
+        assert [p for _, p, _ in server.requests] == ["/images/5"]
+        assert (await client.job(job_id).result_info()).job_try >= 2  # it was retried
+        server.requests.clear()
+        # a server-side refusal (HTTP 500 JSON) is permanent, with the server's words
+        server.fail_next.append(("imgdb::image_error", "Could not read image.", 500))
+        with pytest.raises(mediaq.JobError) as info:
+            await client.result(await client.enqueue_job("add_to_iqdb", 7, "thumbs/5.jpg"), timeout=60)
+        assert info.value.code == "iqdb_rejected" and "Could not read image." in info.value.message
+        # a proxy's 503 is transient: retried, then it works
+        server.fail_next.append(("proxy", "Service Unavailable", 503))
+        job_id = await client.enqueue_job("add_to_iqdb", 7, "thumbs/5.jpg")
+        assert (await client.result(job_id, timeout=60))["hash"]
+        assert (await client.job(job_id).result_info()).job_try == 2
+        # a GIF is converted to JPEG before sending
+        (settings.storage / "thumbs" / "gif.jpg").write_bytes(_gif())
+        ok = await client.result(await client.enqueue_job("add_to_iqdb", 6, "thumbs/gif.jpg"), timeout=60)
+        assert ok["hash"].startswith("iqdb_") and ok["server_hash_matches"] is True
+        removed = await client.result(await client.enqueue_job("remove_from_iqdb", 5), timeout=60)
+        assert removed == {"image_id": 5, "backend": "server", "removed": None}
+        assert server.index.get(5) is None
+        with pytest.raises(mediaq.JobError) as info:
+            await client.result(await client.enqueue_job("add_to_iqdb", "x", "thumbs/5.jpg"), timeout=60)
+        assert info.value.code == "bad_argument"
+    finally:
+        server.stop()
+
+
+async def _first_try_over(client, job_id: str, timeout: float = 30.0) -> None:
+    """Wait until the worker has run the job once and not finished it (it was deferred for a retry)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        tries = await client.redis.get(f"arq:retry:{job_id}")
+        running = await client.redis.exists(f"arq:in-progress:{job_id}")
+        if tries and int(tries) >= 1 and not running and not await client.redis.exists(f"arq:result:{job_id}"):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the job's first try did not happen")
+
+
+def _gif() -> bytes:
+    buf = io.BytesIO()
+    Image.new("P", (120, 90), 3).save(buf, "GIF")
+    return buf.getvalue()
