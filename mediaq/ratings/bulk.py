@@ -40,7 +40,7 @@ def chunk_job_id(batch: str, image_ids: list[str]) -> str:
 async def enqueue_library(
     client: Client,
     image_ids: Iterable[object] | None = None,
-    chunk_size: int = 1000,
+    chunk_size: int | None = 1000,
     batch: str | None = None,
     *,
     prior: tuple[float, float] | None = None,
@@ -51,6 +51,11 @@ async def enqueue_library(
     at ``ratings_url``, default ``client.settings.resolved_ratings_url``), ``chunk_size`` ids per job,
     in one named :class:`~mediaq.batch.Batch` (``batch``; default a new name).
 
+    Chunk size: a worker starts about ``max_jobs`` jobs per poll (seed: 10 per 0.2 s), and chunk jobs
+    of 1000 ids take a few ms, so a library of 100 chunks waits on ~10 polls. ``chunk_size=None``
+    makes ``max_jobs`` chunks (``ceil(len / settings.max_jobs)`` ids each, at least 1000): one poll
+    starts them all. Many workers? Use ``len / (workers * max_jobs)`` or smaller.
+
     ``prior=(C, m)`` uses that prior in every chunk (experiments); otherwise the workers use the seed
     prior cached in Redis for ``rating_cache_ttl`` s, and ``refresh_prior=True`` drops the cached one
     first so the run starts from the current ratings.
@@ -59,8 +64,8 @@ async def enqueue_library(
     from mediaq.jobs.ratings import prior_cache_key
     from mediaq.ratings.store import RatingsStore, _ids
 
-    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
-        raise ConfigError(f"chunk_size={chunk_size!r} must be an integer >= 1")
+    if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1):
+        raise ConfigError(f"chunk_size={chunk_size!r} must be an integer >= 1, or None (max_jobs chunks)")
     url = ratings_url or client.settings.resolved_ratings_url
     if image_ids is None:
         store = await asyncio.to_thread(RatingsStore, url)
@@ -79,6 +84,8 @@ async def enqueue_library(
         extra = {"C": float(C), "m": float(m)}
     if refresh_prior:
         await client.cache.delete(prior_cache_key(url))
+    if chunk_size is None:
+        chunk_size = max(1000, -(-len(ids) // client.settings.max_jobs))
     name = batch or new_batch_name("recalculate_ratings")
     chunks = [ids[i : i + chunk_size] for i in range(0, len(ids), chunk_size)]
     items = [{"image_ids": chunk, **extra} for chunk in chunks]

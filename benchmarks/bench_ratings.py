@@ -1,0 +1,170 @@
+"""Ratings benchmark (issue 5): a whole library's Bayesian ratings recalculated through the queue.
+
+Data: N images (every one rated at least once, popularity log-normal) and R ratings 1..10 by distinct
+users per image; 100k images / 1M ratings (``--quick``: 10k / 100k). In one run, side by side:
+
+- **queue**: ``enqueue_library`` (chunks of 1000 ids, one set-based SQL statement each) through one
+  local worker (seed settings) into the SQLite store, timed from the first enqueue to the last result,
+  prior recomputed from the database (``refresh_prior=True``); results checked against pandas;
+- **baseline**: one pandas groupby over the same ratings in memory (``bayesian_ratings``: groupby
+  count/sum, the prior, the formula); the target is queue <= 3x this;
+- the store alone (``recalculate_all``: one statement, no queue) for scale;
+- the per-image job form (``recalculate_rating``, one job per image) on a subset, as jobs/s against
+  the chunked form's images/s;
+- loading: ``RatingsStore.load_frame`` against ``DataFrame.to_sql`` into the same schema.
+
+Repeated timings are medians of 3 runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+import mediaq
+from benchmarks._harness import BenchContext, row
+from mediaq.ratings import RatingsStore, bayesian_ratings, enqueue_library
+
+REPEATS = 3
+#: the helper's default (1000) and ``None``: max_jobs chunks. With the seed's poll_delay (0.2 s) and
+#: max_jobs (10) a worker starts about 10 jobs per poll, so 100 chunks of 1000 wait on ~10 polls.
+CHUNK_SIZES: tuple[int | None, ...] = (1000, None)
+
+
+def make_library(images: int, ratings: int, seed: int = 5) -> pd.DataFrame:
+    """``ratings`` rows (``image_id``, ``user_id``, ``score``) over ``images`` ids, each rated at least once,
+    one rating per (image, user), skewed popularity (a few images with thousands of ratings, many with 1)."""
+    rng = np.random.default_rng(seed)
+    weights = rng.lognormal(0.0, 1.5, images)
+    extra = int(ratings * 1.03) - images
+    image = np.concatenate([np.arange(images), rng.choice(images, size=extra, p=weights / weights.sum())])
+    quality = rng.normal(6.0, 1.5, images)
+    frame = pd.DataFrame({"image": image, "user_id": rng.integers(1, 500_000, len(image))})
+    frame = frame.drop_duplicates(["image", "user_id"]).head(ratings)
+    if len(frame) < ratings or frame["image"].nunique() < images:
+        raise RuntimeError("library generation came up short; change the seed")
+    noise = rng.normal(0.0, 1.5, len(frame))
+    frame["score"] = np.clip(np.rint(quality[frame["image"].to_numpy()] + noise), 1, 10).astype("int64")
+    frame["image_id"] = pd.Series([f"img{i:07d}" for i in range(images)]).to_numpy()[frame["image"].to_numpy()]
+    return frame[["image_id", "user_id", "score"]].reset_index(drop=True)
+
+
+def _median_time(fn: Any) -> tuple[float, Any]:
+    times, out = [], None
+    for _ in range(REPEATS):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+async def _bench(ctx: BenchContext) -> list[dict]:
+    n_images, n_ratings = (10_000, 100_000) if ctx.quick else (100_000, 1_000_000)
+    n_single = 500 if ctx.quick else 1_000
+    rows: list[dict] = []
+    frame = await asyncio.to_thread(make_library, n_images, n_ratings)
+    label = f"{n_images // 1000}k images / {n_ratings // 1000}k ratings"
+
+    # loading, against pandas' own to_sql into the same schema
+    url = f"sqlite:///{ctx.tmp / 'ratings.sqlite3'}"
+    store = RatingsStore(url)
+    t = time.perf_counter()
+    store.load_frame(frame)
+    load_s = time.perf_counter() - t
+    other = RatingsStore(f"sqlite:///{ctx.tmp / 'to_sql.sqlite3'}")
+    t = time.perf_counter()
+    with other.engine.begin() as conn:
+        frame.to_sql("ratings", conn, if_exists="append", index=False, chunksize=50_000)
+    to_sql_s = time.perf_counter() - t
+    other.close()
+    rows.append(row(f"load {label} into SQLite", n_ratings / load_s, n_ratings / to_sql_s, "ratings/s",
+                    baseline_name="DataFrame.to_sql, same schema"))
+
+    # the store alone: one statement over everything
+    sql_s, _ = _median_time(lambda: store.recalculate_all())
+    want = bayesian_ratings(frame)
+
+    client = await mediaq.connect(settings=ctx.settings)
+    try:
+        with ctx.start_worker(ratings_url=url):
+            ids = list(want.index)
+            # warm-up: the worker opens its store and connections (not part of any timing)
+            warm = await enqueue_library(client, ids[:10], ratings_url=url)
+            await warm.wait(progress=False, timeout=60, poll_interval=0.02)
+
+            # side by side, interleaved (the machine is shared: medians of alternating runs)
+            pandas_times: list[float] = []
+            auto = max(1000, -(-n_images // ctx.settings.max_jobs))
+            sizes = [size for size in CHUNK_SIZES if (size is None and auto != 1000) or size == 1000]
+            queue_times: dict[int | None, list[float]] = {size: [] for size in sizes}
+            for _ in range(REPEATS):
+                for size in sizes:
+                    t = time.perf_counter()
+                    bayesian_ratings(frame)
+                    pandas_times.append(time.perf_counter() - t)
+                    queue_times[size].append(await _through_queue(client, store, ids, size, url))
+            pandas_s = statistics.median(pandas_times)
+            _check(store, want)
+            for size in sizes:
+                queue_s = statistics.median(queue_times[size])
+                chunks = "1000" if size == 1000 else f"{auto} (chunk_size=None: max_jobs chunks)"
+                rows.append(row(f"recalculate {label} through the queue (chunks of {chunks}, 1 worker)", queue_s,
+                                pandas_s, "s", higher_is_better=False,
+                                baseline_name="one pandas groupby, in memory"))
+                rows.append(row("  same, against the target of 3x one pandas groupby", queue_s, 3 * pandas_s, "s",
+                                higher_is_better=False, baseline_name="3 x pandas groupby"))
+            rows.append(row(f"recalculate {label} in the store alone (one SQL statement)", sql_s, pandas_s, "s",
+                            higher_is_better=False, baseline_name="one pandas groupby, in memory"))
+            chunk_rate = n_images / min(statistics.median(times) for times in queue_times.values())
+
+            # the per-image job form, on a subset
+            subset = ids[:: max(1, n_images // n_single)][:n_single]
+            t = time.perf_counter()
+            single = await client.enqueue_many("recalculate_rating", [{"image_id": i} for i in subset])
+            counts = await single.wait(progress=False, timeout=600, poll_interval=0.01)
+            single_s = time.perf_counter() - t
+            if counts["complete"] != len(subset):
+                raise RuntimeError(f"per-image jobs had failures: {counts}")
+            rows.append(row(f"chunked jobs vs one job per image ({len(subset)} recalculate_rating jobs)",
+                            chunk_rate, len(subset) / single_s, "images/s",
+                            baseline_name="recalculate_rating, 1 job/image"))
+    finally:
+        await client.close()
+        store.close()
+    return rows
+
+
+async def _through_queue(client: mediaq.Client, store: RatingsStore, ids: list[str], size: int | None,
+                         url: str) -> float:
+    """Seconds from the first enqueue to the last result, starting from an empty stats table and with
+    the prior recomputed from the database (pandas computes it too)."""
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM rating_stats")
+    t = time.perf_counter()
+    batch = await enqueue_library(client, ids, chunk_size=size, ratings_url=url, refresh_prior=True)
+    counts = await batch.wait(progress=False, timeout=600, poll_interval=0.02)
+    elapsed = time.perf_counter() - t
+    if counts["failed"] or counts["not_found"]:
+        raise RuntimeError(f"chunked recalculation had failures: {counts}")
+    results = await batch.results()
+    if results["updated"].sum() != len(ids) or any(len(u) for u in results["unknown"]):
+        raise RuntimeError("chunked recalculation did not update every image")
+    return elapsed
+
+
+def _check(store: RatingsStore, want: pd.DataFrame) -> None:
+    got = store.stats()
+    if len(got) != len(want):
+        raise RuntimeError(f"store has {len(got)} stats rows, pandas {len(want)}")
+    diff = (got["bayesian"] - want["bayesian"].reindex(got.index)).abs().max()
+    if not diff < 1e-9:
+        raise RuntimeError(f"queue and pandas disagree: max |difference| {diff}")
+
+
+def run(ctx: BenchContext) -> list[dict]:
+    return asyncio.run(_bench(ctx))
