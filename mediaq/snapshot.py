@@ -273,7 +273,7 @@ async def queue_snapshot(client: Client, batch: Batch | str | None = None, local
     fails = [_failure(f) for f in raw_failures]
     if name:
         fails = [f for f in fails if f.batch == name]
-    first = int(now) - window
+    first = int(now) - window + 1
     return Snapshot(
         time=now, queue_name=queue,
         queued=max(0, ready - in_progress),  # arq keeps a running job in the queue until it finishes
@@ -309,11 +309,14 @@ async def _batch_counts(redis: Any, name: str | None, recent: int) -> tuple[Batc
             pipe.hget(f"mediaq:batch:{n}", "function")
         functions = await pipe.execute()
     counts = await asyncio.gather(*(read_batch_counts(redis, n) for n in names))
-    return tuple(
-        BatchCounts(name=n, function=f.decode() if f else None, total=c["total"], complete=c["complete"],
-                    failed=c["failed"], by_function=c["by_function"])
-        for n, f, c in zip(names, functions, counts, strict=True)
-    )
+    out = []
+    for n, f, c in zip(names, functions, counts, strict=True):
+        by_function = c["by_function"]
+        if len(by_function) == 1:  # its failures less the retried ones, as the batch's own figures
+            by_function = {next(iter(by_function)): {"complete": c["complete"], "failed": c["failed"]}}
+        out.append(BatchCounts(name=n, function=f.decode() if f else None, total=c["total"],
+                               complete=c["complete"], failed=c["failed"], by_function=by_function))
+    return tuple(out)
 
 
 def _worker_info(beat: dict[str, Any], now: float) -> WorkerInfo:

@@ -71,8 +71,12 @@ async def test_widget_state_after_a_known_batch(client, start_worker):
     assert {k.decode(): v.decode() for k, v in retries.items()} == {"k8": "k8~r1", "k9": "k9~r1"}
     assert await client.redis.exists("arq:job:k8~r1", "arq:result:k8~r1") >= 1
     await batch.wait(progress=False, timeout=60)
-    await _refresh_until(dash, lambda s: {f.job_id for f in s.failures} >= {"k8~r1", "k9~r1"})
+    snap = await _refresh_until(dash, lambda s: {f.job_id for f in s.failures} >= {"k8~r1", "k9~r1"}
+                                and s.batches[0].finished)
     assert "<code>k9~r1</code>" in dash.failures.value
+    # the batch counts each item once (its latest attempt); the whole queue counts every attempt
+    assert (snap.batches[0].total, snap.batches[0].failed) == (10, 2) and snap.failed == 4
+    assert snap.batches[0].by_function == {"sleep": {"complete": 8, "failed": 2}}
 
     # "Stop worker", then "Start worker" (mediaq.start_worker on the client's settings)
     dash.buttons["stop"].click()
