@@ -287,3 +287,30 @@ async def test_unreachable_database_fails_after_the_retries(client: mediaq.Clien
     assert "unable to open database file" in info.value.message
     result = await client.job(job_id).result_info()
     assert result is not None and result.job_try == 3  # the seed's max_tries
+
+
+async def test_enqueue_library_chunking_and_validation(client: mediaq.Client, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/r.db"
+    store = RatingsStore(url)
+    store.add_images([f"i{k:05d}" for k in range(2500)])
+    batch = await enqueue_library(client, ratings_url=url)  # the whole library, 1000 ids a job
+    assert len(batch) == 3
+    jobs = [await client.job(job_id).info() for job_id in batch.ids]
+    assert [len(j.kwargs["image_ids"]) for j in jobs] == [1000, 1000, 500]
+    assert jobs[0].kwargs["image_ids"][0] == "i00000" and jobs[2].kwargs["image_ids"][-1] == "i02499"
+    ids = [f"x{k}" for k in range(25_000)]
+    auto = await enqueue_library(client, ids, chunk_size=None, ratings_url=url)  # max_jobs chunks of >= 1000
+    assert len(auto) == client.settings.max_jobs  # 10 chunks of 2500
+    big = await enqueue_library(client, [f"y{k}" for k in range(210_000)], chunk_size=None, ratings_url=url)
+    assert len(big) == 11  # capped at MAX_AUTO_CHUNK ids a job
+    with_prior = await enqueue_library(client, ["a"], prior=(2, 5.5), ratings_url=url)
+    assert (await client.job(with_prior.ids[0]).info()).kwargs == {"image_ids": ["a"], "C": 2.0, "m": 5.5}
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(mediaq.ConfigError, match="chunk_size"):
+            await enqueue_library(client, ["a"], chunk_size=bad, ratings_url=url)
+    with pytest.raises(ValueError, match="prior C=-1"):
+        await enqueue_library(client, ["a"], prior=(-1, 5), ratings_url=url)
+    await client.cache.set(prior_cache_key(url), "[1, 2]")
+    await enqueue_library(client, ["a"], refresh_prior=True, ratings_url=url)
+    assert not await client.cache.exists(prior_cache_key(url))
+    store.close()
