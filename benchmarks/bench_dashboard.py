@@ -1,0 +1,125 @@
+"""Dashboard refresh cost against queue length (issue 7): at most 50 ms median with 1M queued jobs, and
+not more than 2x its cost with 1k queued.
+
+The queue and the batch are filled with pipelined ``ZADD`` of ids only (a refresh never reads job
+bodies), next to realistic fixed-size state: 4 worker heartbeats, 50 failures, per-second counters
+over the whole chart window, stats for 4 functions. Measured: ``Dashboard.refresh()`` (snapshot and
+widget update, no front end attached) for one batch and for the whole queue. For scale, the exact
+per-job answer (``batch.status()``) over the same batch at the middle size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+
+import mediaq
+from benchmarks._harness import BenchContext, row
+from mediaq.dashboard import Dashboard
+from mediaq.health import HEARTBEAT_PREFIX, WORKERS_KEY
+from mediaq.stats import FAILURES_KEY, STATS_KEY, THROUGHPUT_KEY
+
+
+async def _seed(client: mediaq.Client, batch: str) -> None:
+    """Fixed-size state a busy queue has, written as workers write it."""
+    redis, now = client.redis, time.time()
+    async with redis.pipeline(transaction=False) as pipe:
+        for i in range(4):
+            key = f"{HEARTBEAT_PREFIX}bench-host:{1000 + i}"
+            pipe.set(key, json.dumps({"host": "bench-host", "pid": 1000 + i, "started": now - 60, "last": now,
+                                      "ongoing": 10, "finished": 5000, "max_jobs": 10, "processes": 2}), ex=3600)
+            pipe.zadd(WORKERS_KEY, {key: now})
+        for fn in ("create_thumbnail", "create_variant", "add_to_iqdb", "recalculate_rating"):
+            pipe.hset(STATS_KEY, mapping={f"{fn}:complete": 100_000, f"{fn}:failed": 50})
+        for i in range(50):
+            pipe.lpush(FAILURES_KEY, json.dumps({
+                "job_id": f"thumb:{i}", "function": "create_thumbnail", "time": now - i, "batch": batch,
+                "type": "mediaq.errors.PermanentJobError", "code": "corrupt_image",
+                "message": "cannot identify image file"}))
+        for second in range(int(now) - 130, int(now) + 1):
+            key = f"{THROUGHPUT_KEY}:{second // 600}"
+            pipe.hset(key, mapping={f"{second}:complete": 40, f"{second}:failed": 1})
+            pipe.expire(key, 3600)
+        await pipe.execute()
+
+
+async def _fill(client: mediaq.Client, batch: str, n: int) -> float:
+    """``n`` ids due now in the client's queue and in ``batch``'s id set; returns ids/s."""
+    t = time.perf_counter()
+    now = int(time.time() * 1000)
+    queue = client.settings.queue_name
+    await client.redis.hset(f"mediaq:batch:{batch}", mapping={"function": "create_thumbnail", "created": time.time()})
+    await client.redis.hset(f"mediaq:batch:{batch}:counts", mapping={"complete": 5000, "failed": 50,
+                                                                     "create_thumbnail:complete": 5000,
+                                                                     "create_thumbnail:failed": 50})
+    for start in range(0, n, 100_000):
+        async with client.redis.pipeline(transaction=False) as pipe:
+            for chunk in range(start, min(n, start + 100_000), 5000):
+                ids = {f"{batch}:{i}": now for i in range(chunk, min(n, chunk + 5000))}
+                pipe.zadd(queue, ids)
+                pipe.zadd(f"mediaq:batch:{batch}:ids", ids)
+            await pipe.execute()
+    return n / (time.perf_counter() - t)
+
+
+async def _interleaved_medians(fns: list, runs: int) -> list[float]:
+    """Median ms of each function, run in turn so that machine load hits them alike."""
+    for fn in fns * 3:  # warm the connection pools
+        await fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(runs):
+        for i, fn in enumerate(fns):
+            t = time.perf_counter()
+            await fn()
+            times[i].append(time.perf_counter() - t)
+    return [1000 * statistics.median(t) for t in times]
+
+
+async def _bench(ctx: BenchContext) -> list[dict]:
+    small, mid, big = (1_000, 100_000, 1_000_000) if not ctx.quick else (1_000, 20_000, 200_000)
+    runs = 30 if ctx.quick else 100
+    label = {1_000: "1k", 20_000: "20k", 100_000: "100k", 200_000: "200k", 1_000_000: "1M"}
+    # one queue (and batch) per size, each on its own client, so the sizes are measured side by side
+    clients = {n: await mediaq.connect(settings=ctx.settings.replace(queue_name=f"bench:queue:{label[n]}"))
+               for n in (small, mid, big)}
+    rows = []
+    try:
+        await _seed(clients[big], f"b{label[big]}")
+        fill_rate = 0.0
+        for n, client in clients.items():
+            fill_rate = await _fill(client, f"b{label[n]}", n)
+        dashes = {n: (Dashboard(c, f"b{label[n]}", autostart=False), Dashboard(c, autostart=False))
+                  for n, c in clients.items()}
+        for n, (batch_dash, _) in dashes.items():
+            snap = await batch_dash.refresh()
+            assert snap.error is None and snap.queued == n - snap.in_progress, snap
+            assert snap.batches[0].total == n and snap.batches[0].name == f"b{label[n]}", snap.batches
+        fns = [d.refresh for n in (small, big) for d in dashes[n]]
+        batch_small, queue_small, batch_big, queue_big = await _interleaved_medians(fns, runs)
+        t = time.perf_counter()
+        await clients[mid].batch(f"b{label[mid]}").status()
+        status_ms = 1000 * (time.perf_counter() - t)
+        (mid_ms,) = await _interleaved_medians([dashes[mid][0].refresh], runs)
+        for what, s_ms, b_ms in (("batch dashboard", batch_small, batch_big),
+                                 ("whole-queue dashboard", queue_small, queue_big)):
+            rows.append(row(f"{what} refresh, {label[big]} queued (median of {runs})", b_ms, 50.0, "ms",
+                            higher_is_better=False, baseline_name="target 50 ms"))
+            rows.append(row(f"{what} refresh, {label[big]} vs {label[small]} queued", b_ms, s_ms, "ms",
+                            higher_is_better=False,
+                            baseline_name=f"same, {label[small]} queued (target ratio >= 0.5)"))
+        rows.append(row(f"batch dashboard refresh vs exact batch.status(), {label[mid]} queued", mid_ms,
+                        status_ms, "ms", higher_is_better=False, baseline_name="batch.status() (per-job states)"))
+        print(f"# queues filled with pipelined ZADD of ids at {fill_rate:,.0f} ids/s", flush=True)
+        for dash_pair in dashes.values():
+            for d in dash_pair:
+                await d.aclose()
+    finally:
+        for client in clients.values():
+            await client.close()
+    return rows
+
+
+def run(ctx: BenchContext) -> list[dict]:
+    return asyncio.run(_bench(ctx))
