@@ -17,6 +17,7 @@ import base64
 import html as _html
 import io
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +34,7 @@ PathLike = str | os.PathLike[str]
 StorageLike = Any
 
 _CELL = "padding:4px;text-align:center;vertical-align:top;border:none"
-_CAPTION = "font-size:11px;font-family:monospace;word-break:break-all;max-width:{size}px;margin:2px auto 0"
+_CAPTION = "font-size:11px;font-family:monospace;overflow-wrap:anywhere;max-width:{size}px;margin:2px auto 0"
 _MISSING = ("display:flex;align-items:center;justify-content:center;width:{size}px;height:{h}px;"
             "background:#f3f3f3;color:#a33;font-size:11px;font-family:monospace;margin:auto")
 
@@ -83,7 +84,7 @@ def _to_8bit(im: Any) -> Any:
 
 def _figure(path: PathLike | None, caption: str | None, size: int) -> str:
     """One picture with its caption; a grey box saying why when it cannot be shown."""
-    cap = f'<div style="{_CAPTION.format(size=size)}">{_html.escape(caption)}</div>' if caption else ""
+    cap = f'<div style="{_CAPTION.format(size=size)}">{_breakable(caption)}</div>' if caption else ""
     reason = "no file"
     if path is not None:
         from PIL import Image
@@ -95,6 +96,11 @@ def _figure(path: PathLike | None, caption: str | None, size: int) -> str:
             reason = type(exc).__name__
     box = _MISSING.format(size=size, h=max(24, size * 2 // 3))
     return f'<div style="{box}">cannot show ({_html.escape(reason)})</div>{cap}'
+
+
+def _breakable(text: str) -> str:
+    """Escaped ``text`` that may wrap after ``_``, ``/`` and ``-`` (ids such as ``2024__edits__IMG_0001``)."""
+    return re.sub(r"([_/-]+)", r"\1<wbr>", _html.escape(text))
 
 
 def _is_missing(value: Any) -> bool:
