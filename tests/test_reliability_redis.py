@@ -1,0 +1,150 @@
+"""Issue 9, items 2 and 3: Redis dies under a running batch, or during a bulk enqueue.
+
+These tests need a server they may kill, so each starts its own embedded server in a tmp state
+folder (the worker only restarts the *embedded* server: ``redis_url`` is None there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import pytest
+
+import mediaq
+from mediaq.server import EmbeddedServer
+from mediaq.settings import Settings
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def embedded(tmp_path):
+    """Settings on a private embedded server (AOF, fsync every second), stopped at the end."""
+    settings = Settings.load(env={}, state_dir=tmp_path / "state", storage=tmp_path / "media", worker_processes=1,
+                             poll_delay=0.05, health_check_interval=1, retry_backoff=0.2, connect_timeout=2)
+    server = EmbeddedServer(settings.state_dir)
+    server.ensure_running()
+    workers: list[mediaq.LocalWorker] = []
+    yield settings, server, workers
+    for worker in workers:
+        worker.stop(timeout=10)
+    server.stop()
+
+
+async def test_server_sigkilled_mid_batch_loses_no_acknowledged_job(embedded):
+    settings, server, workers = embedded
+    worker = mediaq.LocalWorker(settings.replace(max_jobs=20)).start()
+    workers.append(worker)
+    client = await mediaq.connect(settings=settings)
+    try:
+        n = 3000
+        batch = await client.enqueue_many("sleep", [{"seconds": 0.05} for _ in range(n)], job_id="nap{index}",
+                                          chunk_size=500)
+        await asyncio.sleep(1.2)  # the whole batch was acknowledged more than a second ago
+
+        while (await batch.status())["complete"] < 300:
+            await asyncio.sleep(0.05)
+        done_early = {i for i, s in (await batch.job_states()).items() if s == "complete"}
+        await asyncio.sleep(1.2)  # these results too were acknowledged more than a second ago
+        before = server.status()
+        os.kill(before["pid"], signal.SIGKILL)
+        killed_at = time.time()
+        states_at_kill = len(done_early)
+        assert states_at_kill < n
+
+        # the client rides out the outage (its pool retries) while the worker's watchdog restarts the
+        # server, which reloads its AOF; nothing is re-enqueued by hand
+        counts = await batch.wait(progress=False, timeout=120)
+        after = server.status()
+        assert after["running"] and after["pid"] != before["pid"] and after["port"] == before["port"]
+        assert counts == {**counts, "complete": n, "failed": 0, "not_found": 0}, counts
+        states = await batch.job_states()
+        assert all(states[i] == "complete" for i in done_early)
+
+        # the same worker process reconnected and kept working
+        assert worker.alive
+        df = await batch.results()
+        after_kill = df[df["finish_time"] > pd_time(killed_at)]
+        assert len(after_kill) > 0
+        workers_seen = await client.redis.hkeys("mediaq:claimants")
+        assert [w.decode().rsplit(":", 1)[1] for w in workers_seen] == [str(worker.pid)]
+        # and the client keeps working too, on the restarted server
+        assert await client.result(await client.enqueue_job("noop", "still here"), timeout=30) == "still here"
+        print(f"\nredis restart: SIGKILL after {states_at_kill} of {n} jobs; restarted server pid {after['pid']}; "
+              f"batch complete {time.time() - killed_at:.1f} s after the kill, 0 lost")
+    finally:
+        await client.close()
+
+
+def pd_time(epoch: float):
+    import pandas as pd
+
+    return pd.Timestamp(epoch, unit="s", tz="UTC")
+
+
+async def test_enqueue_interrupted_by_a_dead_server_then_rerun_completes_without_duplicates(embedded):
+    settings, server, workers = embedded
+    client = await mediaq.connect(settings=settings)
+    n, chunk, stop_after = 5000, 1000, 2500
+
+    def items(stop: bool):
+        for i in range(n):
+            if stop and i == stop_after:
+                server.stop()  # SIGTERM: the server flushes its AOF and exits; nothing restarts it
+            yield {"value": i}
+
+    try:
+        with pytest.raises(mediaq.EnqueueError) as info:
+            await client.enqueue_many("noop", items(stop=True), job_id="item{value}", batch="interrupted",
+                                      chunk_size=chunk)
+        err = info.value
+        # chunks 1 and 2 went out before the stop; chunk 3 (items 2000-2999) was cut by it
+        assert (err.chunks_written, err.written, err.batch) == (2, 2000, "interrupted")
+        assert "2 chunk(s) (2000 jobs)" in str(err) and "not written at all" in str(err)
+
+        server.ensure_running()  # the operator brings Redis back; the same port and password
+        queued = {m.decode() for m in await client.redis.zrange(settings.queue_name, 0, -1)}
+        assert queued == {f"item{i}" for i in range(2000)}  # whole chunks only, nothing half-written
+
+        batch = await client.enqueue_many("noop", items(stop=False), job_id="item{value}", batch="interrupted",
+                                          chunk_size=chunk)
+        assert sorted(batch.skipped) == sorted(f"item{i}" for i in range(2000))  # not written twice
+        assert await client.redis.zcard(settings.queue_name) == n
+        workers.append(mediaq.LocalWorker(settings.replace(max_jobs=50)).start())
+        counts = await batch.wait(progress=False, timeout=120)
+        assert counts["complete"] == n and counts["failed"] == 0, counts
+        df = await batch.results()
+        assert len(df) == n and df["job_id"].is_unique and (df["tries"] == 1).all()
+        assert sorted(df["result"]) == list(range(n))  # each item ran exactly once
+    finally:
+        await client.close()
+
+
+async def test_client_waits_for_a_restarting_server_then_fails_clearly_if_it_stays_down(embedded):
+    """Every pooled connection dropped while the server is down: the next call reconnects once the
+    server is back (retried, not failed at once); with the server gone for good it raises."""
+    import threading
+
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    settings, server, _ = embedded
+    client = await mediaq.connect(settings=settings)
+    try:
+        await client.redis.set("kept", "yes")
+        await asyncio.sleep(1.2)  # fsynced by the AOF
+        os.kill(server.status()["pid"], signal.SIGKILL)
+        await client.redis.connection_pool.disconnect()
+        restart = threading.Timer(1.0, server.ensure_running)
+        restart.start()
+        try:
+            assert await client.redis.get("kept") == b"yes"
+        finally:
+            restart.join()
+        server.stop()
+        with pytest.raises(RedisConnectionError):
+            await client.redis.get("kept")
+    finally:
+        await client.close()
