@@ -324,14 +324,14 @@ def image_frame(folder: Any, pattern: str = "**/*") -> pd.DataFrame:
 def _pool(url: str, timeout: float) -> aioredis.ConnectionPool:
     """A pool with timeouts (nothing hangs) that reconnects across a short outage, such as a
     restart of the embedded server, instead of failing the call."""
-    from redis.asyncio.retry import Retry
-    from redis.backoff import ExponentialBackoff
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
+    from mediaq.server import redis_retry
+
     return aioredis.ConnectionPool.from_url(
         url, socket_connect_timeout=timeout, socket_timeout=max(30.0, timeout), health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=8),
+        retry=redis_retry(8),  # also retries a refused reconnect; retries do not nest
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
 
