@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -262,3 +263,35 @@ def test_sample_csv_loads(store: RatingsStore) -> None:
     stats = store.stats()
     assert stats["count"].min() == 1 and stats["count"].max() >= 20  # realistic skew
     assert not math.isnan(stats["bayesian"].sum())
+
+
+OTHER_URL = os.environ.get("RATINGS_TEST_URL")  # e.g. postgresql+psycopg://user@127.0.0.1:5432/test
+
+
+@pytest.mark.skipif(not OTHER_URL, reason="set RATINGS_TEST_URL to a scratch PostgreSQL/MySQL database")
+def test_other_database_round_trip() -> None:
+    """The non-SQLite code paths (dialect upserts, expanding IN) on a real server. Drops the tables first."""
+    from mediaq.ratings.store import metadata
+
+    store = RatingsStore(OTHER_URL, create=False)  # type: ignore[arg-type]
+    metadata.drop_all(store.engine)
+    store.create_tables()
+    frame = random_ratings(9)
+    store.load_frame(frame)
+    store.load_frame(frame.head(5).assign(score=10))  # re-ratings replace
+    frame.loc[:4, "score"] = 10
+    store.add_images(["quiet"])
+    ids = sorted(frame["image_id"].unique())
+    got = store.recalculate([*ids, "quiet", "ghost"], with_stats=True)
+    assert got["unknown"] == ["ghost"] and got["updated"] == len(ids) + 1
+    C, m = store.prior()
+    assert (C, m) == pytest.approx((len(frame) / len(ids), frame["score"].mean()))
+    stats = store.stats()
+    want = bayesian_ratings(frame, images=stats.index)
+    np.testing.assert_allclose(stats["bayesian"], want["bayesian"], rtol=1e-9)
+    assert stats.loc["quiet", "bayesian"] == 0.0
+    store.recalculate_all(C=1.0, m=5.0)
+    np.testing.assert_allclose(store.stats().loc[ids, "bayesian"],
+                               bayesian_ratings(frame, C=1.0, m=5.0).loc[ids, "bayesian"], rtol=1e-9)
+    metadata.drop_all(store.engine)
+    store.close()

@@ -128,7 +128,10 @@ async def recalculate_ratings(ctx: dict[str, Any], image_ids: list[str], C: floa
     if not isinstance(image_ids, (list, tuple)):
         raise PermanentJobError("bad_argument", "image_ids must be a list of image ids, "
                                 f"not {type(image_ids).__name__}", value=repr(image_ids)[:200])
-    ids = [_image_id(value, f"image_ids[{i}]") for i, value in enumerate(image_ids)]
+    if all(type(value) is str and 0 < len(value) <= 255 for value in image_ids):  # the usual case, fast
+        ids = list(image_ids)
+    else:
+        ids = [_image_id(value, f"image_ids[{i}]") for i, value in enumerate(image_ids)]
     prior = _given_prior(C, m)
     store = await _store(ctx)
     C, m, source = prior if prior else await _cached_prior(ctx, store)

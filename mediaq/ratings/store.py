@@ -484,6 +484,8 @@ def _id_text(value: object) -> Any:
 def _ids(image_ids: Iterable[object]) -> list[str]:
     if isinstance(image_ids, (str, bytes)):
         raise ConfigError(f"image_ids must be a list of ids, not the single string {image_ids!r}")
+    if isinstance(image_ids, list) and all(type(value) is str and value for value in image_ids):
+        return image_ids  # already text (the usual case): no copy
     out = []
     for value in image_ids:
         text = _id_text(value)
