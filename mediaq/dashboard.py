@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
+import types
+import weakref
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +43,8 @@ if TYPE_CHECKING:
     from mediaq.localworker import LocalWorker
 
 __all__ = ["Dashboard"]
+
+_LIVE: weakref.WeakValueDictionary[tuple[str, int, str, str | None], Dashboard] = weakref.WeakValueDictionary()
 
 
 def _section(title: str) -> widgets.HTML:
@@ -138,11 +143,24 @@ class Dashboard:
 
     # -- refreshing ---------------------------------------------------------------------------
     def start(self) -> Dashboard:
-        """Start the background refresh task on the running loop (a notebook cell has one)."""
+        """Start the background refresh task on the running loop (a notebook cell has one).
+
+        A dashboard already refreshing the same queue and batch is stopped: running a cell again
+        replaces its dashboard instead of piling up refresh tasks.
+        """
         loop = self._loop = asyncio.get_running_loop()  # RuntimeError outside a loop: see the docstring
+        key = self._key()
+        previous = _LIVE.get(key)
+        if previous is not None and previous is not self:
+            previous.close()
+        _LIVE[key] = self
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._run(), name="mediaq-dashboard")
         return self
+
+    def _key(self) -> tuple[str, int, str, str | None]:
+        s = self.client.settings
+        return (self.client.url, s.queue_db, s.queue_name, self.batch.name if self.batch is not None else None)
 
     @property
     def running(self) -> bool:
@@ -349,3 +367,16 @@ def _esc(value: object) -> str:
     import html
 
     return html.escape(str(value))
+
+
+class _CallableModule(types.ModuleType):
+    """``mediaq.dashboard(client, batch)`` must work whichever of the two ``mediaq.dashboard`` names
+    is bound: the package's function, or this module, which Python binds to the same attribute of
+    ``mediaq`` the first time it is imported (replacing the function)."""
+
+    def __call__(self, client: Client, batch: Batch | str | None = None, interval: float = 1.0,
+                 local_worker: LocalWorker | None = None, **options: Any) -> Dashboard:
+        return Dashboard(client, batch, interval, local_worker, **options)
+
+
+sys.modules[__name__].__class__ = _CallableModule

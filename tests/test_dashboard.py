@@ -141,6 +141,17 @@ async def test_background_refresh_and_close(client):
     assert dash.refreshes == count
 
 
+async def test_running_the_cell_again_replaces_the_dashboard(client):
+    first = Dashboard(client, "same", interval=0.05)
+    other = Dashboard(client, interval=0.05)  # the whole queue: a different dashboard, kept
+    second = Dashboard(client, "same", interval=0.05)
+    await asyncio.sleep(0.1)
+    assert not first.running and "(stopped)" in first.header.value
+    assert second.running and other.running
+    await second.aclose()
+    await other.aclose()
+
+
 async def test_redis_outage_shows_and_recovers(settings, tmp_path):
     server = EmbeddedServer(tmp_path / "own-server")
     client = await mediaq.connect(settings=settings.replace(redis_url=server.ensure_running()))
@@ -175,6 +186,13 @@ async def test_a_failing_refresh_does_not_end_the_task(client, monkeypatch):
     assert dash.running and "refresh failed: ValueError: bad &lt;data&gt;" in dash.status.value
     await dash.aclose()
     assert not dash.running
+
+
+def test_the_module_is_callable_as_mediaq_dashboard(client):
+    import mediaq.dashboard  # importing binds the module to the package attribute `mediaq.dashboard`
+
+    dash = mediaq.dashboard(client, "x", 2.0, autostart=False)
+    assert isinstance(dash, Dashboard) and dash.batch.name == "x" and dash.interval == 2.0
 
 
 def test_outside_a_running_loop(client):
