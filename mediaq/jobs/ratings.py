@@ -24,6 +24,7 @@ ratings of mean 8.3: that is the point of the prior)::
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import hashlib
 import json
@@ -204,10 +205,15 @@ async def _store(ctx: dict[str, Any]) -> Any:
 
 
 def close_stores(ctx: dict[str, Any] | None = None) -> None:
-    """Dispose of the stores this process opened (for ``ctx``'s resources, else the process-wide ones)."""
+    """Dispose of the stores this process opened (for ``ctx``'s resources, else the process-wide ones).
+    Runs at exit for the process-wide ones, so SQLite checkpoints its WAL when a worker stops."""
     stores = _resources(ctx or {}).pop(STORE_KEY, {})
     for store in stores.values():
-        store.close()
+        with contextlib.suppress(Exception):
+            store.close()
+
+
+atexit.register(close_stores)
 
 
 def _lock(ctx: dict[str, Any]) -> asyncio.Lock:
