@@ -156,6 +156,7 @@ async def test_bad_arguments_fail_before_any_work(ctx, tmp_path, call, argument)
 
 @pytest.mark.parametrize(("content", "code"), [
     (None, "missing_file"), (b"", "corrupt_image"), (b"<html><body>not found</body></html>", "not_an_image"),
+    ((DATA / "coffee.jpg").read_bytes()[:30_000], "corrupt_image"),  # truncated
 ])
 async def test_bad_sources(ctx, tmp_path, content, code):
     src = tmp_path / "in.jpg"

@@ -463,6 +463,51 @@ def test_read_error_kinds_by_errno(tmp_path, monkeypatch):
     assert tinfo.value.code == "read_error"
 
 
+def test_decoding_from_the_open_file_equals_decoding_the_bytes():
+    path = DATA / "retina.jpg"
+    from_bytes = imaging.render(imaging.decode(path.read_bytes(), [(250, 200)]), (250, 200))
+    with imaging.open_source(path) as f:
+        info = imaging.probe(f)
+        from_file = imaging.render(imaging.decode(f, [(250, 200)]), (250, 200))
+    assert info["bytes"] == path.stat().st_size
+    assert np.array_equal(np.asarray(from_bytes), np.asarray(from_file))
+
+
+class FlakyFile(io.RawIOBase):
+    """A file whose reads fail with EIO after ``ok`` bytes, as a failing disk or network mount does."""
+
+    def __init__(self, inner, ok: int) -> None:
+        self.inner, self.ok = inner, ok
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, pos, whence=0):
+        return self.inner.seek(pos, whence)
+
+    def tell(self):
+        return self.inner.tell()
+
+    def readinto(self, buf):
+        import errno
+
+        if self.inner.tell() >= self.ok:
+            raise OSError(errno.EIO, "Input/output error")
+        data = self.inner.read(min(len(buf), self.ok - self.inner.tell()))
+        buf[: len(data)] = data
+        return len(data)
+
+
+def test_disk_error_while_decoding_is_a_transient_read_error():
+    with pytest.raises(TransientJobError) as info:
+        with imaging.open_source(DATA / "retina.jpg") as f:
+            imaging.decode(io.BufferedReader(FlakyFile(f, 50_000)), [(250, 200)])
+    assert info.value.code == "read_error" and "retina.jpg" in info.value.message
+
+
 @pytest.mark.parametrize(("call", "argument"), [
     (lambda: imaging.check_format("gif"), "format"),
     (lambda: imaging.check_format(None), "format"),

@@ -41,8 +41,8 @@ from mediaq.imaging import (
     check_quality,
     check_size,
     decode,
+    open_source,
     probe,
-    read_source,
     render_outputs,
 )
 from mediaq.jobs._base import job, run_cpu
@@ -160,19 +160,19 @@ def render_task(source_path: str, specs: dict[str, OutputSpec]) -> tuple[dict[st
     per key, the encoded :class:`Output` or the reason it was skipped (``"not_larger"``,
     ``"not_smaller"``). With only variants that are not larger, the pixels are never decoded.
     """
-    data = read_source(source_path)
-    info = probe(data, name=source_path)
-    longest = max(info["width"], info["height"])
-    results: dict[str, Output | str] = {}
-    wanted = {}
-    for name, spec in specs.items():
-        if name != "thumbnail" and longest <= spec.box[0]:
-            results[name] = "not_larger"
-        else:
-            wanted[name] = spec
-    if not wanted:
-        return info, results
-    source = decode(data, [spec.box for spec in wanted.values()], name=source_path)
+    with open_source(source_path) as f:
+        info = probe(f, name=source_path)
+        longest = max(info["width"], info["height"])
+        results: dict[str, Output | str] = {}
+        wanted = {}
+        for name, spec in specs.items():
+            if name != "thumbnail" and longest <= spec.box[0]:
+                results[name] = "not_larger"
+            else:
+                wanted[name] = spec
+        if not wanted:
+            return info, results
+        source = decode(f, [spec.box for spec in wanted.values()], name=source_path)
     for name, out in render_outputs(source, wanted).items():
         results[name] = "not_smaller" if name != "thumbnail" and len(out.data) >= source.bytes else out
     return source.info(), results
