@@ -429,9 +429,10 @@ def html_counts(snap: Snapshot) -> str:
 
 def html_functions(snap: Snapshot) -> str:
     """Finished jobs by function (the batch's when exactly one batch is shown, else the whole queue's)."""
-    source = snap.batches[0].by_function if len(snap.batches) == 1 else snap.by_function
+    one = len(snap.batches) == 1
+    source = snap.batches[0].by_function if one else snap.by_function
     if not source:
-        return f'<span style="color:{_GREY}">no finished jobs yet</span>'
+        return f'<span style="color:{_GREY}">no finished jobs {"in this batch " if one else ""}yet</span>'
     rows = [[f"<code>{_E(fn)}</code>", str(c.get("complete", 0)), str(c.get("failed", 0))]
             for fn, c in sorted(source.items())]
     return _table(["function", "complete", "failed"], rows)
