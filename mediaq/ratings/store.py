@@ -129,7 +129,7 @@ class RatingsStore:
         """Close every pooled connection."""
         self.engine.dispose()
 
-    dispose = close  # the worker's shutdown disposes per-process resources found in ctx
+    dispose = close  # the name the worker's shutdown looks for on per-process resources
 
     def create_tables(self) -> None:
         """Create ``ratings`` and ``rating_stats`` if they do not exist."""
