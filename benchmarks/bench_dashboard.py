@@ -17,9 +17,9 @@ import time
 
 import mediaq
 from benchmarks._harness import BenchContext, row
-from mediaq.dashboard import Dashboard
 from mediaq.health import HEARTBEAT_PREFIX, WORKERS_KEY
 from mediaq.stats import FAILURES_KEY, STATS_KEY, THROUGHPUT_KEY
+from mediaq.widgets import Dashboard
 
 
 async def _seed(client: mediaq.Client, batch: str) -> None:

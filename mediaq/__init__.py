@@ -55,6 +55,7 @@ __all__ = [
     "__version__",
     "connect",
     "connect_sync",
+    "dashboard",
     "enqueue_job",
     "job",
     "start_worker",
@@ -69,6 +70,21 @@ def connect_sync(url: str | None = None, **settings: Any) -> Any:
     from mediaq._sync import SyncProxy, run_sync
 
     return SyncProxy(run_sync(connect(url, **settings)))
+
+
+def dashboard(client: Client, batch: Batch | str | None = None, interval: float = 1.0,
+              local_worker: LocalWorker | None = None, **options: Any) -> Any:
+    """A live ipywidgets dashboard of the queue (or of one batch), refreshed in the background.
+
+    >>> dash = mediaq.dashboard(client, batch, local_worker=worker)   # doctest: +SKIP
+    >>> dash.close()                                                 # doctest: +SKIP
+
+    ``options``: ``autostart=True``, ``timeout=5.0`` (seconds a refresh waits on Redis before
+    showing it unreachable), ``window=120`` (seconds of chart history).
+    """
+    from mediaq.widgets import Dashboard
+
+    return Dashboard(client, batch, interval, local_worker, **options)
 
 
 async def enqueue_job(function: str, *args: Any, _job_id: str | None = None, **kwargs: Any) -> str | None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from arq.constants import abort_jobs_ss
@@ -233,6 +233,15 @@ class Batch:
             for start in range(0, len(pending), 5000):
                 await self.client.redis.zadd(abort_jobs_ss, {i: now for i in pending[start:start + 5000]})
         return len(pending)
+
+    def __bool__(self) -> bool:  # a batch is a handle, truthy even before its ids are loaded
+        return True
+
+    def dashboard(self, interval: float = 1.0, local_worker: Any = None, **options: Any) -> Any:
+        """A live dashboard of this batch (see :func:`mediaq.dashboard`)."""
+        from mediaq.widgets import Dashboard
+
+        return Dashboard(self.client, self, interval, local_worker, **options)
 
     async def delete(self) -> None:
         """Forget the batch (its jobs and results stay until they expire)."""

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
 import time
-import types
 import weakref
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
@@ -367,16 +365,3 @@ def _esc(value: object) -> str:
     import html
 
     return html.escape(str(value))
-
-
-class _CallableModule(types.ModuleType):
-    """``mediaq.dashboard(client, batch)`` must work whichever of the two ``mediaq.dashboard`` names
-    is bound: the package's function, or this module, which Python binds to the same attribute of
-    ``mediaq`` the first time it is imported (replacing the function)."""
-
-    def __call__(self, client: Client, batch: Batch | str | None = None, interval: float = 1.0,
-                 local_worker: LocalWorker | None = None, **options: Any) -> Dashboard:
-        return Dashboard(client, batch, interval, local_worker, **options)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -9,8 +9,8 @@ import pytest
 from arq.constants import abort_jobs_ss
 
 import mediaq
-from mediaq.dashboard import Dashboard
 from mediaq.server import EmbeddedServer
+from mediaq.widgets import Dashboard
 
 ipywidgets = pytest.importorskip("ipywidgets")
 
@@ -180,7 +180,7 @@ async def test_a_failing_refresh_does_not_end_the_task(client, monkeypatch):
         calls.append(1)
         raise ValueError("bad <data>")
 
-    monkeypatch.setattr("mediaq.dashboard.queue_snapshot", broken)
+    monkeypatch.setattr("mediaq.widgets.queue_snapshot", broken)
     dash = Dashboard(client, interval=0.05)
     await _until(lambda: len(calls) >= 3, what="three attempts")
     assert dash.running and "refresh failed: ValueError: bad &lt;data&gt;" in dash.status.value
@@ -188,11 +188,13 @@ async def test_a_failing_refresh_does_not_end_the_task(client, monkeypatch):
     assert not dash.running
 
 
-def test_the_module_is_callable_as_mediaq_dashboard(client):
-    import mediaq.dashboard  # importing binds the module to the package attribute `mediaq.dashboard`
+def test_mediaq_dashboard_and_batch_dashboard_build_dashboards(client):
+    import mediaq.widgets  # noqa: F401 - importing the widgets module must not shadow mediaq.dashboard
 
     dash = mediaq.dashboard(client, "x", 2.0, autostart=False)
     assert isinstance(dash, Dashboard) and dash.batch.name == "x" and dash.interval == 2.0
+    dash = client.batch("y").dashboard(autostart=False)
+    assert isinstance(dash, Dashboard) and dash.batch.name == "y"
 
 
 def test_outside_a_running_loop(client):

@@ -47,3 +47,9 @@ def test_import_starts_nothing(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"MEDIAQ_STATE_DIR": str(tmp_path / "s"), "PATH": "/usr/bin:/bin"})
     assert out.stdout.split() == ["0", "False"]
+
+
+def test_dashboard_export_stays_callable_after_importing_the_widgets():
+    import mediaq.widgets  # noqa: F401 - the import must not shadow mediaq.dashboard
+
+    assert callable(mediaq.dashboard) and mediaq.dashboard.__module__ == "mediaq"
