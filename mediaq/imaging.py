@@ -1,11 +1,12 @@
 """Pure image operations (Pillow only; nothing here knows about arq, Redis or the storage layout).
 
-One pipeline for every output: **read** the file into memory (so file-system errors and bad image
-data are told apart), **decode** once (bomb guard on; JPEG ``draft()`` to the smallest DCT scale that
-keeps at least ``reducing_gap`` times the largest output; any mode normalised to 8-bit L, LA, RGB,
-RGBA or CMYK), then per output **render** (``reduce()`` + LANCZOS in the stored frame, embedded ICC
-profile to sRGB, EXIF orientation applied) and **encode** (deterministic: same pixels and options
-give the same bytes; alpha flattened on white for JPEG, kept for PNG and WebP; no metadata copied).
+One pipeline for every output: **open** the file (:func:`open_source`: file-system errors are told
+apart from bad image data, since only the former carry an errno), **decode** once (bomb guard on;
+JPEG ``draft()`` to the smallest DCT scale that keeps at least ``reducing_gap`` times the largest
+output; any mode normalised to 8-bit L, LA, RGB, RGBA or CMYK; animations give their first frame),
+then per output **render** (``reduce()`` + LANCZOS in the stored frame, embedded ICC profile to
+sRGB, EXIF orientation applied) and **encode** (deterministic: same pixels and options give the same
+bytes; alpha flattened on white for JPEG, kept for PNG and WebP; no metadata copied).
 
 Every problem with the input raises :class:`~mediaq.errors.PermanentJobError` with a stable code:
 ``missing_file``, ``unreadable``, ``corrupt_image``, ``not_an_image``, ``unsupported_format``,
@@ -66,7 +67,7 @@ INPUT_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP", "AVIF", "ICO", "PP
 #: Output formats: name -> (Pillow format, file extension).
 OUTPUT_FORMATS: dict[str, tuple[str, str]] = {"jpeg": ("JPEG", "jpg"), "png": ("PNG", "png"), "webp": ("WEBP", "webp")}
 _FORMAT_ALIASES = {"jpg": "jpeg"}
-#: Largest source file read into memory (bytes).
+#: Largest source file accepted (bytes).
 MAX_FILE_BYTES = 512 * 1024 * 1024
 #: Largest output box side accepted as an argument.
 MAX_EDGE = 16384
@@ -251,6 +252,7 @@ def decode(
         im = _open(fp, max_pixels)
         fmt, mode = str(im.format), im.mode
         orientation = _orientation(im)
+        animated = _is_animated(im)  # before load(): finding out seeks, and seeking back unloads
         oriented = (im.height, im.width) if orientation >= 5 else im.size
         box: tuple[float, float, float, float] = (0.0, 0.0, float(im.width), float(im.height))
         if boxes and reducing_gap and fmt in ("JPEG", "MPO"):
@@ -259,9 +261,8 @@ def decode(
             drafted = im.draft(None, (int(stored[0] * reducing_gap), int(stored[1] * reducing_gap)))
             if drafted is not None:
                 box = tuple(float(v) for v in drafted[1])  # type: ignore[assignment]
-        im.load()
+        im.load()  # the first frame only; after this the pixels no longer need the file
         icc = im.info.get("icc_profile") or None
-        animated = bool(getattr(im, "is_animated", False))
     image = _normalise_mode(im)
     return Source(image, box, oriented[0], oriented[1], fmt, mode, orientation, icc, animated, size_bytes,
                   reducing_gap)
@@ -312,6 +313,14 @@ def _image_errors(fp: BinaryIO, size: int, name: str) -> Iterator[None]:
         raise _decode_error(exc, name) from None
     except Exception as exc:  # any other failure inside this block is about the data
         raise _decode_error(exc, name) from None
+
+
+def _is_animated(im: Image.Image) -> bool:
+    try:
+        return bool(getattr(im, "is_animated", False))
+    except Exception:  # a broken second frame must not cost the first
+        im.seek(0)
+        return False
 
 
 def _orientation(im: Image.Image) -> int:

@@ -135,6 +135,21 @@ async def test_image_set_of_a_small_picture_skips_both_variants(ctx):
     assert (r["medium"]["reason"], r["large"]["reason"]) == ("not_larger", "not_larger")
 
 
+@pytest.mark.parametrize(("mode", "fmt"), [("L", "GIF"), ("RGB", "GIF"), ("RGBA", "WEBP"), ("RGB", "PNG")])
+async def test_animated_file_first_frame_after_the_file_is_closed(ctx, tmp_path, mode, fmt):
+    """Finding out whether a GIF is animated seeks; the pixels must not need the (closed) file after."""
+    ramp = Image.fromarray(np.tile(np.arange(256, dtype=np.uint8), (240, 2))[:, :300])  # dark left, light right
+    frames = [ramp.convert(mode), ramp.point(lambda v: 255 - v).convert(mode)]
+    src = tmp_path / f"anim.{fmt.lower()}"
+    frames[0].save(src, fmt, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    if fmt == "GIF" and mode == "L":
+        assert Image.open(src).mode == "L"  # a full grey palette opens as L: the case that needed the file
+    r = await create_thumbnail(ctx, "anim", str(src), format="png")
+    assert (r["width"], r["height"]) == (250, 200)
+    out = np.asarray(Image.open(r["path"]).convert("L"), np.float64)
+    assert out[:, :20].mean() < 40 and out[:, 180:200].mean() > 200  # the first frame, not the second
+
+
 @pytest.mark.parametrize(("call", "argument"), [
     (lambda c: create_thumbnail(c, "../x", str(DATA / "coffee.jpg")), "image_id"),
     (lambda c: create_thumbnail(c, "/etc/passwd", str(DATA / "coffee.jpg")), "image_id"),
