@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import hashlib
 import io
 import os
 import stat
@@ -427,7 +426,7 @@ def _lab_transform() -> ImageCms.ImageCmsTransform:
 
 
 @functools.lru_cache(maxsize=32)
-def _icc_transform(digest: str, icc: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
+def _icc_transform(icc: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
     """A transform from the embedded profile to sRGB for ``mode``, or None if the profile does not fit."""
     try:
         profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
@@ -447,7 +446,7 @@ def to_srgb(im: Image.Image, icc: bytes | None) -> Image.Image:
     A profile that is broken or does not match the mode is ignored (naive conversion for CMYK).
     Greyscale stays greyscale.
     """
-    transform = _icc_transform(hashlib.sha1(icc).hexdigest(), icc, im.mode) if icc else None
+    transform = _icc_transform(bytes(icc), im.mode) if icc else None
     if transform is not None:
         out = ImageCms.applyTransform(im, transform)
         assert out is not None
