@@ -83,3 +83,29 @@ def test_not_a_string():
 def test_uppercase_is_accepted_but_written_lowercase():
     text = format_hash(_random_signature(1))
     assert parse_hash("iqdb_" + text[5:].upper()).hash == text
+
+
+def test_public_surface_is_complete_and_sorted():
+    import mediaq.iqdb as iqdb
+
+    assert iqdb.__all__ == sorted(iqdb.__all__)
+    public = {name for name, value in vars(iqdb).items()
+              if not name.startswith("_") and getattr(value, "__module__", "").startswith("mediaq.iqdb")}
+    assert public == set(iqdb.__all__)
+
+
+def test_pure_modules_import_neither_redis_nor_arq():
+    """Signatures, hashes and the in-memory index are pure (the package itself imports arq through
+    ``mediaq/__init__``, so this reads the modules' own imports)."""
+    import ast
+
+    import mediaq.iqdb.hashes
+    import mediaq.iqdb.local
+    import mediaq.iqdb.signature
+
+    for module in (mediaq.iqdb.signature, mediaq.iqdb.hashes, mediaq.iqdb.local):
+        tree = ast.parse(open(module.__file__).read())
+        names = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                 for alias in node.names}
+        names |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert not names & {"redis", "arq", "httpx", "pandas"}, module.__name__

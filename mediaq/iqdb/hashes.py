@@ -20,8 +20,8 @@ import numpy as np
 from mediaq.iqdb._errors import InvalidHashError
 from mediaq.iqdb.signature import NUM_COEFS, Signature
 
-__all__ = ["HASH_LENGTH", "HASH_PREFIX", "format_hash", "is_hash", "pack_signature", "parse_hash",
-           "unpack_signature"]
+__all__ = ["HASH_LENGTH", "HASH_PREFIX", "format_hash", "is_hash", "looks_like_hash", "pack_signature",
+           "parse_hash", "unpack_signature"]
 
 HASH_PREFIX = "iqdb_"
 HASH_LENGTH = len(HASH_PREFIX) + 3 * 16 + 3 * NUM_COEFS * 4  # 533
@@ -54,6 +54,11 @@ def format_hash(sig: Signature) -> str:
 def is_hash(text: object) -> bool:
     """Whether ``text`` looks like an IQDB hash (right prefix, length and lowercase hex)."""
     return isinstance(text, str) and _HASH_RE.fullmatch(text) is not None
+
+
+def looks_like_hash(value: object) -> bool:
+    """A str with the hash's prefix and length: treated as a hash (and validated) rather than a path."""
+    return isinstance(value, str) and len(value) == HASH_LENGTH and value.startswith(HASH_PREFIX)
 
 
 def parse_hash(text: str) -> Signature:

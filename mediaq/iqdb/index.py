@@ -27,10 +27,12 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from mediaq.errors import ConfigError
-from mediaq.iqdb.hashes import pack_signature, parse_hash, unpack_signature
+from mediaq.iqdb._errors import InvalidHashError
+from mediaq.iqdb.hashes import PACKED_SIZE, looks_like_hash, pack_signature, parse_hash, unpack_signature
 from mediaq.iqdb.local import ImageId, LocalIndex, Match
 from mediaq.iqdb.signature import ImageInput, Signature, compute_signature
 from mediaq.settings import Settings
@@ -41,6 +43,7 @@ DEFAULT_PREFIX = "mediaq:iqdb:"
 SYNC_CHUNK = 5000
 WRITE_CHUNK = 1000
 _INT_RE = re.compile(r"-?(0|[1-9][0-9]*)")
+_PACKED_DTYPE = np.dtype([("avglf", ">f8", (3,)), ("sig", ">i2", (3, 40))])
 
 # KEYS: seq, sigs, log, epoch. ARGV: epoch candidate, then id, packed, id, packed...
 _ADD = """
@@ -87,9 +90,10 @@ def as_signature(value: Signature | str | ImageInput) -> Signature:
     """A signature from a :class:`Signature`, an ``iqdb_`` hash, or an image (bytes, path, PIL)."""
     if isinstance(value, Signature):
         return value
-    if isinstance(value, str) and value.startswith("iqdb_"):
-        return parse_hash(value)
+    if looks_like_hash(value):
+        return parse_hash(value)  # type: ignore[arg-type]
     return compute_signature(value)
+
 
 
 def _encode_id(image_id: ImageId) -> str:
@@ -144,32 +148,41 @@ class _IndexBase:
         if args:
             yield args
 
-    def _apply(self, reply: list[Any]) -> bool:
-        """Apply one change-set reply; True if more changes may be waiting."""
+    def _apply(self, reply: list[Any], pending: dict[ImageId, bytes | None]) -> bool:
+        """Take one change-set reply into ``pending``; True if more may be waiting.
+
+        A changed epoch (the index was cleared or the database flushed) empties the replica and
+        ``pending`` and starts again from sequence 0.
+        """
         epoch, _seq, log, sigs = reply
         epoch = epoch or b""
         if epoch != self._epoch:
-            if self._epoch is not None or len(self.local):
-                self.local.clear()
-                self._seq = 0
-                self._epoch = epoch
-                return True  # reload from the start under the new epoch
+            reload = self._epoch is not None or len(self.local) > 0 or bool(pending)
             self._epoch = epoch
-        adds: list[tuple[ImageId, Signature]] = []
+            if reload:
+                self.local.clear()
+                pending.clear()
+                self._seq = 0
+                return True
         for k in range(0, len(log), 2):
-            image_id = _decode_id(log[k])
-            packed = sigs[k // 2]
+            pending[_decode_id(log[k])] = None if sigs[k // 2] is None else bytes(sigs[k // 2])
             self._seq = max(self._seq, int(float(log[k + 1])))
-            if packed is None:
-                if adds:
-                    self.local.add_many(adds)
-                    adds = []
-                self.local.remove(image_id)
-            else:
-                adds.append((image_id, unpack_signature(bytes(packed))))
-        if adds:
-            self.local.add_many(adds)
         return len(log) // 2 >= SYNC_CHUNK
+
+    def _commit(self, pending: dict[ImageId, bytes | None]) -> None:
+        """Apply collected changes to the replica at once (vectorised unpacking, one rebuild)."""
+        removed = [image_id for image_id, packed in pending.items() if packed is None]
+        for image_id in removed:
+            self.local.remove(image_id)
+        added = [(image_id, packed) for image_id, packed in pending.items() if packed is not None]
+        if not added:
+            return
+        bad = [image_id for image_id, packed in added if len(packed) != PACKED_SIZE]
+        if bad:
+            raise InvalidHashError(f"corrupt signatures in {self.keys[1]} for ids {bad[:5]}")
+        raw = np.frombuffer(b"".join(packed for _, packed in added), dtype=_PACKED_DTYPE)
+        self.local.add_arrays([image_id for image_id, _ in added], raw["avglf"].astype(np.float64),
+                              raw["sig"].astype(np.int16))
 
     def _local_query(self, query: Signature | str | ImageInput, limit: int, mirror: bool) -> list[Match]:
         if not isinstance(limit, int) or limit < 1:
@@ -193,7 +206,8 @@ class IqdbIndex(_IndexBase):
     a mediaq client's ``client.redis``), or on its own connection with :meth:`from_settings`.
 
     Every method that reads refreshes the local replica first (one round trip) unless
-    ``refresh=False``. Adding an existing id replaces it, as on the server.
+    ``refresh=False``. Adding an existing id replaces it, as on the server. Image ids are ints or
+    strs; a str of plain decimal digits is the same id as that int (and reads back as the int).
     """
 
     @classmethod
@@ -236,10 +250,11 @@ class IqdbIndex(_IndexBase):
 
     async def refresh(self) -> int:
         """Bring the local replica up to date; returns the number of images it holds."""
-        while True:
-            reply = await self._changes(keys=self.keys, args=[self._seq, SYNC_CHUNK])
-            if not self._apply(reply):
-                return len(self.local)
+        pending: dict[ImageId, bytes | None] = {}
+        while self._apply(await self._changes(keys=self.keys, args=[self._seq, SYNC_CHUNK]), pending):
+            pass
+        self._commit(pending)
+        return len(self.local)
 
     async def get(self, image_id: ImageId) -> Signature | None:
         """The stored signature of an image (read from Redis), or None."""
@@ -308,10 +323,11 @@ class SyncIqdbIndex(_IndexBase):
         return bool(self._remove(keys=self.keys[:3], args=[_encode_id(image_id)]))
 
     def refresh(self) -> int:
-        while True:
-            reply = self._changes(keys=self.keys, args=[self._seq, SYNC_CHUNK])
-            if not self._apply(reply):
-                return len(self.local)
+        pending: dict[ImageId, bytes | None] = {}
+        while self._apply(self._changes(keys=self.keys, args=[self._seq, SYNC_CHUNK]), pending):
+            pass
+        self._commit(pending)
+        return len(self.local)
 
     def get(self, image_id: ImageId) -> Signature | None:
         packed = self.redis.hget(self.keys[1], _encode_id(image_id))

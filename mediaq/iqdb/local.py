@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mediaq.iqdb.signature import NUM_COEFS, NUM_PIXELS, Signature, mirror_signature
+from mediaq.iqdb.signature import GRAYSCALE_LIMIT, NUM_COEFS, NUM_PIXELS, Signature, mirror_signature
 
 __all__ = ["WEIGHTS", "ImageId", "LocalIndex", "Match", "bins"]
 
@@ -140,35 +140,54 @@ class LocalIndex:
     def add_many(self, items: Iterable[tuple[ImageId, Signature]]) -> int:
         """Add or replace many; returns how many were applied."""
         items = list(items)
-        for image_id, _ in items:
+        if not items:
+            return 0
+        avglf = np.array([sig.avglf for _, sig in items], dtype=np.float64).reshape(-1, 3)
+        sigs = np.stack([sig.sig for _, sig in items])
+        return self.add_arrays([image_id for image_id, _ in items], avglf, sigs)
+
+    def add_arrays(self, ids: list[ImageId], avglf: np.ndarray, sigs: np.ndarray) -> int:
+        """Bulk add from arrays: ``avglf`` (n, 3) float64 and ``sigs`` (n, 3, 40) int16 signed indices.
+
+        The fast path for loading many signatures (no :class:`Signature` objects). A later duplicate id
+        replaces an earlier one; an id already indexed is replaced.
+        """
+        avglf = np.asarray(avglf, dtype=np.float64).reshape(-1, 3)
+        sigs = np.sort(np.asarray(sigs).astype(np.int16).reshape(-1, 3, NUM_COEFS), axis=2)
+        if len(ids) != avglf.shape[0] or len(ids) != sigs.shape[0]:
+            raise ValueError(f"{len(ids)} ids for {avglf.shape[0]} avglf rows and {sigs.shape[0]} signatures")
+        mags = np.abs(sigs.astype(np.int32))
+        if np.any(mags == 0) or np.any(mags >= NUM_PIXELS * NUM_PIXELS):
+            raise ValueError("coefficient indices must be +-1..16383")
+        for image_id in [i for i in ids if i in self._row_of]:
             self.remove(image_id)
-        # a later duplicate id in the same batch replaces the earlier one
-        last: dict[ImageId, Signature] = {}
-        for image_id, sig in items:
+        last: dict[ImageId, int] = {}  # id -> position of its last occurrence
+        for pos, image_id in enumerate(ids):
             last.pop(image_id, None)
-            last[image_id] = sig
+            last[image_id] = pos
         if not last:
             return 0
+        take = np.fromiter(last.values(), dtype=np.intp, count=len(last))
         start = self._n
-        count = len(last)
+        count = take.size
         self._grow(start + count)
-        sigs = list(last.values())
         rows = slice(start, start + count)
         self._ids.extend(last)
         self._row_of.update(zip(last, range(start, start + count), strict=True))
-        self._avglf[rows] = [sig.avglf for sig in sigs]
-        self._avgl32[rows] = self._avglf[rows].astype(np.float32)
-        self._sigs[rows] = np.stack([sig.sig for sig in sigs])
-        self._colors[rows] = [sig.num_colors for sig in sigs]
+        self._avglf[rows] = avglf[take]
+        self._avgl32[rows] = avglf[take].astype(np.float32)
+        self._sigs[rows] = sigs[take]
+        gray = np.abs(avglf[take, 1]) + np.abs(avglf[take, 2]) < GRAYSCALE_LIMIT
+        self._colors[rows] = np.where(gray, 1, 3)
         self._seq[rows] = np.arange(self._next_seq, self._next_seq + count)
         self._next_seq += count
         self._alive[rows] = True
         self._n = start + count
-        keys, key_rows = self._row_keys(start, self._n)
-        np.add.at(self._counts, keys, 1)
         if self._n - self._built > max(self.min_rebuild, self.rebuild_fraction * self._built):
-            self.rebuild()
+            self.rebuild()  # recounts every bucket
         else:
+            keys, key_rows = self._row_keys(start, self._n)
+            np.add.at(self._counts, keys, 1)
             for key, row in zip(keys.tolist(), key_rows.tolist(), strict=True):
                 self._recent.setdefault(key, []).append(row)
         return count

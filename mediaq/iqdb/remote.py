@@ -30,7 +30,7 @@ from typing import Any
 
 from mediaq.errors import ConfigError
 from mediaq.iqdb._errors import IqdbServerError, IqdbUnavailable
-from mediaq.iqdb.hashes import parse_hash
+from mediaq.iqdb.hashes import looks_like_hash, parse_hash
 from mediaq.iqdb.local import Match
 from mediaq.iqdb.signature import ImageInput, Signature, compute_signature, mirror_signature, to_jpeg_bytes
 
@@ -177,8 +177,8 @@ class _RemoteBase:
     def _query_signature(query: Signature | str | ImageInput) -> Signature:
         if isinstance(query, Signature):
             return query
-        if isinstance(query, str) and query.startswith("iqdb_"):
-            return parse_hash(query)
+        if looks_like_hash(query):
+            return parse_hash(query)  # type: ignore[arg-type]
         return compute_signature(query)
 
     @staticmethod
@@ -236,8 +236,8 @@ class RemoteIqdb(_RemoteBase):
             b = await self.query(mirror_signature(sig), limit)
             return self._merge(a, b, limit)
         params = {"limit": str(limit)}
-        if isinstance(query, (Signature, str)) and (isinstance(query, Signature) or query.startswith("iqdb_")):
-            text = query.hash if isinstance(query, Signature) else parse_hash(query).hash
+        if isinstance(query, Signature) or looks_like_hash(query):
+            text = query.hash if isinstance(query, Signature) else parse_hash(query).hash  # type: ignore[arg-type]
             body = await self._request("POST", "/query", params=params, data={"hash": text})
         else:
             body = await self._request("POST", "/query", params=params, files=self._file(query))
@@ -280,8 +280,8 @@ class SyncRemoteIqdb(_RemoteBase):
             sig = self._query_signature(query)
             return self._merge(self.query(sig, limit), self.query(mirror_signature(sig), limit), limit)
         params = {"limit": str(limit)}
-        if isinstance(query, (Signature, str)) and (isinstance(query, Signature) or query.startswith("iqdb_")):
-            text = query.hash if isinstance(query, Signature) else parse_hash(query).hash
+        if isinstance(query, Signature) or looks_like_hash(query):
+            text = query.hash if isinstance(query, Signature) else parse_hash(query).hash  # type: ignore[arg-type]
             body = self._request("POST", "/query", params=params, data={"hash": text})
         else:
             body = self._request("POST", "/query", params=params, files=self._file(query))

@@ -235,11 +235,41 @@ def _axis_table(length: int) -> tuple[np.ndarray, np.ndarray]:
     return index, portion
 
 
+@functools.lru_cache(maxsize=8)
+def _geometry(height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For one source size: per (row entry, column entry) pass, the flat source index and the
+    float32 weight ``a = f32(127 * f32(yportion * xportion))`` of every output pixel, in the C loop's
+    order; and the per-pixel ``weight_sum`` and ``alpha_sum / weight_sum``, which depend on the
+    geometry only (accumulated in the same order, in float32)."""
+    iy, py = _axis_table(height)
+    ix, px = _axis_table(width)
+    passes = iy.shape[1] * ix.shape[1]
+    index = np.empty((passes, NUM_PIXELS, NUM_PIXELS), np.intp)
+    weight = np.empty((passes, NUM_PIXELS, NUM_PIXELS), _F32)
+    alpha_sum = np.zeros((NUM_PIXELS, NUM_PIXELS), _F32)
+    weight_sum = np.zeros((NUM_PIXELS, NUM_PIXELS), _F32)
+    k = 0
+    for jy in range(iy.shape[1]):
+        for jx in range(ix.shape[1]):
+            w = py[:, jy, None] * px[None, :, jx]  # f32(yportion * xportion)
+            a = _F32(127) * w  # f32(127 * w)
+            index[k] = iy[:, jy, None] * width + ix[None, :, jx]
+            weight[k] = a
+            alpha_sum += a
+            weight_sum += w
+            k += 1
+    norm = alpha_sum / weight_sum
+    for array in (index, weight, weight_sum, norm):
+        array.setflags(write=False)
+    return index, weight, weight_sum, norm
+
+
 def resize_gd(rgb: np.ndarray) -> np.ndarray:
     """Resize ``(H, W, 3)`` uint8 to 128x128 exactly as libgd 2.3's ``gdImageCopyResampled``.
 
     Float32 throughout, with the C loop's accumulation order per output pixel (source rows outer,
-    columns inner). Vectorised over output pixels: one pass per (row entry, column entry) pair.
+    columns inner). Vectorised over output pixels and channels: one pass per (row entry, column
+    entry) pair; entries a pixel does not have are padded with weight 0, which adds exact zeros.
     """
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
@@ -247,28 +277,15 @@ def resize_gd(rgb: np.ndarray) -> np.ndarray:
     height, width = rgb.shape[:2]
     if height == NUM_PIXELS and width == NUM_PIXELS:
         return rgb
-    iy, py = _axis_table(height)
-    ix, px = _axis_table(width)
-    src = rgb.astype(_F32)
-    shape = (NUM_PIXELS, NUM_PIXELS)
-    acc = np.zeros((*shape, 3), _F32)
-    alpha_sum = np.zeros(shape, _F32)
-    weight_sum = np.zeros(shape, _F32)
-    alpha_max = _F32(127)
-    for jy in range(iy.shape[1]):
-        rows = src[iy[:, jy]]  # (128, W, 3)
-        yportion = py[:, jy, None]
-        for jx in range(ix.shape[1]):
-            w = yportion * px[None, :, jx]  # f32(yportion * xportion)
-            a = alpha_max * w  # f32(127 * w)
-            acc += rows[:, ix[:, jx]] * a[:, :, None]
-            alpha_sum += a
-            weight_sum += w
-    acc /= weight_sum[:, :, None]
-    alpha_sum /= weight_sum
-    acc /= alpha_sum[:, :, None]
+    index, weight, weight_sum, norm = _geometry(height, width)
+    planes = np.ascontiguousarray(np.moveaxis(rgb, 2, 0)).reshape(3, height * width)
+    acc = np.zeros((3, NUM_PIXELS, NUM_PIXELS), _F32)
+    for k in range(index.shape[0]):
+        acc += planes[:, index[k]] * weight[k]  # channel += f32(value * a), in order
+    acc /= weight_sum  # channel /= weight_sum
+    acc /= norm  # channel /= (alpha_sum / weight_sum)
     out = np.where(acc >= _F32(255.5), _F32(255), np.trunc(acc + _F32(0.5)))
-    return out.astype(np.uint8)
+    return np.ascontiguousarray(np.moveaxis(out.astype(np.uint8), 0, 2))
 
 
 # -- steps 3 and 4: YIQ and Haar ---------------------------------------------------------------------
@@ -300,16 +317,17 @@ def _haar_last_axis(a: np.ndarray) -> None:
 
 
 def haar2d(plane: np.ndarray) -> np.ndarray:
-    """The server's 2-D Haar transform of a 128x128 float64 plane: rows along x, then columns.
+    """The server's 2-D Haar transform of a 128x128 float64 plane (or a stack of them, ``(..., 128, 128)``):
+    every row along x, then every column along y.
 
     Index ``i = y * 128 + x`` of the result is the server's coefficient i. The DC term is left as
     the transform leaves it (``avglf`` is ``result[0, 0] / (256 * 128)``).
     """
     a = np.array(plane, dtype=np.float64, copy=True)
     _haar_last_axis(a)
-    at = np.ascontiguousarray(a.T)
+    at = np.ascontiguousarray(np.swapaxes(a, -1, -2))
     _haar_last_axis(at)
-    return at.T.copy()
+    return np.ascontiguousarray(np.swapaxes(at, -1, -2))
 
 
 # -- step 5: selection ------------------------------------------------------------------------------
@@ -388,17 +406,12 @@ def top_coefficients(coefs: np.ndarray) -> np.ndarray:
 
 # -- the whole pipeline -----------------------------------------------------------------------------
 
-def _signature_from_resized(small: np.ndarray) -> tuple[Signature, list[np.ndarray]]:
-    avglf = []
-    sig = []
-    planes = []
-    for plane in rgb_to_yiq(small):
-        coefs = haar2d(plane)
-        coefs[0, 0] /= 256 * 128
-        avglf.append(float(coefs[0, 0]))
-        sig.append(top_coefficients(coefs))
-        planes.append(coefs)
-    return Signature(tuple(avglf), np.stack(sig)), planes  # type: ignore[arg-type]
+def _signature_from_resized(small: np.ndarray) -> tuple[Signature, np.ndarray]:
+    coefs = haar2d(np.stack(rgb_to_yiq(small)))  # (3, 128, 128)
+    coefs[:, 0, 0] /= 256 * 128
+    avglf = tuple(float(v) for v in coefs[:, 0, 0])
+    sig = np.stack([top_coefficients(coefs[c]) for c in range(3)])
+    return Signature(avglf, sig), coefs  # type: ignore[arg-type]
 
 
 def signature_from_rgb(rgb: np.ndarray) -> Signature:
