@@ -103,7 +103,7 @@ def ping(url: str, timeout: float = 2.0) -> None:
 class EmbeddedServer:
     """A Valkey/Redis server owned by mediaq, living in ``{state_dir}/redis``.
 
-    Files there: ``server.json`` (pid, port, password, binary; mode 0600), ``redis.conf``,
+    Files there (all owner-only): ``server.json`` (pid, port, password, binary), ``redis.conf``,
     ``server.log``, and the AOF data under ``data/``. A lock file serialises start/stop between
     processes, so two notebooks starting at once share one server.
     """
@@ -234,6 +234,7 @@ class EmbeddedServer:
             proc = subprocess.Popen(
                 [binary, str(conf)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True, close_fds=True, cwd=self.folder,
+                umask=0o077,  # its AOF and RDB files hold every job: owner only, like the rest
             )
         finally:
             log.close()

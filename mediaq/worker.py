@@ -25,7 +25,7 @@ from typing import Any
 
 from mediaq.settings import Settings
 
-__all__ = ["WorkerSettings", "build_worker_settings"]  # noqa: F822 - built on lookup
+__all__ = ["WorkerSettings", "build_worker_settings", "checked_job_loads", "job_record_problem"]  # noqa: F822 - built on lookup
 
 logger = logging.getLogger("arq.mediaq")  # under "arq" so the arq CLI's log config shows it
 READY_FILE_ENV = "MEDIAQ_WORKER_READY_FILE"
@@ -195,6 +195,53 @@ async def _watch_embedded(settings: Settings, interval: float = 1.0) -> None:
             logger.exception("could not restart the embedded Redis server")
 
 
+_MAX_EPOCH_MS = 253_402_300_799_999  # 9999-12-31: what datetime can hold
+
+
+def job_record_problem(record: Any) -> str | None:
+    """What is wrong with a decoded arq job record, or ``None`` when arq can run it safely.
+
+    arq trusts the record's shape: an enqueue time that is text, ``None`` or out of range, a try
+    count that is text, or a function name that is a list raise *outside* its per-job error handling
+    and end the worker's main loop. A worker must survive whatever someone wrote into Redis.
+
+    >>> job_record_problem({"t": None, "f": "noop", "a": [1], "k": {}, "et": 1700000000000}) is None
+    True
+    >>> job_record_problem({"t": None, "f": "noop", "a": [], "k": {}, "et": "yesterday"})
+    "enqueue time 'et' must be epoch milliseconds, not 'yesterday'"
+    """
+    if not isinstance(record, dict):
+        return f"a job record is a map, not {type(record).__name__}"
+    missing = [k for k in ("f", "a", "k", "et") if k not in record]
+    if missing:
+        return f"missing field(s) {missing}"
+    f, a, k, t, et = record["f"], record["a"], record["k"], record.get("t"), record["et"]
+    if not isinstance(f, str):
+        return f"function name 'f' must be text, not {type(f).__name__}"
+    if not isinstance(a, (list, tuple)):
+        return f"arguments 'a' must be a list, not {type(a).__name__}"
+    if not isinstance(k, dict) or not all(isinstance(key, str) for key in k):
+        return "keyword arguments 'k' must be a map with text keys"
+    if t is not None and (isinstance(t, bool) or not isinstance(t, int)):
+        return f"try 't' must be an integer or null, not {t!r:.50}"
+    if isinstance(et, bool) or not isinstance(et, (int, float)) or not 0 <= et <= _MAX_EPOCH_MS:
+        return f"enqueue time 'et' must be epoch milliseconds, not {et!r:.50}"
+    return None
+
+
+def checked_job_loads(loads: Any) -> Any:
+    """Wrap a deserializer so that a malformed job record fails that job alone: arq reports it as
+    ``unable to deserialize job`` (see :func:`job_record_problem`)."""
+    def checked(data: bytes) -> Any:
+        record = loads(data)
+        problem = job_record_problem(record)
+        if problem:
+            raise ValueError(f"malformed job record: {problem}")
+        return record
+
+    return checked
+
+
 def build_worker_settings(settings: Settings | None = None, **overrides: Any) -> type:
     """A ``WorkerSettings`` class for ``settings`` (arq reads its attributes)."""
     from arq.worker import func
@@ -225,7 +272,7 @@ def build_worker_settings(settings: Settings | None = None, **overrides: Any) ->
         "poll_delay": settings.poll_delay,
         "allow_abort_jobs": True,
         "job_serializer": stats.dumps,
-        "job_deserializer": stats.loads,
+        "job_deserializer": checked_job_loads(stats.loads),
         "on_startup": _startup,
         "on_shutdown": _shutdown,
         "on_job_start": _job_start,
