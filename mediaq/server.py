@@ -220,6 +220,10 @@ class EmbeddedServer:
         password = previous["password"] if previous else secrets.token_urlsafe(24)
         data_dir = self.folder / "data"
         data_dir.mkdir(exist_ok=True, mode=0o700)
+        for path in [data_dir, *data_dir.rglob("*")]:  # data written by an older version, before umask 077
+            if not path.is_symlink():
+                with contextlib.suppress(OSError):
+                    os.chmod(path, 0o700 if path.is_dir() else 0o600)
         conf = self.folder / "redis.conf"
         fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
