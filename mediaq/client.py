@@ -157,12 +157,13 @@ class Client:
         name = batch or new_batch_name(function)
         b = Batch(self, name)
         await b._register(function)
+        already_there = await self.redis.zcard(b.ids_key)
         id_for = _job_id_maker(job_id)
         defer_ms = _to_ms(defer_by) or 0
         expires_ms = _to_ms(expires)
         queue = self.settings.queue_name
         written = chunks = 0
-        seen: set[str] = set()
+        seen: dict[str, None] = {}  # ordered
         skipped: list[str] = []
         bar = _bar(progress, "enqueue")
         chunk: list[tuple[str, int, int, bytes]] = []
@@ -189,7 +190,7 @@ class Client:
             if jid in seen:
                 skipped.append(jid)
                 continue
-            seen.add(jid)
+            seen[jid] = None
             now = int(time.time() * 1000)
             score = _to_unix_ms(defer_until) if defer_until is not None else now + defer_ms
             try:
@@ -204,7 +205,10 @@ class Client:
         if bar is not None:
             bar.close()
         b.skipped = skipped
-        b._ids = None  # reload on demand
+        if already_there:
+            await b.load()
+        else:  # a new batch holds exactly what this call wrote, in order: no need to read it back
+            b._ids = list(seen)
         return b
 
     async def reindex(

@@ -3,6 +3,6 @@ registers every one of them (see :mod:`mediaq.registry`). Job functions are thin
 arguments, call pure code (:mod:`mediaq.imaging`, :mod:`mediaq.iqdb`, :mod:`mediaq.ratings`) and
 return plain data (str, int, float, bool, None, lists and dicts of them)."""
 
-from mediaq.jobs._base import JobSpec, job, run_cpu
+from mediaq.jobs._base import JobSpec, job, resources, run_cpu
 
-__all__ = ["JobSpec", "job", "run_cpu"]
+__all__ = ["JobSpec", "job", "resources", "run_cpu"]

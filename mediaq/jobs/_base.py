@@ -28,7 +28,20 @@ from typing import Any, TypeVar
 
 from mediaq.errors import JobFailure, TransientJobError
 
-__all__ = ["JobSpec", "job", "make_process_pool", "run_cpu"]
+__all__ = ["JobSpec", "job", "make_process_pool", "resources", "run_cpu"]
+
+_PROCESS_RESOURCES: dict[str, Any] = {}
+
+
+def resources(ctx: dict[str, Any]) -> dict[str, Any]:
+    """Per-process resources shared by every job of a worker (a DB engine, an index replica, the pool).
+
+    arq gives each job a *copy* of the worker's ``ctx``: a key a job sets in ``ctx`` is gone for the
+    next job. Cache things in this dict instead (``resources(ctx).setdefault(key, ...)``): the
+    worker's ``ctx['resources']``, closed at worker shutdown, else one dict per process.
+    """
+    shared = ctx.get("resources")
+    return shared if isinstance(shared, dict) else _PROCESS_RESOURCES
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -93,18 +106,19 @@ def make_process_pool(processes: int) -> ProcessPoolExecutor:
 async def run_cpu(ctx: dict[str, Any], fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run ``fn(*args, **kwargs)`` in the worker's process pool, off the event loop.
 
-    Without a pool in ``ctx`` (a job called directly, in a test or a notebook) it runs in a thread.
-    A pool broken by a killed child is replaced, and the job is retried (transient).
+    Without a pool (a job called directly, in a test or a notebook) it runs in a thread. A pool
+    broken by a killed child is replaced for every later job, and this job is retried (transient).
     """
     loop = asyncio.get_running_loop()
     call = functools.partial(fn, *args, **kwargs)
-    pool = ctx.get("pool")
+    shared = resources(ctx)
+    pool = shared.get("pool") or ctx.get("pool")
     if pool is None:
         return await asyncio.to_thread(call)
     try:
         return await loop.run_in_executor(pool, call)
     except BrokenProcessPool:
-        if ctx.get("pool") is pool:
-            ctx["pool"] = make_process_pool(ctx["settings"].processes)
+        if (shared.get("pool") or ctx.get("pool")) is pool:  # first job to notice replaces it, for all jobs
+            shared["pool"] = make_process_pool(ctx["settings"].processes)
             pool.shutdown(wait=False, cancel_futures=True)
         raise TransientJobError("worker_pool_broken", "a pool process died; the job will be retried") from None

@@ -44,7 +44,7 @@ def chunk_job_id(batch: str, image_ids: list[str]) -> str:
 async def enqueue_library(
     client: Client,
     image_ids: Iterable[object] | None = None,
-    chunk_size: int | None = 1000,
+    chunk_size: int | None = None,
     batch: str | None = None,
     *,
     prior: tuple[float, float] | None = None,
@@ -56,8 +56,8 @@ async def enqueue_library(
     in one named :class:`~mediaq.batch.Batch` (``batch``; default a new name).
 
     Chunk size: a worker starts about ``max_jobs`` jobs per poll (seed: 10 per 0.2 s), and chunk jobs
-    of 1000 ids take a few ms, so a library of 100 chunks waits on ~10 polls. ``chunk_size=None``
-    makes ``max_jobs`` chunks (``ceil(len / settings.max_jobs)`` ids each, from 1000 to 20,000): one
+    of 1000 ids take a few ms, so a library of 100 chunks waits on ~10 polls. The default
+    ``chunk_size=None`` makes ``max_jobs`` chunks (``ceil(len / settings.max_jobs)`` ids each, from 1000 to 20,000): one
     poll starts them all. Many workers? Use ``len / (workers * max_jobs)`` or smaller.
 
     ``prior=(C, m)`` uses that prior in every chunk (experiments); otherwise the workers use the seed
