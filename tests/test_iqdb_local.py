@@ -226,7 +226,7 @@ def test_mirror_option_finds_flipped_copies():
         found_plain += index.query(flipped, 1)[0].image_id == name
         top = index.query(flipped, 3, mirror=True)
         found_mirror += top[0].image_id == name
-        assert top[0].score > 90
+        assert top[0].score > 90 and top[0].mirrored
         assert len({m.image_id for m in top}) == len(top)
     assert found_mirror == len(PHOTOS) and found_plain < len(PHOTOS)
 
@@ -244,3 +244,17 @@ def test_find_duplicates(photo_sigs):
     assert all(s >= 90 for *_, s in pairs)
     assert [s for *_, s in pairs] == sorted((s for *_, s in pairs), reverse=True)
     assert index.find_duplicates(100.5) == []
+
+
+def test_merge_mirrored():
+    from mediaq.iqdb.local import Match, merge_mirrored
+
+    plain = [Match("a", 60.0, "ha"), Match("b", 50.0, "hb")]
+    flipped = [Match("c", 65.0, "hc"), Match("b", 95.0, "hb"), Match("a", 10.0, "ha")]
+    merged = merge_mirrored(plain, flipped, 3)
+    assert [(m.image_id, m.score, m.mirrored) for m in merged] == [("b", 95.0, True), ("c", 65.0, True),
+                                                                   ("a", 60.0, False)]
+    # with a margin, a mirrored match must beat the plain ones by that much to rank above them
+    merged = merge_mirrored(plain, flipped, 2, margin=10)
+    assert [(m.image_id, m.score, m.mirrored) for m in merged] == [("b", 95.0, True), ("a", 60.0, False)]
+    assert merge_mirrored(plain, [], 5) == plain

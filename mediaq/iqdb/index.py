@@ -184,10 +184,11 @@ class _IndexBase:
         self.local.add_arrays([image_id for image_id, _ in added], raw["avglf"].astype(np.float64),
                               raw["sig"].astype(np.int16))
 
-    def _local_query(self, query: Signature | str | ImageInput, limit: int, mirror: bool) -> list[Match]:
-        if not isinstance(limit, int) or limit < 1:
+    def _local_query(self, query: Signature | str | ImageInput, limit: int, mirror: bool,
+                     mirror_margin: float) -> list[Match]:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ConfigError(f"limit must be an integer >= 1, got {limit!r}")
-        return self.local.query(as_signature(query), limit, mirror=mirror)
+        return self.local.query(as_signature(query), limit, mirror=mirror, mirror_margin=mirror_margin)
 
     def __len__(self) -> int:
         """Images in the local replica (as of the last refresh)."""
@@ -266,11 +267,12 @@ class IqdbIndex(_IndexBase):
         return int(await self.redis.hlen(self.keys[1]))
 
     async def query(self, query: Signature | str | ImageInput, limit: int = 10, *, mirror: bool = False,
-                    refresh: bool = True) -> list[Match]:
-        """Best matches first, scored as the reference server does (``mirror=True``: flips too)."""
+                    mirror_margin: float = 0.0, refresh: bool = True) -> list[Match]:
+        """Best matches first, scored as the reference server does (``mirror=True``: flips too; see
+        :func:`~mediaq.iqdb.local.merge_mirrored` for ``mirror_margin``)."""
         if refresh:
             await self.refresh()
-        return self._local_query(query, limit, mirror)
+        return self._local_query(query, limit, mirror, mirror_margin)
 
     async def find_duplicates(self, threshold: float = 90.0, *, limit: int = 10, mirror: bool = False,
                               refresh: bool = True) -> pd.DataFrame:
@@ -337,10 +339,10 @@ class SyncIqdbIndex(_IndexBase):
         return int(self.redis.hlen(self.keys[1]))
 
     def query(self, query: Signature | str | ImageInput, limit: int = 10, *, mirror: bool = False,
-              refresh: bool = True) -> list[Match]:
+              mirror_margin: float = 0.0, refresh: bool = True) -> list[Match]:
         if refresh:
             self.refresh()
-        return self._local_query(query, limit, mirror)
+        return self._local_query(query, limit, mirror, mirror_margin)
 
     def find_duplicates(self, threshold: float = 90.0, *, limit: int = 10, mirror: bool = False,
                         refresh: bool = True) -> pd.DataFrame:

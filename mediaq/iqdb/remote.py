@@ -31,7 +31,7 @@ from typing import Any
 from mediaq.errors import ConfigError
 from mediaq.iqdb._errors import IqdbServerError, IqdbUnavailable
 from mediaq.iqdb.hashes import looks_like_hash, parse_hash
-from mediaq.iqdb.local import Match
+from mediaq.iqdb.local import Match, merge_mirrored
 from mediaq.iqdb.signature import ImageInput, Signature, compute_signature, mirror_signature, to_jpeg_bytes
 
 __all__ = ["AddResult", "RemoteIqdb", "SyncRemoteIqdb"]
@@ -166,14 +166,6 @@ class _RemoteBase:
         return out
 
     @staticmethod
-    def _merge(a: list[Match], b: list[Match], limit: int) -> list[Match]:
-        best: dict[Any, Match] = {}
-        for m in a + b:
-            if m.image_id not in best or m.score > best[m.image_id].score:
-                best[m.image_id] = m
-        return sorted(best.values(), key=lambda m: -m.score)[:limit]
-
-    @staticmethod
     def _query_signature(query: Signature | str | ImageInput) -> Signature:
         if isinstance(query, Signature):
             return query
@@ -223,18 +215,18 @@ class RemoteIqdb(_RemoteBase):
         await self._request("DELETE", f"/images/{_check_id(image_id)}")
 
     async def query(self, query: Signature | str | ImageInput, limit: int = 10, *,
-                    mirror: bool = False) -> list[Match]:
+                    mirror: bool = False, mirror_margin: float = 0.0) -> list[Match]:
         """``POST /query?limit=N`` with an image (sent as JPEG) or a hash (form field), best first.
 
         ``mirror=True`` computes the signature locally and queries it and its mirror by hash,
-        keeping each image's better score.
+        keeping each image's better score (:func:`~mediaq.iqdb.local.merge_mirrored`).
         """
         limit = _check_limit(limit)
         if mirror:
             sig = self._query_signature(query)
             a = await self.query(sig, limit)
             b = await self.query(mirror_signature(sig), limit)
-            return self._merge(a, b, limit)
+            return merge_mirrored(a, b, limit, mirror_margin)
         params = {"limit": str(limit)}
         if isinstance(query, Signature) or looks_like_hash(query):
             text = query.hash if isinstance(query, Signature) else parse_hash(query).hash  # type: ignore[arg-type]
@@ -274,11 +266,13 @@ class SyncRemoteIqdb(_RemoteBase):
     def remove(self, image_id: int) -> None:
         self._request("DELETE", f"/images/{_check_id(image_id)}")
 
-    def query(self, query: Signature | str | ImageInput, limit: int = 10, *, mirror: bool = False) -> list[Match]:
+    def query(self, query: Signature | str | ImageInput, limit: int = 10, *, mirror: bool = False,
+              mirror_margin: float = 0.0) -> list[Match]:
         limit = _check_limit(limit)
         if mirror:
             sig = self._query_signature(query)
-            return self._merge(self.query(sig, limit), self.query(mirror_signature(sig), limit), limit)
+            return merge_mirrored(self.query(sig, limit), self.query(mirror_signature(sig), limit), limit,
+                                  mirror_margin)
         params = {"limit": str(limit)}
         if isinstance(query, Signature) or looks_like_hash(query):
             text = query.hash if isinstance(query, Signature) else parse_hash(query).hash  # type: ignore[arg-type]
