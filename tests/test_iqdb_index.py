@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from PIL import Image
 
 from mediaq.errors import ConfigError
+from mediaq.iqdb._errors import InvalidHashError
 from mediaq.iqdb.index import SYNC_CHUNK, IqdbIndex, SyncIqdbIndex
 from mediaq.iqdb.local import LocalIndex
 from mediaq.iqdb.signature import Signature, signature_from_rgb
@@ -194,3 +195,16 @@ async def test_bad_arguments(settings, two_replicas):
     with pytest.raises(ConfigError, match="decode_responses"):
         IqdbIndex(decoding)
     await decoding.aclose()
+
+
+async def test_corrupt_entry_is_a_clear_error_and_is_retried(settings, two_replicas):
+    a, b = two_replicas
+    good = _random_sigs(2, 11)
+    await a.add_many([(1, good[0])])
+    await b.redis.hset(a.keys[1], "2", b"\x00" * 10)  # garbage written behind the index's back
+    await b.redis.zadd(a.keys[2], {"2": 10**6})
+    with pytest.raises(InvalidHashError, match="corrupt"):
+        await b.refresh()
+    await a.add(2, good[1])  # repaired: the next refresh applies everything
+    assert await b.refresh() == 2
+    assert (await b.query(good[1], 1))[0].image_id == 2

@@ -148,11 +148,12 @@ class _IndexBase:
         if args:
             yield args
 
-    def _apply(self, reply: list[Any], pending: dict[ImageId, bytes | None]) -> bool:
-        """Take one change-set reply into ``pending``; True if more may be waiting.
+    def _apply(self, reply: list[Any], pending: dict[ImageId, bytes | None], since: int) -> tuple[bool, int]:
+        """Take one change-set reply into ``pending``; returns (more may be waiting, new ``since``).
 
         A changed epoch (the index was cleared or the database flushed) empties the replica and
-        ``pending`` and starts again from sequence 0.
+        ``pending`` and starts again from sequence 0. ``self._seq`` moves only once changes are
+        applied, so a failed refresh is retried whole by the next one.
         """
         epoch, _seq, log, sigs = reply
         epoch = epoch or b""
@@ -163,11 +164,11 @@ class _IndexBase:
                 self.local.clear()
                 pending.clear()
                 self._seq = 0
-                return True
+                return True, 0
         for k in range(0, len(log), 2):
             pending[_decode_id(log[k])] = None if sigs[k // 2] is None else bytes(sigs[k // 2])
-            self._seq = max(self._seq, int(float(log[k + 1])))
-        return len(log) // 2 >= SYNC_CHUNK
+            since = max(since, int(float(log[k + 1])))
+        return len(log) // 2 >= SYNC_CHUNK, since
 
     def _commit(self, pending: dict[ImageId, bytes | None]) -> None:
         """Apply collected changes to the replica at once (vectorised unpacking, one rebuild)."""
@@ -181,8 +182,11 @@ class _IndexBase:
         if bad:
             raise InvalidHashError(f"corrupt signatures in {self.keys[1]} for ids {bad[:5]}")
         raw = np.frombuffer(b"".join(packed for _, packed in added), dtype=_PACKED_DTYPE)
-        self.local.add_arrays([image_id for image_id, _ in added], raw["avglf"].astype(np.float64),
-                              raw["sig"].astype(np.int16))
+        try:
+            self.local.add_arrays([image_id for image_id, _ in added], raw["avglf"].astype(np.float64),
+                                  raw["sig"].astype(np.int16))
+        except ValueError as exc:
+            raise InvalidHashError(f"corrupt signatures in {self.keys[1]}: {exc}") from None
 
     def _local_query(self, query: Signature | str | ImageInput, limit: int, mirror: bool,
                      mirror_margin: float) -> list[Match]:
@@ -252,9 +256,11 @@ class IqdbIndex(_IndexBase):
     async def refresh(self) -> int:
         """Bring the local replica up to date; returns the number of images it holds."""
         pending: dict[ImageId, bytes | None] = {}
-        while self._apply(await self._changes(keys=self.keys, args=[self._seq, SYNC_CHUNK]), pending):
-            pass
+        more, since = True, self._seq
+        while more:
+            more, since = self._apply(await self._changes(keys=self.keys, args=[since, SYNC_CHUNK]), pending, since)
         self._commit(pending)
+        self._seq = since
         return len(self.local)
 
     async def get(self, image_id: ImageId) -> Signature | None:
@@ -326,9 +332,11 @@ class SyncIqdbIndex(_IndexBase):
 
     def refresh(self) -> int:
         pending: dict[ImageId, bytes | None] = {}
-        while self._apply(self._changes(keys=self.keys, args=[self._seq, SYNC_CHUNK]), pending):
-            pass
+        more, since = True, self._seq
+        while more:
+            more, since = self._apply(self._changes(keys=self.keys, args=[since, SYNC_CHUNK]), pending, since)
         self._commit(pending)
+        self._seq = since
         return len(self.local)
 
     def get(self, image_id: ImageId) -> Signature | None:
