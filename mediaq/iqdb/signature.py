@@ -393,11 +393,16 @@ def top_coefficients(coefs: np.ndarray) -> np.ndarray:
     """
     flat = np.asarray(coefs, dtype=np.float64).reshape(-1)
     mags = np.abs(flat)
-    body = mags[1:]
-    part = np.argpartition(body, body.size - NUM_COEFS)[body.size - NUM_COEFS:]
-    threshold = body[part].min()
-    if np.count_nonzero(body >= threshold) == NUM_COEFS:
-        kept = part + 1  # no tie at the boundary: the set is unambiguous
+    # A lower bound of the 40th largest |c|: the 40th largest of the low-frequency 16x16 corner
+    # (index 0 excluded). Only values at or above it can be kept, which are usually a few hundred.
+    corner = mags.reshape(NUM_PIXELS, NUM_PIXELS)[:16, :16].reshape(-1)[1:]
+    bound = np.partition(corner, corner.size - NUM_COEFS)[corner.size - NUM_COEFS]
+    candidates = np.flatnonzero(mags[1:] >= bound) + 1
+    values = mags[candidates]
+    part = np.argpartition(values, values.size - NUM_COEFS)[values.size - NUM_COEFS:]
+    threshold = values[part].min()
+    if np.count_nonzero(values >= threshold) == NUM_COEFS:
+        kept = candidates[part]  # no tie at the boundary: the set is unambiguous
     else:
         kept = np.asarray(_select_by_heap(mags), dtype=np.intp)
     signed = np.where(flat[kept] > 0, kept, -kept)
