@@ -11,6 +11,10 @@
   50,000 past the highest internal id), not a count;
 * errors are HTTP 500 with ``{"exception", "message", "backtrace"}``.
 
+``flavor="iqdb-rs"`` answers like iqdb-rs instead: ``POST /images/<id>`` -> ``{"id": <internal id>}``
+(no hash), ``DELETE`` -> ``{"post_id", "ids"}``, errors as HTTP 400 ``{"error": "invalid_image"}``, a
+default limit of 20 (its re-add keeping the old entry is not modelled).
+
 It speaks HTTP/1.1 with keep-alive, so a client that reuses connections can: ``requests_per_connection``
 records how many requests each connection carried. Signatures and scores come from mediaq's own
 implementation (the thing under test is the client's protocol handling, not the scoring).
@@ -102,8 +106,11 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _ServerError(*injected)
             status, payload = fn()
         except _ServerError as exc:
-            status, payload = exc.status, {"exception": exc.exception, "message": exc.message,
-                                           "backtrace": ["(test server)"]}
+            if self.server.owner.flavor == "iqdb-rs" and exc.status == 500:
+                status, payload = 400, {"error": "invalid_image" if "image" in exc.exception else "invalid_hash"}
+            else:
+                status, payload = exc.status, {"exception": exc.exception, "message": exc.message,
+                                               "backtrace": ["(test server)"]}
         self._send(status, payload)
 
     def do_GET(self) -> None:
@@ -128,6 +135,8 @@ class _Handler(BaseHTTPRequestHandler):
         post_id = int(match.group(1))
         with self.server.lock:
             self.server.owner.index.remove(post_id)
+        if self.server.owner.flavor == "iqdb-rs":
+            return 200, {"post_id": post_id, "ids": []}
         return 200, {"post_id": post_id}
 
     def _signature_of(self, data: bytes) -> Any:
@@ -155,13 +164,15 @@ class _Handler(BaseHTTPRequestHandler):
                 owner.next_internal_id += 1
                 if owner.next_internal_id >= owner.capacity:
                     owner.capacity = owner.next_internal_id + 50000
+            if owner.flavor == "iqdb-rs":
+                return 200, {"id": owner.next_internal_id}
             return 200, {"post_id": post_id, "hash": sig.hash, "signature": sig.to_dict()}
         if url.path != "/query":
             return 404, {"exception": "not_found", "message": f"no route POST {self.path}", "backtrace": []}
         if not body:
             return 400, {"exception": "bad_request", "message": "POST without a body", "backtrace": []}
         params = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        limit = int(params.get("limit", 10))
+        limit = int(params.get("limit", 20 if owner.flavor == "iqdb-rs" else 10))
         if limit == 0:
             with self.server.lock:
                 owner.limit_zero += 1
@@ -197,8 +208,10 @@ class _HTTPServer(ThreadingHTTPServer):
 class IqdbTestServer:
     """The test server: ``start()`` binds 127.0.0.1 (on ``port``, default a free one) in a thread."""
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, flavor: str = "danbooru") -> None:
+        assert flavor in ("danbooru", "iqdb-rs")
         self.port = port
+        self.flavor = flavor
         self.index = LocalIndex()
         self.capacity = 0
         self.next_internal_id = 0

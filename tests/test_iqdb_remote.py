@@ -155,3 +155,17 @@ def test_sync_face(server):
     iqdb.remove(7)
     assert iqdb.query(added.hash, limit=1) == []
     assert iqdb.status() >= 50_000
+
+
+async def test_iqdb_rs_answers():
+    """iqdb-rs sends no hash when adding and reports errors as HTTP 400 {"error": ...}."""
+    with IqdbTestServer(flavor="iqdb-rs") as server:
+        iqdb = RemoteIqdb(server.url)
+        added = await iqdb.add(4, _image(4))
+        assert added.local_hash_matches is None and added.hash == compute_signature(_image(4)).hash
+        assert (await iqdb.query(added.hash, limit=1))[0].image_id == 4
+        with pytest.raises(IqdbServerError) as info:
+            await iqdb._request("POST", "/images/5", files={"file": ("x.jpg", b"\xff\xd8garbage", "image/jpeg")})
+        assert info.value.status == 400 and info.value.server_message == "invalid_image"
+        await iqdb.remove(4)
+        assert await iqdb.query(added.hash, limit=1) == []

@@ -50,11 +50,12 @@ def _httpx() -> Any:
 @dataclass(frozen=True)
 class AddResult:
     """What adding an image returned: the id, the signature (the server's when it sends one), and
-    whether mediaq's own signature of the same JPEG had the same hash (bit compatibility check)."""
+    whether mediaq's own signature of the same JPEG had the same hash (a bit-compatibility check;
+    ``None`` when the server sends no hash, as iqdb-rs)."""
 
     image_id: int
     signature: Signature
-    local_hash_matches: bool
+    local_hash_matches: bool | None
 
     @property
     def hash(self) -> str:
@@ -150,7 +151,9 @@ class _RemoteBase:
     @staticmethod
     def _add_result(image_id: int, local: Signature, body: Any) -> AddResult:
         server_hash = body.get("hash") if isinstance(body, dict) else None
-        sig = parse_hash(server_hash) if server_hash else local
+        if not server_hash:  # iqdb-rs answers {"id": ...}: mediaq's own signature is the hash
+            return AddResult(image_id, local, None)
+        sig = parse_hash(server_hash)
         return AddResult(image_id, sig, sig.hash == local.hash)
 
     @staticmethod

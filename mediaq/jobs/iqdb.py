@@ -19,6 +19,10 @@ Results are plain dicts::
 
     {"image_id", "hash", "grayscale", "backend": "embedded" | "server", "server_hash_matches"}
 
+``server_hash_matches``: on a server, whether its hash equals mediaq's for the same JPEG (``None``
+when the server sends none, as iqdb-rs; always ``None`` on the embedded index). A mismatch is
+logged as a warning.
+
 >>> import asyncio, tempfile                                                  # doctest: +SKIP
 >>> asyncio.run(add_to_iqdb(ctx, 42, "thumbs/42.jpg"))["hash"][:5]            # doctest: +SKIP
 'iqdb_'
@@ -26,6 +30,7 @@ Results are plain dicts::
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +44,7 @@ from mediaq.settings import Settings
 __all__ = ["add_to_iqdb", "prepare_thumbnail", "remove_from_iqdb"]
 
 _CTX_KEY = "mediaq_iqdb_backend"
+log = logging.getLogger("mediaq.iqdb")
 
 
 def prepare_thumbnail(path: str) -> tuple[bytes, str]:
@@ -136,6 +142,9 @@ async def add_to_iqdb(ctx: dict[str, Any], image_id: int | str, thumb_path: str)
             raise _server_failure(exc) from None
         result.update(hash=added.hash, grayscale=added.signature.is_grayscale, backend="server",
                       server_hash_matches=added.local_hash_matches)
+        if added.local_hash_matches is False:
+            log.warning("IQDB server %s hashed image %r as %s, mediaq as %s: the embedded index would "
+                        "score it differently", settings.iqdb_url, image_id, added.hash[:40], text[:40])
         return result
     import redis.exceptions
 
