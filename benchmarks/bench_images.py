@@ -194,21 +194,13 @@ async def separate_rate(client: mediaq.Client, paths: list[str], batch: str) -> 
     return len(paths) / (last - first)
 
 
-async def _thumbnail_part(ctx: BenchContext, paths: list[str], methods: list[str], n_jobs: int,
-                          repeats: int) -> dict[str, tuple[float, ...]]:
-    """Best-of-``repeats`` (images/s, CPU s per image) of every direct method and of the queue
-    (key ``"queue"``), interleaved so that load from elsewhere on the machine hits all alike. The
-    idle pool and the idle worker cost next to nothing meanwhile."""
-    best: dict[str, tuple[float, ...]] = {}
-
-    def keep(key: str, *figures: float) -> None:  # rates: the highest seen; CPU (last): the lowest
-        old = best.get(key)
-        if old is None:
-            best[key] = figures
-            return
-        rates = [max(a, b) for a, b in zip(figures[:-1], old[:-1], strict=True)]
-        best[key] = (*rates, min(figures[-1], old[-1]))
-
+async def _thumbnail_part(ctx: BenchContext, paths: list[str], methods: list[str], first: list[str],
+                          n_jobs: int, repeats: int) -> dict[str, tuple[float, ...]]:
+    """Median over ``repeats`` rounds of (images/s..., CPU s per image) for every direct method and
+    for the queue (key ``"queue"``). Each round runs the ``first`` methods (the candidates for the
+    baseline) right before the queue, then the others, so that load from elsewhere on the machine
+    hits the compared figures alike. The idle pool and the idle worker cost next to nothing meanwhile."""
+    seen: dict[str, list[tuple[float, ...]]] = {}
     n_naive = max(8, n_jobs // 6)  # the naive full decode is ~8x slower: fewer images
     jobs_for = {m: [paths[i % len(paths)] for i in range(n_naive if "full" in m else n_jobs)] for m in methods}
     mp = multiprocessing.get_context("forkserver")
@@ -220,13 +212,17 @@ async def _thumbnail_part(ctx: BenchContext, paths: list[str], methods: list[str
                              [{"image_id": f"w{i}", "source_path": p} for i, p in enumerate(paths[:4])], "warm")
             pids = _worker_pids(ctx, worker)
             for r in range(repeats):
-                for m in methods if r % 2 == 0 else methods[::-1]:
-                    keep(m, *direct_rate(pool, m, jobs_for[m], ctx.tmp / "direct" / m.split()[1]))
+                for m in first:
+                    seen.setdefault(m, []).append(direct_rate(pool, m, jobs_for[m], ctx.tmp / "direct" / m.split()[1]))
                 items = [{"image_id": f"q{r}-{i}", "source_path": paths[i % len(paths)]} for i in range(n_jobs)]
-                keep("queue", *(await queue_rate(client, "create_thumbnail", items, f"thumbs{r}", pids)))
+                seen.setdefault("queue", []).append(await queue_rate(client, "create_thumbnail", items, f"q{r}", pids))
+                for m in methods:
+                    if m not in first:
+                        seen.setdefault(m, []).append(
+                            direct_rate(pool, m, jobs_for[m], ctx.tmp / "direct" / m.split()[1]))
         finally:
             await client.close()
-    return best
+    return {key: tuple(float(np.median(col)) for col in zip(*runs, strict=True)) for key, runs in seen.items()}
 
 
 def _worker_pids(ctx: BenchContext, worker: LocalWorker) -> list[int]:
@@ -239,8 +235,9 @@ def _worker_pids(ctx: BenchContext, worker: LocalWorker) -> list[int]:
 
 
 async def _set_part(ctx: BenchContext, paths: list[str], repeats: int) -> dict[str, tuple[float, float]]:
-    """(images/s, CPU s per image) for the one-decode job and for three separate jobs, one pool process."""
-    best: dict[str, tuple[float, float]] = {}
+    """Median (images/s, CPU s per image) for the one-decode job and for three separate jobs, one
+    pool process, alternating round by round."""
+    seen: dict[str, list[tuple[float, float]]] = {"combined": [], "separate": []}
     with ctx.start_worker(worker_processes=1) as worker:
         client = await mediaq.connect(settings=ctx.settings)
         try:
@@ -249,21 +246,20 @@ async def _set_part(ctx: BenchContext, paths: list[str], repeats: int) -> dict[s
             for r in range(repeats):
                 items = [{"image_id": f"s{r}-{i}", "source_path": p} for i, p in enumerate(paths)]
                 rate, _, cpu = await queue_rate(client, "create_image_set", items, f"set{r}", pids)
+                seen["combined"].append((rate, cpu))
                 cpu0 = _cpu(pids)
                 sep = await separate_rate(client, paths, f"sep{r}-")
-                sep_cpu = (_cpu(pids) - cpu0) / len(paths)
-                for key, figures in (("combined", (rate, cpu)), ("separate", (sep, sep_cpu))):
-                    old = best.get(key, (0.0, float("inf")))
-                    best[key] = (max(old[0], figures[0]), min(old[1], figures[1]))
+                seen["separate"].append((sep, (_cpu(pids) - cpu0) / len(paths)))
         finally:
             await client.close()
-    return best
+    return {k: (float(np.median([v[0] for v in runs])), float(np.median([v[1] for v in runs])))
+            for k, runs in seen.items()}
 
 
 def run(ctx: BenchContext) -> list[dict]:
     n_photos = 4 if ctx.quick else 16
-    n_jobs = 40 if ctx.quick else 400
-    repeats = 2 if ctx.quick else 3
+    n_jobs = 32 if ctx.quick else 200
+    repeats = 2 if ctx.quick else 5
     paths = _photos(ctx, n_photos)
     methods = [m for m in METHODS if m != "pyvips thumbnail" or _pyvips_ok()]
 
@@ -274,11 +270,11 @@ def run(ctx: BenchContext) -> list[dict]:
     psnr["Pillow full decode+LANCZOS"] = float("inf")
     mediaq_db = float(np.mean([_psnr(pixels_mediaq(p), r) for p, r in zip(paths, refs, strict=True)]))
 
-    measured = asyncio.run(_thumbnail_part(ctx, paths, methods, n_jobs, repeats))
+    qualified = [m for m in methods if psnr[m] >= TARGET_DB and m != "pyvips thumbnail"]
+    measured = asyncio.run(_thumbnail_part(ctx, paths, methods, qualified, n_jobs, repeats))
     direct = {m: measured[m][0] for m in methods}
     queue, queue_total, queue_cpu = measured["queue"]
 
-    qualified = [m for m in methods if psnr[m] >= TARGET_DB and m != "pyvips thumbnail"]
     best = max(qualified, key=lambda m: direct[m])
     rows = [
         row("thumbnails/s, queue (1 worker, 2 processes) vs fastest direct Pillow >= 45 dB (2 processes)",
@@ -301,7 +297,7 @@ def run(ctx: BenchContext) -> list[dict]:
         print("# bench_images: pyvips rows left out (pyvips or libvips not importable; "
               "`pip install pyvips pyvips-binary` adds them)")
 
-    sets = asyncio.run(_set_part(ctx, paths, repeats))
+    sets = asyncio.run(_set_part(ctx, paths, 1 if ctx.quick else 3))
     rows.append(row("thumbnail+medium+large per image, 1 pool process: one-decode job vs 3 separate jobs",
                     sets["combined"][0], sets["separate"][0], "images/s",
                     baseline_name="create_thumbnail + 2x create_variant"))
