@@ -289,7 +289,7 @@ class IqdbIndex(_IndexBase):
 
     async def clear(self) -> None:
         """Delete the whole shared index (every replica reloads, empty, at its next refresh)."""
-        await self.redis.delete(*self.keys)
+        await self.redis.unlink(*self.keys)
         self.local.clear()
         self._seq, self._epoch = 0, None
 
@@ -359,6 +359,6 @@ class SyncIqdbIndex(_IndexBase):
         return _pairs_frame(self.local.find_duplicates(threshold, limit=limit, mirror=mirror))
 
     def clear(self) -> None:
-        self.redis.delete(*self.keys)
+        self.redis.unlink(*self.keys)
         self.local.clear()
         self._seq, self._epoch = 0, None
