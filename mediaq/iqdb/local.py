@@ -105,6 +105,7 @@ class LocalIndex:
         self._sigs = np.zeros((0, 3, NUM_COEFS), np.int16)
         self._colors = np.zeros(0, np.int8)
         self._alive = np.zeros(0, bool)
+        self._ok = np.zeros(0, bool)  # alive and avgl_Y != 0: may be returned
         self._seq = np.zeros(0, np.int64)
         self._next_seq = 0
         self._row_of: dict[ImageId, int] = {}
@@ -128,7 +129,7 @@ class LocalIndex:
     @property
     def nbytes(self) -> int:
         """Bytes held by the numpy arrays (signatures, DC terms, inverted index)."""
-        arrays = (self._avglf, self._avgl32, self._sigs, self._colors, self._alive, self._seq, self._counts,
+        arrays = (self._avglf, self._avgl32, self._sigs, self._colors, self._alive, self._ok, self._seq, self._counts,
                   self._offsets, self._rows)
         return int(sum(a.nbytes for a in arrays))
 
@@ -151,6 +152,7 @@ class LocalIndex:
 
         self._avglf, self._avgl32, self._sigs = grow(self._avglf), grow(self._avgl32), grow(self._sigs)
         self._colors, self._alive, self._seq = grow(self._colors), grow(self._alive), grow(self._seq)
+        self._ok = grow(self._ok)
         self._cap = cap
 
     def add(self, image_id: ImageId, sig: Signature) -> None:
@@ -202,6 +204,7 @@ class LocalIndex:
         self._seq[rows] = np.arange(self._next_seq, self._next_seq + count)
         self._next_seq += count
         self._alive[rows] = True
+        self._ok[rows] = self._avgl32[rows, 0] != 0  # the server treats avgl_Y == 0 as deleted
         self._n = start + count
         if self._n - self._built > max(self.min_rebuild, self.rebuild_fraction * self._built):
             self.rebuild()  # recounts every bucket
@@ -226,6 +229,7 @@ class LocalIndex:
         if row is None:
             return False
         self._alive[row] = False
+        self._ok[row] = False
         self._ids[row] = None
         self._counts[_keys(self._sigs[row], int(self._colors[row]))] -= 1
         dead = self._n - len(self._row_of)
@@ -245,6 +249,8 @@ class LocalIndex:
         self._sigs[:n] = self._sigs[live]
         self._colors[:n] = self._colors[live]
         self._seq[:n] = self._seq[live]
+        self._ok[:n] = self._ok[live]
+        self._ok[n: self._n] = False
         self._alive[:n] = True
         self._alive[n: self._n] = False
         self._ids = [self._ids[i] for i in live.tolist()]
@@ -281,9 +287,8 @@ class LocalIndex:
                 weight = weights[c, b]
                 scale = _F32(scale - weight)
                 lo, hi = offsets[key], offsets[key + 1]
-                if hi > lo:
-                    hit = rows[lo:hi]
-                    s[hit] -= weight
+                if hi > lo:  # ufunc.at: in place, one float32 subtraction per row (fastest on int32 rows)
+                    np.subtract.at(s, rows[lo:hi], weight)
                 extra = recent.get(key)
                 if extra:
                     s[extra] -= weight
@@ -291,15 +296,17 @@ class LocalIndex:
 
     def _top(self, s: np.ndarray, scale: np.float32, limit: int) -> list[Match]:
         n = self._n
-        valid = self._alive[:n] & (self._avgl32[:n, 0] != 0)
-        candidates = np.flatnonzero(valid)
-        if candidates.size == 0:
+        ok = self._ok[:n]
+        count = int(np.count_nonzero(ok))
+        if count == 0:
             return []
+        masked = np.where(ok, s, np.float32(np.inf))
+        if count > limit:
+            kth = np.partition(masked, limit - 1)[limit - 1]
+            candidates = np.flatnonzero(masked <= kth)  # every tie at the boundary
+        else:
+            candidates = np.flatnonzero(ok)
         raw = s[candidates]
-        if candidates.size > limit:
-            kth = np.partition(raw, limit - 1)[limit - 1]
-            keep = raw <= kth
-            candidates, raw = candidates[keep], raw[keep]
         order = np.lexsort((self._seq[candidates], raw))[:limit]
         inv = _F32(1.0 / np.float64(scale)) if scale != 0 else _F32(0.0)
         scores = (raw[order] * _F32(100)) * inv
