@@ -75,6 +75,9 @@ class Settings:
     medium_edge: int = 1280
     large_edge: int = 2560
     variant_quality: int = 90
+    variant_format: str = "jpeg"
+    #: Decompression-bomb guard: images with more pixels fail with ``too_large`` (Pillow's default).
+    max_image_pixels: int = 89_478_485
 
     #: IQDB backend: ``None`` for the embedded index in Redis, else a server URL (``http://host:5588``).
     iqdb_url: str | None = None
@@ -85,7 +88,8 @@ class Settings:
 
     def __post_init__(self) -> None:
         _check(self.serializer in SERIALIZERS, "serializer", self.serializer, f"one of {SERIALIZERS}")
-        for name in ("max_tries", "max_jobs", "thumb_width", "thumb_height", "medium_edge", "large_edge"):
+        for name in ("max_tries", "max_jobs", "thumb_width", "thumb_height", "medium_edge", "large_edge",
+                     "max_image_pixels"):
             _check(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
         for name in ("job_timeout", "connect_timeout", "health_check_interval"):
             _check(getattr(self, name) > 0, name, getattr(self, name), "a number > 0")

@@ -256,3 +256,20 @@ def test_encoded_thumbnail_is_an_image(tmp_path):
     r = store_outputs(str(tmp_path), "x", info, outputs, specs)["thumbnail"]
     im = Image.open(io.BytesIO(Path(r["path"]).read_bytes()))
     assert (im.format, im.size) == ("PNG", (64, 64))
+
+
+async def test_max_image_pixels_setting_is_the_bomb_limit(tmp_path):
+    """A limit below the image's pixel count refuses it with ``too_large`` before decoding."""
+    from PIL import Image
+
+    import mediaq
+    from mediaq.jobs.images import create_thumbnail
+
+    src = tmp_path / "big.png"
+    Image.new("RGB", (300, 300), "red").save(src)
+    settings = mediaq.Settings.load(env={}, storage=tmp_path / "media", max_image_pixels=300 * 300 - 1)
+    with pytest.raises(mediaq.PermanentJobError) as info:
+        await create_thumbnail({"settings": settings}, "big", str(src))
+    assert info.value.code == "too_large"
+    ok = await create_thumbnail({"settings": settings.replace(max_image_pixels=300 * 300)}, "big", str(src))
+    assert (ok["width"], ok["height"]) == (200, 200)

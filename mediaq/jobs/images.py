@@ -60,7 +60,6 @@ __all__ = [
 
 THUMBS = "thumbs"
 VARIANTS = ("medium", "large")
-DEFAULT_VARIANT_FORMAT = "jpeg"
 
 
 # -- jobs (event loop: validate, CPU work in the pool, file writes in a thread) ---------------------
@@ -148,12 +147,13 @@ async def _run(ctx: dict[str, Any], s: Settings, image_id: str | int, source_pat
                specs: dict[str, OutputSpec]) -> dict[str, dict[str, Any]]:
     """Pixels in the process pool, then the files in a thread: an fsync waiting on the disk never
     holds a pool process (a core) idle."""
-    info, outputs = await run_cpu(ctx, render_task, source_path, specs)
+    info, outputs = await run_cpu(ctx, render_task, source_path, specs, max_pixels=s.max_image_pixels)
     return await asyncio.to_thread(store_outputs, str(s.storage), image_id, info, outputs, specs)
 
 
 # -- pool side: pure functions of their arguments (importable by forkserver/spawn children) --------
-def render_task(source_path: str, specs: dict[str, OutputSpec]) -> tuple[dict[str, Any], dict[str, Output | str]]:
+def render_task(source_path: str, specs: dict[str, OutputSpec], *,
+                max_pixels: int | None = None) -> tuple[dict[str, Any], dict[str, Output | str]]:
     """Read ``source_path`` once, decode once, and encode every output in ``specs``.
 
     Keys ``thumbnail`` (always made) or a variant name (seed rules). Returns the source facts and,
@@ -161,7 +161,7 @@ def render_task(source_path: str, specs: dict[str, OutputSpec]) -> tuple[dict[st
     ``"not_smaller"``). With only variants that are not larger, the pixels are never decoded.
     """
     with open_source(source_path) as f:
-        info = probe(f, name=source_path)
+        info = probe(f, name=source_path, max_pixels=max_pixels)
         longest = max(info["width"], info["height"])
         results: dict[str, Output | str] = {}
         wanted = {}
@@ -172,7 +172,7 @@ def render_task(source_path: str, specs: dict[str, OutputSpec]) -> tuple[dict[st
                 wanted[name] = spec
         if not wanted:
             return info, results
-        source = decode(f, [spec.box for spec in wanted.values()], name=source_path)
+        source = decode(f, [spec.box for spec in wanted.values()], name=source_path, max_pixels=max_pixels)
     for name, out in render_outputs(source, wanted).items():
         results[name] = "not_smaller" if name != "thumbnail" and len(out.data) >= source.bytes else out
     return source.info(), results
@@ -225,7 +225,7 @@ def _box(s: Settings, width: int | None, height: int | None) -> tuple[int, int]:
 
 def _variant_spec(s: Settings, edge: Any, fmt: str | None, quality: int | None, name: str) -> OutputSpec:
     edge = check_size(name, edge)
-    return OutputSpec((edge, edge), check_format(_or(fmt, DEFAULT_VARIANT_FORMAT)),
+    return OutputSpec((edge, edge), check_format(_or(fmt, s.variant_format)),
                       check_quality(_or(quality, s.variant_quality)))
 
 
