@@ -38,7 +38,7 @@ from mediaq.errors import ConfigError, PermanentJobError, TransientJobError
 from mediaq.iqdb._errors import InvalidImageError, IqdbServerError, IqdbUnavailable
 from mediaq.iqdb.hashes import parse_hash
 from mediaq.iqdb.signature import compute_signature, to_jpeg_bytes
-from mediaq.jobs._base import job, run_cpu
+from mediaq.jobs._base import job, resources, run_cpu
 from mediaq.settings import Settings
 
 __all__ = ["add_to_iqdb", "prepare_thumbnail", "remove_from_iqdb"]
@@ -93,22 +93,27 @@ def _check_image_id(image_id: Any, remote: bool) -> int | str:
 
 
 def _backend(ctx: dict[str, Any]) -> Any:
-    """The backend object, created once per worker process and cached in ``ctx``."""
-    backend = ctx.get(_CTX_KEY)
-    if backend is None:
-        settings = _settings(ctx)
-        if settings.iqdb_url:
-            from mediaq.iqdb.remote import RemoteIqdb
+    """The backend object, created once per worker process (kept in :func:`~mediaq.jobs.resources`:
+    arq gives each job a copy of ``ctx``)."""
+    settings = _settings(ctx)
+    shared = resources(ctx)
+    if settings.iqdb_url:
+        from mediaq.iqdb.remote import RemoteIqdb
 
-            backend = RemoteIqdb(settings.iqdb_url)
-        else:
-            from mediaq.iqdb.index import IqdbIndex
+        key = f"{_CTX_KEY}:server:{settings.iqdb_url}"
+        backend = shared.get(key)
+        if backend is None:
+            backend = shared[key] = RemoteIqdb(settings.iqdb_url)
+        return backend
+    from mediaq.iqdb.index import IqdbIndex
 
-            redis = ctx.get("redis")
-            if redis is None:
-                raise ConfigError("the embedded IQDB index needs ctx['redis'] (a worker provides it)")
-            backend = IqdbIndex(redis)
-        ctx[_CTX_KEY] = backend
+    redis = ctx.get("redis")
+    if redis is None:
+        raise ConfigError("the embedded IQDB index needs ctx['redis'] (a worker provides it)")
+    key = f"{_CTX_KEY}:embedded:{id(redis)}"
+    backend = shared.get(key)
+    if backend is None or backend.redis is not redis:
+        backend = shared[key] = IqdbIndex(redis)
     return backend
 
 
