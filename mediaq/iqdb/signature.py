@@ -22,7 +22,6 @@ import functools
 import io
 import math
 import struct
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -481,7 +480,3 @@ def mirror_signature(sig: Signature) -> Signature:
     sign = np.sign(idx) * np.where(x > 0, -1, 1)
     return Signature(sig.avglf, (sign * new).astype(np.int16))
 
-
-def signatures_from_rgb(images: Iterable[np.ndarray]) -> list[Signature]:
-    """Signatures of several decoded images (a convenience for benchmarks and bulk loads)."""
-    return [signature_from_rgb(img) for img in images]
