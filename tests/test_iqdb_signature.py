@@ -243,7 +243,17 @@ def jpeg_bytes(rgb: np.ndarray, quality: int = 87, mode: str = "RGB") -> bytes:
     return buf.getvalue()
 
 
+def photo_crop() -> np.ndarray:
+    """A real photo (data/coffee.jpg, CC0) cut to an odd 333x221, through a JPEG round trip."""
+    from pathlib import Path
+
+    with Image.open(Path(__file__).resolve().parent.parent / "data" / "coffee.jpg") as im:
+        crop = im.convert("RGB").crop((101, 57, 434, 278))
+    return S.decode_rgb(jpeg_bytes(np.asarray(crop), quality=80))
+
+
 CASES = {
+    "photo_333x221": photo_crop(),
     "thumb_250x200": pattern(200, 250, seed=1),
     "odd_97x61_upscale": pattern(61, 97, seed=2),
     "exact_128": pattern(128, 128, seed=3),
