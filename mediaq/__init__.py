@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from mediaq.batch import Batch
-from mediaq.client import Client, connect
+from mediaq.client import Client, connect, image_frame
 from mediaq.errors import (
     ConfigError,
     EnqueueError,
@@ -57,6 +57,7 @@ __all__ = [
     "connect_sync",
     "dashboard",
     "enqueue_job",
+    "image_frame",
     "job",
     "start_worker",
 ]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -151,16 +152,16 @@ class Batch:
         A job that vanished (``not_found``: expired, or its result expired) counts as done.
         """
         bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=None, desc=self.name, unit="job")
         start = time.monotonic()
         try:
             while True:
                 counts = await self.status()
                 done = counts["complete"] + counts["failed"] + counts["not_found"]
                 total = sum(counts.values())
+                if progress and bar is None:
+                    from tqdm.auto import tqdm
+
+                    bar = tqdm(total=total, desc=self.name, unit="job")
                 if bar is not None:
                     bar.total = total
                     bar.n = done
@@ -198,13 +199,22 @@ class Batch:
         df = await self.results()
         return df[df["status"] == "failed"].reset_index(drop=True)
 
-    async def retry_failed(self) -> list[str]:
-        """Enqueue every failed job again under a new id (``<id>~r<n>``), linked to the original.
+    async def retry_failed(self, job_ids: Iterable[str] | None = None) -> list[str]:
+        """Enqueue failed jobs again under a new id (``<id>~r<n>``), linked to the original.
 
-        Returns the new ids; the batch now counts the retries instead of the failures.
+        ``job_ids``: only these (for example the failures you fixed; skip the rest); default all.
+        Returns the new ids; the batch now counts the retries instead of those failures.
         """
         states = await self.job_states()
         failed = [i for i, s in states.items() if s == "failed"]
+        if job_ids is not None:
+            wanted = set(job_ids)
+            unknown = wanted - set(states)
+            if unknown:
+                from mediaq.errors import ConfigError
+
+                raise ConfigError(f"not in batch {self.name!r}: {sorted(unknown)[:5]}")
+            failed = [i for i in failed if i in wanted]
         records = await fetch_records(self.client.redis, failed, self.client.loads)
         entries, links = [], {}
         for job_id, result, _ in records:

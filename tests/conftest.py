@@ -20,6 +20,9 @@ import mediaq
 from mediaq.server import EmbeddedServer, with_db
 from mediaq.settings import Settings
 
+# tests/browser/*.ipynb is driven by test_browser.py in a real JupyterLab, not compared by nbval
+collect_ignore_glob = ["browser/*.ipynb"]
+
 # A user's own MEDIAQ_* variables must not leak into the tests.
 for _key in [k for k in os.environ if k.startswith("MEDIAQ_")]:
     del os.environ[_key]

@@ -15,4 +15,5 @@ if ! command -v chromium >/dev/null 2>&1; then
   fi
 fi
 $PY -m ruff check mediaq tests benchmarks
-$PY -m pytest -p no:cacheprovider "$@"
+$PY -m pytest -p no:cacheprovider tests notebooks \
+  --nbval --nbval-current-env --nbval-cell-timeout=120 --nbval-sanitize-with notebooks/nbval_sanitize.cfg "$@"

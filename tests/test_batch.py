@@ -188,3 +188,14 @@ async def test_expires_drops_jobs_not_started_in_time(client, start_worker):
     counts = await batch.wait(progress=False, timeout=30)
     assert counts["complete"] == 0  # arq fails expired jobs ("job expired") or they vanish
     assert counts["failed"] + counts["not_found"] == 3
+
+
+async def test_retry_failed_only_the_chosen_ones(client, start_worker):
+    start_worker()
+    batch = await client.enqueue_many("sleep", [{"seconds": -1}, {"seconds": -2}], job_id="c{index}")
+    await batch.wait(progress=False, timeout=30)
+    assert await batch.retry_failed(["c1"]) == ["c1~r1"]
+    with pytest.raises(mediaq.ConfigError, match="not in batch"):
+        await batch.retry_failed(["nope"])
+    await batch.wait(progress=False, timeout=30)
+    assert sorted((await batch.results())["job_id"]) == ["c0", "c1~r1"]
