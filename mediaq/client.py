@@ -237,6 +237,21 @@ class Client:
         return await self.enqueue_many("reindex_image", items, job_id="reindex:{image_id}", batch=name,
                                        chunk_size=chunk_size)
 
+    def iqdb(self) -> Any:
+        """The configured IQDB backend: the embedded index shared through this Redis, or the server
+        at ``MEDIAQ_IQDB_URL``. Both have ``query(image_or_hash, limit, mirror=...)``; the embedded
+        index also ``find_duplicates(threshold)`` as a DataFrame.
+
+        >>> dupes = await client.iqdb().find_duplicates(90)     # doctest: +SKIP
+        """
+        if self.settings.iqdb_url:
+            from mediaq.iqdb.remote import RemoteIqdb
+
+            return RemoteIqdb(self.settings.iqdb_url)
+        from mediaq.iqdb.index import IqdbIndex
+
+        return IqdbIndex(self.redis)
+
     def batch(self, name: str) -> Batch:
         """Reattach to a named batch stored in Redis (for example after a kernel restart)."""
         return Batch(self, name)

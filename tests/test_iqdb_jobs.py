@@ -157,3 +157,16 @@ def _gif() -> bytes:
     buf = io.BytesIO()
     Image.new("P", (120, 90), 3).save(buf, "GIF")
     return buf.getvalue()
+
+
+async def test_client_iqdb_sees_what_the_worker_indexed(client, start_worker, tmp_path):
+    """client.iqdb() is the same Redis-shared index the worker's add_to_iqdb writes to."""
+    from PIL import Image
+
+    start_worker()
+    path = tmp_path / "x.jpg"
+    Image.radial_gradient("L").convert("RGB").resize((250, 200)).save(path, quality=90)
+    job_id = await client.enqueue_job("add_to_iqdb", "x1", str(path))
+    result = await client.result(job_id, timeout=60)
+    matches = await client.iqdb().query(str(path), 3)
+    assert matches[0].image_id == "x1" and matches[0].hash == result["hash"]
