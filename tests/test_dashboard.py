@@ -189,7 +189,7 @@ async def test_a_failing_refresh_does_not_end_the_task(client, monkeypatch):
 
 
 def test_mediaq_dashboard_and_batch_dashboard_build_dashboards(client):
-    import mediaq.widgets  # noqa: F401 - importing the widgets module must not shadow mediaq.dashboard
+    import mediaq.widgets
 
     dash = mediaq.dashboard(client, "x", 2.0, autostart=False)
     assert isinstance(dash, Dashboard) and dash.batch.name == "x" and dash.interval == 2.0
