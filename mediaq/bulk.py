@@ -46,61 +46,55 @@ end
 return skipped
 """
 
-STATUS_LUA = f"""
-local queue, now = ARGV[1], tonumber(ARGV[2])
-local out = {{}}
-for i = 3, #ARGV do
-  local id = ARGV[i]
+# How arq tells a job's state, as a Lua function shared by the scripts below: 0 not found,
+# 1 queued, 2 deferred, 3 in progress, 4 complete, 5 failed, -1 a result whose success flag must be
+# read in Python (pickle mode). Success is the 4th byte of a msgpack result (see serialization).
+_CLASSIFY = f"""
+local function classify(id, queue, now)
   local head = redis.call('GETRANGE', '{result_key_prefix}' .. id, 0, 3)
-  local code = 0
   if head ~= '' then
-    local b = string.byte(head, 4)
-    if string.sub(head, 2, 3) == 'as' and b == 195 then code = 4
-    elseif string.sub(head, 2, 3) == 'as' and b == 194 then code = 5
-    else code = {_RESULT_UNKNOWN} end
-  elseif redis.call('EXISTS', '{in_progress_key_prefix}' .. id) == 1 then code = 3
-  else
-    local score = redis.call('ZSCORE', queue, id)
-    if score then
-      if tonumber(score) > now then code = 2 else code = 1 end
-    elseif redis.call('EXISTS', '{job_key_prefix}' .. id) == 1 then code = 1
+    if string.sub(head, 2, 3) == '\\161s' then
+      local b = string.byte(head, 4)
+      if b == 195 then return 4 elseif b == 194 then return 5 end
     end
+    return -1
   end
+  if redis.call('EXISTS', '{in_progress_key_prefix}' .. id) == 1 then return 3 end
+  local score = redis.call('ZSCORE', queue, id)
+  if score then
+    if tonumber(score) > now then return 2 else return 1 end
+  end
+  if redis.call('EXISTS', '{job_key_prefix}' .. id) == 1 then return 1 end
+  return 0
+end
+"""
+
+STATUS_LUA = _CLASSIFY + """
+local queue, now = ARGV[1], tonumber(ARGV[2])
+local out = {}
+for i = 3, #ARGV do
+  local code = classify(ARGV[i], queue, now)
+  if code < 0 then code = UNKNOWN end
   out[#out + 1] = code
 end
 return out
-"""
+""".replace("UNKNOWN", str(_RESULT_UNKNOWN))
+
 # Counts for a batch without sending its ids back and forth: walk ranks [start, stop] of the batch's
 # id set on the server, skipping ids that were superseded by a retry. Returns the 6 counts, then the
 # ids whose result must be read in Python (pickle mode).
-COUNT_LUA = f"""
+COUNT_LUA = _CLASSIFY + """
 local queue, now, idset, retries = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
-local counts = {{0, 0, 0, 0, 0, 0}}
-local unknown = {{}}
+local counts = {0, 0, 0, 0, 0, 0}
+local unknown = {}
 for _, id in ipairs(redis.call('ZRANGE', idset, ARGV[5], ARGV[6])) do
   if redis.call('HEXISTS', retries, id) == 0 then
-    local head = redis.call('GETRANGE', '{result_key_prefix}' .. id, 0, 3)
-    local code = 0
-    if head ~= '' then
-      local b = string.byte(head, 4)
-      if string.sub(head, 2, 3) == 'as' and b == 195 then code = 4
-      elseif string.sub(head, 2, 3) == 'as' and b == 194 then code = 5
-      else code = -1 end
-    elseif redis.call('EXISTS', '{in_progress_key_prefix}' .. id) == 1 then code = 3
-    else
-      local score = redis.call('ZSCORE', queue, id)
-      if score then
-        if tonumber(score) > now then code = 2 else code = 1 end
-      elseif redis.call('EXISTS', '{job_key_prefix}' .. id) == 1 then code = 1
-      end
-    end
+    local code = classify(id, queue, now)
     if code < 0 then unknown[#unknown + 1] = id else counts[code + 1] = counts[code + 1] + 1 end
   end
 end
-return {{counts, unknown}}
+return {counts, unknown}
 """
-STATUS_LUA = STATUS_LUA.replace("'as'", "'\\161s'")  # bytes a1 73: fixstr "s"
-COUNT_LUA = COUNT_LUA.replace("'as'", "'\\161s'")
 
 
 async def batch_counts(redis: Any, queue_name: str, ids_key: str, retries_key: str, now_ms: int,

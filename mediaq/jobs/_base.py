@@ -28,9 +28,20 @@ from typing import Any, TypeVar
 
 from mediaq.errors import JobFailure, TransientJobError
 
-__all__ = ["JobSpec", "job", "make_process_pool", "resources", "run_cpu"]
+__all__ = ["JobSpec", "job", "job_settings", "make_process_pool", "resources", "run_cpu"]
 
 _PROCESS_RESOURCES: dict[str, Any] = {}
+
+
+def job_settings(ctx: dict[str, Any]) -> Any:
+    """The worker's :class:`~mediaq.settings.Settings`, or settings from the environment when a job
+    is called directly (a test, a notebook)."""
+    settings = ctx.get("settings")
+    if settings is None:
+        from mediaq.settings import Settings
+
+        settings = ctx["settings"] = Settings.load()
+    return settings
 
 
 def resources(ctx: dict[str, Any]) -> dict[str, Any]:

@@ -45,7 +45,7 @@ from mediaq.imaging import (
     probe,
     render_outputs,
 )
-from mediaq.jobs._base import job, run_cpu
+from mediaq.jobs._base import job, job_settings, run_cpu
 from mediaq.settings import Settings
 from mediaq.storage import Storage, validate_image_id
 
@@ -76,7 +76,7 @@ async def create_thumbnail(
 ) -> dict[str, Any]:
     """Write ``{storage}/thumbs/{image_id}.{ext}``: the picture fitted within ``width`` x ``height``
     (default 250x200 from settings), upright, sRGB, never upscaled."""
-    s = _settings(ctx)
+    s = job_settings(ctx)
     validate_image_id(image_id)
     _check_source_path(source_path)
     box = _box(s, width, height)
@@ -98,7 +98,7 @@ async def create_variant(
 ) -> dict[str, Any]:
     """Write ``{storage}/{variant}/{image_id}.{ext}`` fitted within ``edge`` x ``edge`` (default
     ``medium_edge`` 1280 or ``large_edge`` 2560), following the seed rules (see the module doc)."""
-    s = _settings(ctx)
+    s = job_settings(ctx)
     validate_image_id(image_id)
     _check_source_path(source_path)
     if variant not in VARIANTS:
@@ -129,7 +129,7 @@ async def create_image_set(
     Returns ``{"image_id", "source_width", "source_height", "source_format", "source_bytes",
     "thumbnail": {...}, "medium": {...}, "large": {...}}`` with the per-output dicts of the single jobs.
     """
-    s = _settings(ctx)
+    s = job_settings(ctx)
     validate_image_id(image_id)
     _check_source_path(source_path)
     specs = {
@@ -206,13 +206,6 @@ _SOURCE_KEYS = ("source_width", "source_height", "source_format", "source_bytes"
 def _source_fields(info: dict[str, Any]) -> dict[str, Any]:
     return {"source_width": info["width"], "source_height": info["height"], "source_format": info["format"],
             "source_bytes": info["bytes"]}
-
-
-def _settings(ctx: dict[str, Any]) -> Settings:
-    settings = ctx.get("settings")
-    if settings is None:
-        settings = ctx["settings"] = Settings.load()
-    return settings
 
 
 def _or(value: Any, default: Any) -> Any:

@@ -38,7 +38,7 @@ from mediaq.errors import ConfigError, PermanentJobError, TransientJobError
 from mediaq.iqdb._errors import InvalidImageError, IqdbServerError, IqdbUnavailable
 from mediaq.iqdb.hashes import parse_hash
 from mediaq.iqdb.signature import compute_signature, to_jpeg_bytes
-from mediaq.jobs._base import job, resources, run_cpu
+from mediaq.jobs._base import job, job_settings, resources, run_cpu
 from mediaq.settings import Settings
 
 __all__ = ["add_to_iqdb", "prepare_thumbnail", "remove_from_iqdb"]
@@ -61,13 +61,6 @@ def prepare_thumbnail(path: str) -> tuple[bytes, str]:
         return jpeg, compute_signature(jpeg).hash
     except InvalidImageError as exc:
         raise PermanentJobError("bad_image", f"{path} is not a decodable image: {exc}", path=path) from None
-
-
-def _settings(ctx: dict[str, Any]) -> Settings:
-    settings = ctx.get("settings")
-    if settings is None:
-        settings = ctx["settings"] = Settings.load()
-    return settings
 
 
 def _resolve(settings: Settings, thumb_path: Any) -> str:
@@ -95,7 +88,7 @@ def _check_image_id(image_id: Any, remote: bool) -> int | str:
 def _backend(ctx: dict[str, Any]) -> Any:
     """The backend object, created once per worker process (kept in :func:`~mediaq.jobs.resources`:
     arq gives each job a copy of ``ctx``)."""
-    settings = _settings(ctx)
+    settings = job_settings(ctx)
     shared = resources(ctx)
     if settings.iqdb_url:
         from mediaq.iqdb.remote import RemoteIqdb
@@ -132,7 +125,7 @@ def _redis_failure(exc: Exception) -> Exception:
 async def add_to_iqdb(ctx: dict[str, Any], image_id: int | str, thumb_path: str) -> dict[str, Any]:
     """Index the thumbnail at ``thumb_path`` (absolute, or relative to ``settings.storage``) as
     ``image_id``, replacing an earlier entry of that id. Returns its hash."""
-    settings = _settings(ctx)
+    settings = job_settings(ctx)
     remote = bool(settings.iqdb_url)
     image_id = _check_image_id(image_id, remote)
     path = _resolve(settings, thumb_path)
@@ -165,7 +158,7 @@ async def add_to_iqdb(ctx: dict[str, Any], image_id: int | str, thumb_path: str)
 async def remove_from_iqdb(ctx: dict[str, Any], image_id: int | str) -> dict[str, Any]:
     """Remove ``image_id`` from the index. ``removed`` is True/False on the embedded index and None on
     a server (which answers the same for unknown ids)."""
-    settings = _settings(ctx)
+    settings = job_settings(ctx)
     remote = bool(settings.iqdb_url)
     image_id = _check_image_id(image_id, remote)
     backend = _backend(ctx)
