@@ -63,7 +63,7 @@ VARIANTS = ("medium", "large")
 
 
 # -- jobs (event loop: validate, CPU work in the pool, file writes in a thread) ---------------------
-@job
+@job(timeout=60)  # seconds: a worst-case (80 Mpx) decode takes a few
 async def create_thumbnail(
     ctx: dict[str, Any],
     image_id: str | int,
@@ -85,7 +85,7 @@ async def create_thumbnail(
     return result["thumbnail"]
 
 
-@job
+@job(timeout=120)  # seconds: a worst-case (80 Mpx) decode takes a few
 async def create_variant(
     ctx: dict[str, Any],
     image_id: str | int,
@@ -109,7 +109,7 @@ async def create_variant(
     return result[variant]
 
 
-@job
+@job(timeout=180)  # seconds: a worst-case (80 Mpx) decode takes a few
 async def create_image_set(
     ctx: dict[str, Any],
     image_id: str | int,
