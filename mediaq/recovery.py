@@ -8,7 +8,8 @@ until it expires: an hour with a one-hour job registered, even for a thumbnail.
 So every mediaq worker keeps **claims** in Redis:
 
 - ``mediaq:claims:<worker>`` (set): the ids of the jobs it is running (added when a job starts,
-  removed when it ends, rewritten from its own asyncio tasks at every heartbeat);
+  removed when it ends, both written in batches within 50 ms; rewritten from its own asyncio tasks at
+  every janitor tick);
 - ``mediaq:claimants`` (hash): worker name (``<host>:<pid>``) -> JSON identity (host, pid, process
   start time, boot id, pid namespace, storage root, registration time);
 
@@ -144,18 +145,28 @@ def _readlink(path: str) -> str | None:
 
 # -- worker side: claims ------------------------------------------------------------------------------
 class Claims:
-    """The jobs this worker runs, mirrored in ``mediaq:claims:<worker>``. Never raises: a Redis error
-    leaves the set to be rewritten at the next :meth:`sync`.
+    """The jobs this worker runs, mirrored in ``mediaq:claims:<worker>``.
 
-    A job counts as running while the asyncio task that started it (arq's ``run_job``) is not done, so a
-    job whose end hook never ran (Redis failed while arq wrote its result) is dropped at the next sync.
+    :meth:`claim` and :meth:`release` do no I/O: a background task (:meth:`run`) writes the changes
+    in one pipeline every ``delay`` seconds, and a job that starts and ends within that time is never
+    written at all, so claims cost tiny jobs next to nothing. A worker killed before a claim was
+    written leaves an unclaimed in-progress key, which the janitor frees as an orphan. Never raises:
+    after a Redis error the changes are kept for the next write, and :meth:`sync` rewrites the set.
+
+    A job counts as running while the asyncio task that started it (arq's ``run_job``) is not done, so
+    a job whose end hook never ran (Redis failed while arq wrote its result) is dropped at the next sync.
     """
 
-    def __init__(self, redis: Any, identity: WorkerIdentity) -> None:
+    def __init__(self, redis: Any, identity: WorkerIdentity, *, delay: float = 0.05) -> None:
         self.redis = redis
         self.identity = identity
         self.key = CLAIMS_PREFIX + identity.name
+        self.delay = delay
         self.running: dict[str, asyncio.Task[Any] | None] = {}
+        self._add: set[str] = set()
+        self._remove: set[str] = set()
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
 
     async def register(self) -> None:
         """Announce this worker (call once the janitor has freed any predecessor with the same name)."""
@@ -165,35 +176,76 @@ class Claims:
                 pipe.hset(CLAIMANTS_KEY, self.identity.name, self.identity.to_json())
                 await pipe.execute()
 
-    async def claim(self, job_id: str) -> None:
-        self.running[job_id] = asyncio.current_task()
+    def claim(self, job_id: str) -> None:
+        """Record that this worker runs ``job_id`` (call from the job's own task)."""
         try:
-            await self.redis.sadd(self.key, job_id)
-        except Exception:
-            logger.debug("claim of %s not written; the next sync writes it", job_id, exc_info=True)
+            task: asyncio.Task[Any] | None = asyncio.current_task()
+        except RuntimeError:
+            task = None
+        self.running[job_id] = task
+        self._remove.discard(job_id)
+        self._add.add(job_id)
+        self._wake.set()
 
-    async def release(self, job_id: str) -> None:
+    def release(self, job_id: str) -> None:
+        """Record that ``job_id`` ended here."""
         self.running.pop(job_id, None)
-        try:
-            await self.redis.srem(self.key, job_id)
-        except Exception:
-            logger.debug("release of %s not written; the next sync removes it", job_id, exc_info=True)
+        if job_id in self._add:
+            self._add.discard(job_id)  # never written: nothing to undo
+        else:
+            self._remove.add(job_id)
+            self._wake.set()
+
+    async def flush(self) -> None:
+        """Write the pending claims and releases now (one pipeline)."""
+        async with self._lock:
+            add, remove = self._add, self._remove
+            self._add, self._remove = set(), set()
+            if not (add or remove):
+                return
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    if add:
+                        pipe.sadd(self.key, *add)
+                    if remove:
+                        pipe.srem(self.key, *remove)
+                    await pipe.execute()
+            except Exception:
+                logger.debug("claims not written; kept for the next write", exc_info=True)
+                self._add |= {j for j in add if j in self.running and j not in self._remove}
+                self._remove |= {j for j in remove if j not in self.running and j not in self._add}
+
+    async def run(self) -> None:
+        """Write changes ``delay`` seconds after they happen, until cancelled."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await asyncio.sleep(self.delay)
+            await self.flush()
+            if self._add or self._remove:  # the write failed: try again a little later
+                await asyncio.sleep(1.0)
+                self._wake.set()
 
     async def sync(self) -> int:
         """Rewrite the claims from the jobs really running; returns how many ended without their end
         hook (their in-progress keys may be left behind: the janitor then looks for orphans)."""
-        ended = [job_id for job_id, task in self.running.items() if task is not None and task.done()]
-        for job_id in ended:
-            del self.running[job_id]
-        try:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.delete(self.key)
-                if self.running:
-                    pipe.sadd(self.key, *self.running)
-                pipe.hset(CLAIMANTS_KEY, self.identity.name, self.identity.to_json())
-                await pipe.execute()
-        except Exception:
-            logger.debug("claims sync failed", exc_info=True)
+        async with self._lock:
+            ended = [job_id for job_id, task in self.running.items() if task is not None and task.done()]
+            for job_id in ended:
+                del self.running[job_id]
+            self._add.clear()  # the rewrite below supersedes them
+            self._remove.clear()
+            try:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.delete(self.key)
+                    if self.running:
+                        pipe.sadd(self.key, *self.running)
+                    pipe.hset(CLAIMANTS_KEY, self.identity.name, self.identity.to_json())
+                    await pipe.execute()
+            except Exception:
+                logger.debug("claims sync failed", exc_info=True)
+                self._add |= set(self.running)
+                self._wake.set()
         return len(ended)
 
     async def unregister(self) -> None:
@@ -279,6 +331,7 @@ class Janitor:
         self._remote_hold_until = 0.0
         self._scripts: dict[str, Any] = {}
         self._dead_identities: dict[str, WorkerIdentity | None] = {}  # storage roots still to sweep
+        self._orphan_scan_due = False
 
     def _script(self, name: str, source: str) -> Any:
         if name not in self._scripts:
@@ -398,8 +451,11 @@ class Janitor:
         ended = await self.claims.sync() if self.claims is not None else 0
         orphans: list[str] = []
         swept: list[Path] = []
-        if look_for_orphans or dead or restarted or ended:
+        # kept until a scan completes: a tick that fails half way (Redis away) must not forget it
+        self._orphan_scan_due = self._orphan_scan_due or bool(look_for_orphans or dead or restarted or ended)
+        if self._orphan_scan_due:
             orphans = await self.free_orphans()  # waits `grace` when there are candidates
+            self._orphan_scan_due = False
         if dead:  # the dead writers' files are older than `started`: let them age past the grace
             await asyncio.sleep(max(0.0, self.grace - (time.monotonic() - started)))
             roots = {self.identity.storage} | {w.storage for w in self._dead_identities.values() if w}

@@ -89,6 +89,7 @@ async def _startup(ctx: dict[str, Any]) -> None:
     except Exception:  # Redis away: the janitor's loop tries again
         logger.warning("could not check for dead workers at start", exc_info=True)
     await claims.register()
+    ctx["claims_writer"] = asyncio.create_task(claims.run())
     ctx["janitor"] = asyncio.create_task(janitor.run(startup_dead=dead))
     ctx["stats_flush"] = asyncio.create_task(_flush_stats(ctx))
     ready = os.environ.get(READY_FILE_ENV)
@@ -98,7 +99,7 @@ async def _startup(ctx: dict[str, Any]) -> None:
 
 
 async def _shutdown(ctx: dict[str, Any]) -> None:
-    for name in ("watchdog", "heartbeat", "stats_flush", "janitor"):
+    for name in ("watchdog", "heartbeat", "stats_flush", "janitor", "claims_writer"):
         task = ctx.pop(name, None)
         if task is not None:
             task.cancel()
@@ -171,13 +172,13 @@ async def _flush_stats(ctx: dict[str, Any], interval: float = 1.0) -> None:
 
 async def _job_start(ctx: dict[str, Any]) -> None:
     ctx["stats"]["ongoing"] += 1
-    await ctx["claims"].claim(ctx["job_id"])  # never raises
+    ctx["claims"].claim(ctx["job_id"])  # no I/O: written in batches (see mediaq.recovery.Claims)
 
 
 async def _job_end(ctx: dict[str, Any]) -> None:
     ctx["stats"]["ongoing"] -= 1
     ctx["stats"]["finished"] += 1
-    await ctx["claims"].release(ctx["job_id"])
+    ctx["claims"].release(ctx["job_id"])
 
 
 async def _watch_embedded(settings: Settings, interval: float = 1.0) -> None:

@@ -7,6 +7,7 @@ folder (the worker only restarts the *embedded* server: ``redis_url`` is None th
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -57,7 +58,7 @@ async def test_server_sigkilled_mid_batch_loses_no_acknowledged_job(embedded):
 
         # the client rides out the outage (its pool retries) while the worker's watchdog restarts the
         # server, which reloads its AOF; nothing is re-enqueued by hand
-        counts = await batch.wait(progress=False, timeout=120)
+        counts = await batch.wait(progress=False, timeout=90)
         after = server.status()
         assert after["running"] and after["pid"] != before["pid"] and after["port"] == before["port"]
         assert counts == {**counts, "complete": n, "failed": 0, "not_found": 0}, counts
@@ -114,7 +115,7 @@ async def test_enqueue_interrupted_by_a_dead_server_then_rerun_completes_without
         assert sorted(batch.skipped) == sorted(f"item{i}" for i in range(2000))  # not written twice
         assert await client.redis.zcard(settings.queue_name) == n
         workers.append(mediaq.LocalWorker(settings.replace(max_jobs=50)).start())
-        counts = await batch.wait(progress=False, timeout=120)
+        counts = await batch.wait(progress=False, timeout=90)
         assert counts["complete"] == n and counts["failed"] == 0, counts
         df = await batch.results()
         assert len(df) == n and df["job_id"].is_unique and (df["tries"] == 1).all()
@@ -146,5 +147,26 @@ async def test_client_waits_for_a_restarting_server_then_fails_clearly_if_it_sta
         server.stop()
         with pytest.raises(RedisConnectionError):
             await client.redis.get("kept")
+    finally:
+        await client.close()
+
+
+async def test_a_job_left_marked_running_by_a_crash_runs_again_after_the_restart(embedded):
+    """What a crash that loses a result looks like: the job is still queued and marked in progress,
+    and no worker runs it. The worker notices the server restarted and frees it (arq alone: 3610 s)."""
+    settings, server, workers = embedded
+    client = await mediaq.connect(settings=settings)
+    try:
+        workers.append(mediaq.LocalWorker(settings).start())
+        await asyncio.sleep(0.5)  # past the worker's start-up orphan scan
+        await client.redis.psetex("arq:in-progress:lost", 3_610_000, b"1")
+        await client.enqueue_job("noop", "found", _job_id="lost")
+        await asyncio.sleep(2.5)  # several janitor ticks: a live worker's running job is never touched
+        assert await client.redis.exists("arq:in-progress:lost") and not await client.redis.exists("arq:result:lost")
+        await asyncio.sleep(1.2)  # fsynced
+        os.kill(server.status()["pid"], signal.SIGKILL)
+        assert await client.result("lost", timeout=60) == "found"
+        recoveries = [json.loads(r) for r in await client.redis.lrange("mediaq:recoveries", 0, -1)]
+        assert [r["ids"] for r in recoveries if r["reason"] == "orphans"] == [["lost"]]
     finally:
         await client.close()
