@@ -441,6 +441,10 @@ class Janitor:
                 await pipe.execute()
 
     # -- the loop --------------------------------------------------------------------------------------
+    def request_orphan_scan(self) -> None:
+        """Look for orphans at the next tick (the worker failed to talk to Redis mid-job)."""
+        self._orphan_scan_due = True
+
     async def tick(self, *, look_for_orphans: bool = False,
                    dead_before: dict[str, WorkerIdentity | None] | None = None) -> dict[str, Any]:
         """One pass: dead workers, then (if anything suggests it) orphans and temporary files.

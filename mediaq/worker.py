@@ -25,7 +25,7 @@ from typing import Any
 
 from mediaq.settings import Settings
 
-__all__ = ["WorkerSettings", "build_worker_settings", "checked_job_loads", "job_record_problem"]  # noqa: F822 - built on lookup
+__all__ = ["WorkerSettings", "build_worker_settings", "checked_job_loads", "harden_arq_worker", "job_record_problem"]  # noqa: F822 - built on lookup
 
 logger = logging.getLogger("arq.mediaq")  # under "arq" so the arq CLI's log config shows it
 READY_FILE_ENV = "MEDIAQ_WORKER_READY_FILE"
@@ -82,7 +82,8 @@ async def _startup(ctx: dict[str, Any]) -> None:
     identity = WorkerIdentity.current(storage=settings.storage)
     claims = ctx["claims"] = Claims(ctx["redis"], identity)
     interval = settings.health_check_interval
-    janitor = Janitor(ctx["redis"], identity, interval=interval, heartbeat_ttl=3 * interval, claims=claims)
+    janitor = ctx["janitor_obj"] = Janitor(ctx["redis"], identity, interval=interval, heartbeat_ttl=3 * interval,
+                                           claims=claims)
     dead: dict[str, Any] = {}
     try:
         dead = await janitor.free_dead()
@@ -196,6 +197,54 @@ async def _watch_embedded(settings: Settings, interval: float = 1.0) -> None:
             logger.exception("could not restart the embedded Redis server")
 
 
+def harden_arq_worker() -> bool:
+    """Keep arq's worker loop alive through Redis outages and restarts (arq 0.28; idempotent).
+
+    arq runs ``_poll_iteration`` with no error handling: once a Redis call has used up its retries
+    (an outage longer than ~11 s), or when the server answers ``LOADING`` right after a restart while
+    arq is between ``WATCH`` and ``MULTI`` (redis-py then raises ``WatchError`` instead of retrying),
+    the exception ends the worker. Patched here, in the worker process only (called when the
+    ``WorkerSettings`` are built): such an error is logged, the slot of the job being started is given
+    back (``start_jobs`` had counted it without starting it), the janitor is asked to look for an
+    in-progress key left by it, and polling continues a second later. Returns whether it patched.
+    """
+    from arq.worker import Worker
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+    from redis.exceptions import WatchError
+
+    if getattr(Worker, "_mediaq_hardened", False):
+        return False
+    if not all(hasattr(Worker, a) for a in ("start_jobs", "_poll_iteration")):  # another arq version
+        logger.warning("arq.worker.Worker has changed: the worker loop is not hardened against Redis outages")
+        return False
+    errors = (RedisConnectionError, RedisTimeoutError, WatchError, OSError)
+    start_jobs, poll_iteration = Worker.start_jobs, Worker._poll_iteration
+
+    async def hardened_start_jobs(self: Any, job_ids: list[bytes]) -> None:
+        try:
+            await start_jobs(self, job_ids)
+        except errors:
+            self.job_counter -= 1  # counted before its WATCH/MULTI, never started
+            self.sem.release()
+            raise
+
+    async def hardened_poll_iteration(self: Any) -> None:
+        try:
+            await poll_iteration(self)
+        except errors as exc:
+            logger.warning("Redis failed in the worker loop (%s: %s); polling again in 1 s", type(exc).__name__, exc)
+            janitor = self.ctx.get("janitor_obj")
+            if janitor is not None:
+                janitor.request_orphan_scan()
+            await asyncio.sleep(1.0)
+
+    Worker.start_jobs = hardened_start_jobs  # type: ignore[method-assign]
+    Worker._poll_iteration = hardened_poll_iteration  # type: ignore[method-assign]
+    Worker._mediaq_hardened = True  # type: ignore[attr-defined]
+    return True
+
+
 _MAX_EPOCH_MS = 253_402_300_799_999  # 9999-12-31: what datetime can hold
 
 
@@ -252,6 +301,7 @@ def build_worker_settings(settings: Settings | None = None, **overrides: Any) ->
     from mediaq.server import resolve_redis_url
 
     settings = (settings or Settings.load()).replace(**overrides) if overrides else (settings or Settings.load())
+    harden_arq_worker()
     url = resolve_redis_url(settings)
     from mediaq.stats import WorkerStats
 

@@ -170,3 +170,24 @@ async def test_a_job_left_marked_running_by_a_crash_runs_again_after_the_restart
         assert [r["ids"] for r in recoveries if r["reason"] == "orphans"] == [["lost"]]
     finally:
         await client.close()
+
+
+async def test_worker_outlives_an_outage_longer_than_its_retries(embedded):
+    """A server the worker does not own (explicit URL: no watchdog) is down for 16 s, longer than the
+    worker's ~11 s of retries: arq's loop would end; the worker keeps polling and resumes."""
+    settings, server, workers = embedded
+    explicit = settings.replace(redis_url=server.url())
+    worker = mediaq.LocalWorker(explicit).start()
+    workers.append(worker)
+    client = await mediaq.connect(settings=explicit)
+    try:
+        assert await client.result(await client.enqueue_job("noop", "before"), timeout=30) == "before"
+        server.stop()
+        await asyncio.sleep(16)
+        assert worker.alive, worker.logs(20)
+        server.ensure_running()  # same port and password
+        assert await client.result(await client.enqueue_job("noop", "after"), timeout=30) == "after"
+        assert worker.alive
+        assert "Redis failed in the worker loop" in worker.logs(400)
+    finally:
+        await client.close()
