@@ -346,9 +346,9 @@ def _pool(url: str, timeout: float) -> aioredis.ConnectionPool:
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
-    from mediaq.server import redis_retry
+    from mediaq.server import redis_retry, retrying_pool
 
-    return aioredis.ConnectionPool.from_url(
+    return retrying_pool(  # a ConnectionPool that also retries taking (reconnecting) a connection
         url, socket_connect_timeout=timeout, socket_timeout=max(30.0, timeout), health_check_interval=30,
         retry=redis_retry(8),  # also retries a refused reconnect; retries do not nest
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
