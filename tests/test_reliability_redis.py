@@ -191,3 +191,62 @@ async def test_worker_outlives_an_outage_longer_than_its_retries(embedded):
         assert "Redis failed in the worker loop" in worker.logs(400)
     finally:
         await client.close()
+
+
+class ResettingProxy:
+    """A TCP proxy to a real server that resets the next ``resets`` connections right after accepting
+    them (what a client meets when a server is restarting)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.resets = 0
+        self.reset_done = 0
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import socket as socket_module
+        import struct
+
+        if self.resets > 0:
+            self.resets -= 1
+            self.reset_done += 1
+            await reader.read(1)  # the client's AUTH has been sent
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket_module.SOL_SOCKET, socket_module.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()  # RST
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def close(self) -> None:
+        self.server.close()
+
+
+async def test_client_retries_a_connection_reset_during_its_handshake(redis_server, settings):
+    proxy = ResettingProxy(redis_server.port)
+    port = await proxy.start()
+    url = redis_server.url.replace(f":{redis_server.port}", f":{port}")
+    client = await mediaq.connect(settings=settings.replace(redis_url=url))
+    try:
+        await client.redis.set("k", "v")
+        await client.redis.connection_pool.disconnect()  # the next call must connect again...
+        proxy.resets = 3  # ...and meets three resets during AUTH
+        assert await client.redis.get("k") == b"v"
+        assert proxy.reset_done == 3
+    finally:
+        await client.close()
+        await proxy.close()
