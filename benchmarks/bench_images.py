@@ -157,7 +157,7 @@ async def queue_rate(client: mediaq.Client, function: str, items: list[dict], ba
     bulk enqueue to the last finish, CPU seconds per image of ``pids``: the worker, its pool, Redis).
 
     The first figure is the throughput; the second adds the enqueue and the worker's pick-up delay
-    (up to ``poll_delay``, 0.2 s), which weighs on short runs only.
+    (up to ``poll_delay``), which weighs on short runs only.
     """
     cpu0 = _cpu(pids or [])
     t0 = time.time()
@@ -279,7 +279,7 @@ def run(ctx: BenchContext) -> list[dict]:
     rows = [
         row("thumbnails/s, queue (1 worker, 2 processes) vs fastest direct Pillow >= 45 dB (2 processes)",
             queue, direct[best], "images/s", baseline_name=f"{best}, ProcessPool(2), no queue"),
-        row("same, counting the enqueue and the worker's pick-up delay (up to poll_delay 0.2 s)", queue_total,
+        row("same, counting the enqueue and the worker's pick-up delay (up to poll_delay)", queue_total,
             direct[best], "images/s", baseline_name=best),
         row("CPU per thumbnail: worker loop + pool + Redis server vs that method's pool", queue_cpu * 1000,
             measured[best][1] * 1000, "ms", higher_is_better=False, baseline_name=best),

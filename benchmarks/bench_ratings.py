@@ -33,7 +33,7 @@ from mediaq.batch import Batch
 from mediaq.ratings import RatingsStore, bayesian_ratings, enqueue_library
 
 REPEATS = 3
-#: the helper's default (1000) and ``None``: max_jobs chunks. With the seed's poll_delay (0.2 s) and
+#: the helper's default (1000) and ``None``: max_jobs chunks. With a poll_delay of 0.2 s and
 #: max_jobs (10) a worker starts about 10 jobs per poll, so 100 chunks of 1000 wait on ~10 polls.
 CHUNK_SIZES: tuple[int | None, ...] = (1000, None)
 

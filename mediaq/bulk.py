@@ -87,8 +87,9 @@ COUNT_LUA = _CLASSIFY + """
 local queue, now, idset, retries = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local counts = {0, 0, 0, 0, 0, 0}
 local unknown = {}
+local any_retries = redis.call('EXISTS', retries) == 1
 for _, id in ipairs(redis.call('ZRANGE', idset, ARGV[5], ARGV[6])) do
-  if redis.call('HEXISTS', retries, id) == 0 then
+  if not any_retries or redis.call('HEXISTS', retries, id) == 0 then
     local code = classify(id, queue, now)
     if code < 0 then unknown[#unknown + 1] = id else counts[code + 1] = counts[code + 1] + 1 end
   end

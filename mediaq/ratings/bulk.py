@@ -55,7 +55,7 @@ async def enqueue_library(
     at ``ratings_url``, default ``client.settings.resolved_ratings_url``), ``chunk_size`` ids per job,
     in one named :class:`~mediaq.batch.Batch` (``batch``; default a new name).
 
-    Chunk size: a worker starts about ``max_jobs`` jobs per poll (seed: 10 per 0.2 s), and chunk jobs
+    Chunk size: a worker starts about ``max_jobs`` jobs per poll (10 per poll), and chunk jobs
     of 1000 ids take a few ms, so a library of 100 chunks waits on ~10 polls. The default
     ``chunk_size=None`` makes ``max_jobs`` chunks (``ceil(len / settings.max_jobs)`` ids each, from 1000 to 20,000): one
     poll starts them all. Many workers? Use ``len / (workers * max_jobs)`` or smaller.
