@@ -30,9 +30,13 @@ async def fetch_records(redis: Any, ids: Sequence[str], loads: Callable[[bytes],
                         chunk: int = 2000) -> list[tuple[str, dict[str, Any] | None, dict[str, Any] | None]]:
     """``(job_id, result_record, job_record)`` per id; the job record only where there is no result."""
     out = []
-    for start in range(0, len(ids), chunk):
-        part = ids[start:start + chunk]
-        raw_results = await redis.mget([result_key_prefix + i for i in part])
+    per_trip = chunk * 8  # several MGETs per round trip
+    for trip in range(0, len(ids), per_trip):
+        part = ids[trip:trip + per_trip]
+        async with redis.pipeline(transaction=False) as pipe:
+            for start in range(0, len(part), chunk):
+                pipe.mget([result_key_prefix + i for i in part[start:start + chunk]])
+            raw_results = [raw for reply in await pipe.execute() for raw in reply]
         missing = [i for i, r in zip(part, raw_results, strict=True) if r is None]
         raw_jobs = {}
         if missing:
