@@ -364,7 +364,10 @@ class Janitor:
                 registered = w.registered if w is not None else 0.0
                 alive = (name in beating or now < self._remote_hold_until
                          or now - registered < self.heartbeat_ttl)
-            (live.append(name) if alive else dead.__setitem__(name, w))
+            if alive:
+                live.append(name)
+            else:
+                dead[name] = w
         return live, dead
 
     async def _server_restarted(self) -> bool:
