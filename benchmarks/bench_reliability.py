@@ -59,7 +59,7 @@ STOCK_SETTINGS = textwrap.dedent('''
         ctx["settings"] = Settings.load()
 
     class WorkerSettings:
-        functions = [func(noop, name="noop", timeout=10), func(sleep, name="sleep", timeout=3600),
+        functions = [func(noop, name="noop", timeout=10), func(sleep, name="sleep", timeout=600),
                      func(create_thumbnail, name="create_thumbnail")]
         redis_settings = RedisSettings.from_dsn(os.environ["STOCK_REDIS_URL"])
         job_serializer, job_deserializer = msgpack_dumps, msgpack_loads

@@ -22,7 +22,7 @@ import pandas as pd
 import redis.asyncio as aioredis
 from arq.connections import ArqRedis
 from arq.constants import abort_jobs_ss, default_queue_name, result_key_prefix
-from arq.jobs import Job
+from arq.jobs import DeserializationError, Job
 from redis.exceptions import RedisError
 
 from mediaq.batch import Batch, batch_key, new_batch_name
@@ -55,8 +55,9 @@ class Client:
                 f"queue={self.settings.queue_name!r} serializer={self.settings.serializer}>")
 
     async def close(self) -> None:
-        await self.redis.aclose()
-        await self.cache.aclose()
+        """Close both connection pools."""
+        await self.redis.aclose(close_connection_pool=True)
+        await self.cache.aclose(close_connection_pool=True)
 
     aclose = close
 
@@ -116,6 +117,10 @@ class Client:
             return await self.job(job_id).result(timeout=timeout, poll_delay=poll_delay)
         except JobError:
             raise
+        except DeserializationError as exc:  # a malformed or foreign (pickle?) record: refused, not run
+            reason = exc.__cause__ or exc
+            raise JobError("mediaq.UnreadableRecord", f"cannot decode the result of {job_id!r}: {reason}. Is another "
+                           "client writing with a different serializer (MEDIAQ_SERIALIZER)?") from None
         except asyncio.CancelledError as exc:  # aborted job in pickle mode
             raise JobError("asyncio.CancelledError", "job aborted") from exc
         except TimeoutError:
@@ -318,8 +323,8 @@ async def connect(url: str | None = None, *, settings: Settings | None = None, *
     try:
         await redis.ping()
     except Exception as exc:
-        await redis.aclose()
-        await cache.aclose()
+        await redis.aclose(close_connection_pool=True)
+        await cache.aclose(close_connection_pool=True)
         raise RedisUnavailable(f"cannot use Redis at {redact_url(server_url)}: {exc}. Check MEDIAQ_REDIS_URL, "
                                "or run `mediaq doctor`.") from None
     return Client(settings, server_url, redis, cache)

@@ -17,10 +17,10 @@ async def noop(ctx: dict[str, Any], value: Any = None) -> Any:
     return value
 
 
-@job(timeout=3600)
+@job(timeout=600)  # arq keeps every in-progress key for the longest timeout of any job: keep it short
 async def sleep(ctx: dict[str, Any], seconds: float = 1.0) -> float:
-    """Sleep ``seconds`` then return them: a stand-in for a slow job (aborts, dashboards)."""
-    if not isinstance(seconds, (int, float)) or seconds < 0:
-        raise ConfigError(f"sleep(seconds={seconds!r}): seconds must be a number >= 0")
+    """Sleep ``seconds`` (0 to 590) then return them: a stand-in for a slow job (aborts, dashboards)."""
+    if not isinstance(seconds, (int, float)) or not 0 <= seconds <= 590:
+        raise ConfigError(f"sleep(seconds={seconds!r}): seconds must be a number from 0 to 590")
     await asyncio.sleep(seconds)
     return float(seconds)
