@@ -119,6 +119,6 @@ def _detail(r: pd.Series) -> str:
             parts.append(f"{key[0]}:{v.get('width')}x{v.get('height')}" if not v.get("skipped") else f"{key[0]}:skip")
     if isinstance(r.get("hash"), str):
         parts.append(r["hash"][:18] + "...")
-    if pd.notna(r.get("updated")) if "updated" in r else False:
-        parts.append(f"{r['updated']} ratings updated")
+    if "updated" in r and pd.notna(r["updated"]):
+        parts.append(f"{int(r['updated'])} ratings updated")
     return " ".join(parts)
