@@ -275,7 +275,7 @@ class Client:
 
     # -- whole-queue views ------------------------------------------------------------------
     async def queue_counts(self) -> dict[str, int]:
-        """Counts for the whole queue: queued, deferred, in_progress, results (complete+failed)."""
+        """Jobs waiting in the whole queue: ``queued`` (due now) and ``deferred`` (one pipeline of two ZCOUNTs)."""
         now = int(time.time() * 1000)
         queue = self.settings.queue_name
         async with self.redis.pipeline(transaction=False) as pipe:
