@@ -18,9 +18,9 @@ import struct
 import numpy as np
 
 from mediaq.iqdb._errors import InvalidHashError
-from mediaq.iqdb.signature import NUM_COEFS, Signature
+from mediaq.iqdb.signature import NUM_COEFS, ImageInput, Signature, compute_signature
 
-__all__ = ["HASH_LENGTH", "HASH_PREFIX", "format_hash", "is_hash", "looks_like_hash", "pack_signature",
+__all__ = ["HASH_LENGTH", "HASH_PREFIX", "as_signature", "format_hash", "is_hash", "looks_like_hash", "pack_signature",
            "parse_hash", "unpack_signature"]
 
 HASH_PREFIX = "iqdb_"
@@ -78,3 +78,12 @@ def parse_hash(text: str) -> Signature:
     except ValueError:
         raise InvalidHashError("an IQDB hash is hexadecimal after 'iqdb_'") from None
     return unpack_signature(raw)
+
+
+def as_signature(value: Signature | str | ImageInput) -> Signature:
+    """A signature from a :class:`Signature`, an ``iqdb_`` hash, or an image (bytes, path, PIL)."""
+    if isinstance(value, Signature):
+        return value
+    if looks_like_hash(value):
+        return parse_hash(value)  # type: ignore[arg-type]
+    return compute_signature(value)

@@ -32,9 +32,15 @@ import pandas as pd
 
 from mediaq.errors import ConfigError
 from mediaq.iqdb._errors import InvalidHashError
-from mediaq.iqdb.hashes import PACKED_SIZE, looks_like_hash, pack_signature, parse_hash, unpack_signature
+from mediaq.iqdb.hashes import (
+    PACKED_SIZE,
+    as_signature,
+    pack_signature,
+    parse_hash,
+    unpack_signature,
+)
 from mediaq.iqdb.local import ImageId, LocalIndex, Match
-from mediaq.iqdb.signature import ImageInput, Signature, compute_signature
+from mediaq.iqdb.signature import ImageInput, Signature
 from mediaq.settings import Settings
 
 __all__ = ["DEFAULT_PREFIX", "IqdbIndex", "SyncIqdbIndex", "as_signature"]
@@ -84,15 +90,6 @@ for i = 1, #log, 2 do
 end
 return {epoch, seq, log, sigs}
 """
-
-
-def as_signature(value: Signature | str | ImageInput) -> Signature:
-    """A signature from a :class:`Signature`, an ``iqdb_`` hash, or an image (bytes, path, PIL)."""
-    if isinstance(value, Signature):
-        return value
-    if looks_like_hash(value):
-        return parse_hash(value)  # type: ignore[arg-type]
-    return compute_signature(value)
 
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from mediaq.errors import ConfigError
 from mediaq.iqdb._errors import IqdbServerError, IqdbUnavailable
-from mediaq.iqdb.hashes import looks_like_hash, parse_hash
+from mediaq.iqdb.hashes import as_signature, looks_like_hash, parse_hash
 from mediaq.iqdb.local import Match, merge_mirrored
 from mediaq.iqdb.signature import ImageInput, Signature, compute_signature, mirror_signature, to_jpeg_bytes
 
@@ -169,14 +169,6 @@ class _RemoteBase:
         return out
 
     @staticmethod
-    def _query_signature(query: Signature | str | ImageInput) -> Signature:
-        if isinstance(query, Signature):
-            return query
-        if looks_like_hash(query):
-            return parse_hash(query)  # type: ignore[arg-type]
-        return compute_signature(query)
-
-    @staticmethod
     def _capacity(body: Any) -> int:
         if not isinstance(body, dict) or "images" not in body:
             raise IqdbServerError(f"IQDB /status answer has no 'images': {str(body)[:200]}", status=200)
@@ -226,7 +218,7 @@ class RemoteIqdb(_RemoteBase):
         """
         limit = _check_limit(limit)
         if mirror:
-            sig = self._query_signature(query)
+            sig = as_signature(query)
             a = await self.query(sig, limit)
             b = await self.query(mirror_signature(sig), limit)
             return merge_mirrored(a, b, limit, mirror_margin)
@@ -273,7 +265,7 @@ class SyncRemoteIqdb(_RemoteBase):
               mirror_margin: float = 0.0) -> list[Match]:
         limit = _check_limit(limit)
         if mirror:
-            sig = self._query_signature(query)
+            sig = as_signature(query)
             return merge_mirrored(self.query(sig, limit), self.query(mirror_signature(sig), limit), limit,
                                   mirror_margin)
         params = {"limit": str(limit)}
