@@ -68,6 +68,29 @@ async def client(settings: Settings) -> AsyncIterator[mediaq.Client]:
 
 
 @pytest.fixture
+def mount_tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """Factory: ``mount_tmpfs("64k")`` mounts a real tmpfs of that size (for full and read-only disks),
+    unmounted at teardown; skipped with the reason where mounting is refused (needs root)."""
+    import subprocess
+
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        mnt = tmp_path / f"mnt{len(mounted)}"
+        mnt.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(mnt)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root and mount rights): {done.stderr.strip()}")
+        mounted.append(mnt)
+        return mnt
+
+    yield mount
+    for mnt in mounted:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture
 def start_worker(settings: Settings) -> Iterator[Callable[..., mediaq.LocalWorker]]:
     """Factory: ``start_worker(**setting_overrides)`` starts a real worker subprocess, ready to work."""
     started: list[mediaq.LocalWorker] = []

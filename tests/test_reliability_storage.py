@@ -21,17 +21,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def tmpfs(tmp_path):
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root and mount rights): {done.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+def tmpfs(mount_tmpfs):
+    return mount_tmpfs("1m")
 
 
 def remount(mnt: Path, mode: str) -> None:

@@ -223,18 +223,9 @@ def test_error_codes_by_errno(tmp_path, monkeypatch, code, expected):
 
 
 @pytest.fixture
-def tmpfs(tmp_path):
+def tmpfs(mount_tmpfs):
     """A real 64 KiB tmpfs (needs root and mount rights; skipped with the reason otherwise)."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True,
-                          text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+    return mount_tmpfs("64k")
 
 
 def test_real_full_disk(tmpfs):
