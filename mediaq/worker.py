@@ -69,6 +69,7 @@ async def _startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["mediaq_settings"]
     ctx["settings"] = settings
     ctx["pool"] = make_process_pool(settings.processes)
+    ctx["resources"] = {}  # what jobs keep per process (mediaq.jobs.resources): arq copies ctx per job
     ctx["cache"] = aioredis.Redis.from_url(
         with_db(ctx["mediaq_url"], settings.cache_db, keep_explicit=False),
         socket_connect_timeout=settings.connect_timeout, socket_timeout=30,
@@ -121,8 +122,22 @@ async def _shutdown(ctx: dict[str, Any]) -> None:
     cache = ctx.pop("cache", None)
     if cache is not None:
         await cache.aclose()
-    for value in list(ctx.values()):  # per-process resources jobs cached (engines, indexes)
-        closer = getattr(value, "aclose", None) or getattr(value, "dispose", None)
+    await _close_resources(ctx.pop("resources", {}))
+
+
+async def _close_resources(resources: dict[str, Any]) -> None:
+    """Close what jobs kept in ``resources(ctx)``: a replacement pool, DB engines and stores, clients.
+    ctx itself is left alone: its Redis pool is arq's, closed by arq after this hook."""
+    from concurrent.futures import Executor
+
+    for value in resources.values():
+        if isinstance(value, dict):
+            await _close_resources(value)
+            continue
+        if isinstance(value, Executor):
+            value.shutdown(wait=True, cancel_futures=True)
+            continue
+        closer = getattr(value, "aclose", None) or getattr(value, "close", None) or getattr(value, "dispose", None)
         if callable(closer) and not isinstance(value, type):
             with contextlib.suppress(Exception):
                 result = closer()
