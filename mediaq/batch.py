@@ -22,7 +22,7 @@ import pandas as pd
 from arq.constants import abort_jobs_ss
 
 from mediaq.bulk import STATES, batch_counts, enqueue_chunk, job_entry, status_codes
-from mediaq.frames import fetch_records, records_frame
+from mediaq.frames import FrameBuilder, fetch_records, iter_records
 
 if TYPE_CHECKING:
     from mediaq.client import Client
@@ -182,17 +182,16 @@ class Batch:
         """One row per job (see :mod:`mediaq.frames`); pending jobs have their state and no timings."""
         await self.load()
         ids = list(self._ids or []) if all_attempts else self.active_ids
-        records = await fetch_records(self.client.redis, ids, self.client.loads)
-        pending = [job_id for job_id, result, _ in records if result is None]  # only these need a state
+        builder = FrameBuilder(batch=self.name, signatures=self.client.signatures())
+        async for part in iter_records(self.client.redis, ids, self.client.loads):
+            builder.add(part)
+        pending = builder.pending_ids  # only these need a state
         codes = await status_codes(self.client.redis, self.client.settings.queue_name, pending,
                                    int(time.time() * 1000))
         states = {i: STATES[c] if c < len(STATES) else "complete" for i, c in zip(pending, codes, strict=True)}
         origin = {new: old for old, new in self._retries.items()}
-        extra = {i: {"retry_of": origin.get(i)} for i in ids}
-        df = records_frame(records, statuses=states, batch=self.name, extra=extra,
-                           signatures=self.client.signatures())
-        df["retry_of"] = df["retry_of"].astype("string")
-        return df
+        retry_of = pd.array([origin.get(i) for i in ids] if origin else [None] * len(ids), dtype="string")
+        return builder.frame(statuses=states, extra_columns={"retry_of": retry_of})
 
     async def failed(self) -> pd.DataFrame:
         """The failed jobs' rows (error type, code, message, traceback)."""

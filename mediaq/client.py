@@ -28,7 +28,7 @@ from redis.exceptions import RedisError
 from mediaq.batch import Batch, batch_key, new_batch_name
 from mediaq.bulk import enqueue_chunk, job_entry
 from mediaq.errors import ConfigError, EnqueueError, JobError, RedisUnavailable
-from mediaq.frames import fetch_records, records_frame
+from mediaq.frames import FrameBuilder, iter_records
 from mediaq.registry import load_jobs
 from mediaq.serialization import get_serializer
 from mediaq.server import resolve_redis_url, with_db
@@ -285,22 +285,25 @@ class Client:
         return {"queued": ready, "deferred": deferred}
 
     async def results_frame(self, chunk: int = 2000) -> pd.DataFrame:
-        """Every result in Redis as a DataFrame (SCAN, then MGET in pipelined chunks)."""
+        """Every result in Redis as a DataFrame, oldest first (SCAN, then MGET in pipelined chunks)."""
         ids = [k.decode()[len(result_key_prefix):]
                async for k in self.redis.scan_iter(match=result_key_prefix + "*", count=5000)]
-        records = await fetch_records(self.redis, ids, self.loads, chunk)
-        return records_frame(records, signatures=self.signatures()).sort_values("enqueue_time", ignore_index=True)
+        builder = FrameBuilder(signatures=self.signatures())
+        async for part in iter_records(self.redis, ids, self.loads, chunk):
+            builder.add(part)
+        return builder.frame().sort_values("enqueue_time", ignore_index=True)
 
     async def queue_frame(self, chunk: int = 2000) -> pd.DataFrame:
-        """What is waiting in the queue (queued and deferred), in run order."""
+        """What is waiting in the queue (queued and deferred), in run order, with a ``run_at`` column."""
         entries = await self.redis.zrange(self.settings.queue_name, 0, -1, withscores=True)
         ids = [i.decode() for i, _ in entries]
         now = time.time() * 1000
-        statuses = {i.decode(): ("deferred" if s > now else "queued") for i, s in entries}
-        records = [(i, None, j) for i, _r, j in await fetch_records(self.redis, ids, self.loads, chunk)]
-        df = records_frame(records, statuses=statuses, signatures=self.signatures())
-        df["run_at"] = pd.to_datetime([s for _, s in entries], unit="ms", utc=True)
-        return df
+        statuses = {i: ("deferred" if s > now else "queued") for i, (_, s) in zip(ids, entries, strict=True)}
+        builder = FrameBuilder(signatures=self.signatures())
+        async for part in iter_records(self.redis, ids, self.loads, chunk, results=False):
+            builder.add(part)
+        run_at = pd.to_datetime([s for _, s in entries], unit="ms", utc=True)
+        return builder.frame(statuses=statuses, extra_columns={"run_at": run_at})
 
 
 async def connect(url: str | None = None, *, settings: Settings | None = None, **overrides: Any) -> Client:
