@@ -186,6 +186,18 @@ def ensure_photos(cache: Path | None = None, *, refresh: bool = False) -> Path:
     staging = cache.with_name(cache.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "files").mkdir(parents=True)
+    try:
+        _fetch_all(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(cache, ignore_errors=True)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    staging.rename(cache)
+    return cache
+
+
+def _fetch_all(staging: Path) -> None:
     entries: list[dict] = []
     prints: list[np.ndarray] = []
     names: set[str] = set()
@@ -218,10 +230,6 @@ def ensure_photos(cache: Path | None = None, *, refresh: bool = False) -> Path:
                                 "size": list(im.size), "sha256": hashlib.sha256(rgb.tobytes()).hexdigest()})
     (staging / "manifest.json").write_text(json.dumps(
         {"version": MANIFEST_VERSION, "skipped": skipped, "photos": entries}, indent=1))
-    shutil.rmtree(cache, ignore_errors=True)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    staging.rename(cache)
-    return cache
 
 
 def photo_files(cache: Path | None = None) -> list[tuple[str, Path]]:
