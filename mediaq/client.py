@@ -26,9 +26,9 @@ from arq.jobs import DeserializationError, Job
 from redis.exceptions import RedisError
 
 from mediaq.batch import Batch, batch_key, new_batch_name
-from mediaq.bulk import enqueue_chunk, job_entry
+from mediaq.bulk import ChunkSender, job_entry
 from mediaq.errors import ConfigError, EnqueueError, JobError, RedisUnavailable
-from mediaq.frames import FrameBuilder, iter_records
+from mediaq.frames import FrameBuilder, gc_paused, iter_records
 from mediaq.registry import load_jobs
 from mediaq.serialization import get_serializer
 from mediaq.server import resolve_redis_url, with_db
@@ -167,48 +167,73 @@ class Client:
         defer_ms = _to_ms(defer_by) or 0
         expires_ms = _to_ms(expires)
         queue = self.settings.queue_name
-        written = chunks = 0
         seen: dict[str, None] = {}  # ordered
         skipped: list[str] = []
         bar = _bar(progress, "enqueue")
-        chunk: list[tuple[str, int, int, bytes]] = []
+        entries = iter(enumerate(items))
+        written = chunks = 0
 
-        async def flush() -> None:
+        def next_chunk() -> list[tuple[str, int, int, bytes]]:
+            chunk: list[tuple[str, int, int, bytes]] = []
+            for index, item in entries:
+                args, kwargs = _split_item(item)
+                jid = id_for(item, args, kwargs, index)
+                if jid in seen:
+                    skipped.append(jid)
+                    continue
+                seen[jid] = None
+                now = int(time.time() * 1000)
+                score = _to_unix_ms(defer_until) if defer_until is not None else now + defer_ms
+                try:
+                    chunk.append(job_entry(self.dumps, jid, function, args, kwargs, name, score_ms=score,
+                                           expires_ms=expires_ms, now_ms=now))
+                except TypeError as exc:
+                    raise ConfigError(f"item {index} ({item!r:.80}) cannot be enqueued: {exc}") from None
+                if len(chunk) >= chunk_size:
+                    break
+            return chunk
+
+        def failed(exc: Exception, size: int) -> EnqueueError:
+            return EnqueueError(
+                f"Redis failed after {chunks} chunk(s) ({written} jobs) of batch {name!r} were written; "
+                f"the failed chunk of {size} was not written at all ({exc}). Rerun the same call "
+                "with deterministic job ids to complete the batch without duplicates.",
+                written=written, chunks_written=chunks, batch=name)
+
+        async def landed(size: int) -> None:
             nonlocal written, chunks
             try:
-                skipped.extend(await enqueue_chunk(self.redis, queue, chunk, b.ids_key))
+                skipped.extend(await sender.landed())
             except (RedisError, OSError) as exc:
-                raise EnqueueError(
-                    f"Redis failed after {chunks} chunk(s) ({written} jobs) of batch {name!r} were written; "
-                    f"the failed chunk of {len(chunk)} was not written at all ({exc}). Rerun the same call "
-                    "with deterministic job ids to complete the batch without duplicates.",
-                    written=written, chunks_written=chunks, batch=name) from exc
-            written += len(chunk)
+                raise failed(exc, size) from exc
+            written += size
             chunks += 1
             if bar is not None:
-                bar.update(len(chunk))
-            chunk.clear()
+                bar.update(size)
 
-        for index, item in enumerate(items):
-            args, kwargs = _split_item(item)
-            jid = id_for(item, args, kwargs, index)
-            if jid in seen:
-                skipped.append(jid)
-                continue
-            seen[jid] = None
-            now = int(time.time() * 1000)
-            score = _to_unix_ms(defer_until) if defer_until is not None else now + defer_ms
-            try:
-                chunk.append(job_entry(self.dumps, jid, function, args, kwargs, name, score_ms=score,
-                                       expires_ms=expires_ms, now_ms=now))
-            except TypeError as exc:
-                raise ConfigError(f"item {index} ({item!r:.80}) cannot be enqueued: {exc}") from None
-            if len(chunk) >= chunk_size:
-                await flush()
-        if chunk:
-            await flush()
-        if bar is not None:
-            bar.close()
+        # one chunk in flight while the next is built (see ChunkSender)
+        sender = ChunkSender(self.redis, queue, b.ids_key)
+        in_flight = 0  # size of the chunk sent and not landed yet
+        try:
+            while True:
+                try:
+                    with gc_paused():  # encoding allocates a burst of small containers
+                        chunk = next_chunk()
+                finally:
+                    if in_flight:
+                        size, in_flight = in_flight, 0
+                        await landed(size)
+                if not chunk:
+                    break
+                try:
+                    await sender.send(chunk)
+                except (RedisError, OSError) as exc:
+                    raise failed(exc, len(chunk)) from exc
+                in_flight = len(chunk)
+        finally:
+            await sender.aclose()
+            if bar is not None:
+                bar.close()
         b.skipped = skipped
         if already_there:
             await b.load()

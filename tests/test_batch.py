@@ -199,3 +199,33 @@ async def test_retry_failed_only_the_chosen_ones(client, start_worker):
         await batch.retry_failed(["nope"])
     await batch.wait(progress=False, timeout=30)
     assert sorted((await batch.results())["job_id"]) == ["c0", "c1~r1"]
+
+
+async def test_enqueue_keeps_order_and_survives_a_script_cache_flush(client):
+    """Chunks go out one in flight while the next is built (ChunkSender); a server that forgets its
+    scripts between two chunks (SCRIPT FLUSH, or a restart) gets the script again, nothing is lost."""
+    import redis
+
+    from mediaq.server import resolve_redis_url, with_db
+
+    flusher = redis.Redis.from_url(with_db(resolve_redis_url(client.settings), client.settings.queue_db))
+
+    def items(n, flush_at=None, start=0):
+        for i in range(start, n):
+            if i == flush_at:
+                flusher.script_flush()
+            yield {"value": i}
+
+    try:
+        batch = await client.enqueue_many("noop", items(2500, flush_at=1500), job_id="o:{value}", batch="ordered",
+                                          chunk_size=400)
+    finally:
+        flusher.close()
+    assert batch.skipped == []
+    assert await client.redis.zcard(client.settings.queue_name) == 2500
+    # the same batch again, overlapping: old ids keep their place, new ones follow in order
+    more = await client.enqueue_many("noop", items(3000, start=2000), job_id="o:{value}", batch="ordered",
+                                      chunk_size=400)
+    assert more.skipped == [f"o:{i}" for i in range(2000, 2500)]
+    assert more.ids == [f"o:{i}" for i in range(3000)]
+    assert (await more.status())["queued"] == 3000

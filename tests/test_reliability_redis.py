@@ -102,17 +102,20 @@ async def test_enqueue_interrupted_by_a_dead_server_then_rerun_completes_without
             await client.enqueue_many("noop", items(stop=True), job_id="item{value}", batch="interrupted",
                                       chunk_size=chunk)
         err = info.value
-        # chunks 1 and 2 went out before the stop; chunk 3 (items 2000-2999) was cut by it
-        assert (err.chunks_written, err.written, err.batch) == (2, 2000, "interrupted")
-        assert "2 chunk(s) (2000 jobs)" in str(err) and "not written at all" in str(err)
+        # chunk 1 landed before the stop; chunk 2 was in flight while chunk 3 (items 2000-2999) was
+        # being built when the server stopped, so it landed or failed whole, depending on timing
+        assert err.chunks_written in (1, 2) and err.batch == "interrupted"
+        assert err.written == err.chunks_written * chunk
+        assert f"{err.chunks_written} chunk(s) ({err.written} jobs)" in str(err) and "not written at all" in str(err)
+        landed = err.written
 
         server.ensure_running()  # the operator brings Redis back; the same port and password
         queued = {m.decode() for m in await client.redis.zrange(settings.queue_name, 0, -1)}
-        assert queued == {f"item{i}" for i in range(2000)}  # whole chunks only, nothing half-written
+        assert queued == {f"item{i}" for i in range(landed)}  # whole chunks only, nothing half-written
 
         batch = await client.enqueue_many("noop", items(stop=False), job_id="item{value}", batch="interrupted",
                                           chunk_size=chunk)
-        assert sorted(batch.skipped) == sorted(f"item{i}" for i in range(2000))  # not written twice
+        assert sorted(batch.skipped) == sorted(f"item{i}" for i in range(landed))  # not written twice
         assert await client.redis.zcard(settings.queue_name) == n
         workers.append(mediaq.LocalWorker(settings.replace(max_jobs=50)).start())
         counts = await batch.wait(progress=False, timeout=90)
