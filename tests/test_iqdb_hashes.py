@@ -51,6 +51,35 @@ def test_round_trip(seed):
     assert is_hash(text)
 
 
+# An independent implementation's test vector: iqdb-rs (github.com/TheBobBobs/iqdb-rs, src/lib.rs,
+# test `hash`) formats this signature (computed from danbooru post 138934) as the hash below. It checks
+# our encoding against code we did not write, not against our own output.
+IQDB_RS_AVGLF = (0.76577718136597, -0.00011652168713282838, 0.004947875142783265)
+IQDB_RS_SIG = [
+    [-1933, -1920, -1152, -1029, -1026, -782, -773, -768, -522, -387, -384, -258, -140, -133, -131, -128, -28, -26,
+     -14, -13, -7, -3, 1, 2, 5, 10, 12, 130, 138, 141, 256, 259, 386, 512, 770, 1024, 1027, 1280, 1925, 2560],
+    [-4864, -2562, -1557, -1550, -1543, -1541, -1536, -1027, -1024, -919, -896, -645, -640, -512, -261, -258, -257,
+     -133, 128, 131, 134, 141, 256, 259, 384, 646, 901, 908, 1026, 1029, 1286, 1290, 1538, 2560, 2563, 2694, 4869,
+     4876, 5120, 5123],
+    [-5120, -2694, -2563, -2560, -1290, -1286, -1027, -1024, -921, -918, -908, -901, -898, -646, -642, -407, -259,
+     -256, -25, -12, -5, -2, 3, 13, 128, 133, 140, 258, 389, 396, 406, 640, 643, 896, 899, 919, 922, 2562, 2566, 2699],
+]
+IQDB_RS_HASH = (
+    "iqdb_3fe8813f25bfad46bf1e8ba3578fff323f7444391ec46274f873f880fb80fbfbfbfefcf2fcfbfd00fdf6fe7dfe80fefeff74ff7bff"
+    "7dff80ffe4ffe6fff2fff3fff9fffd000100020005000a000c0082008a008d0100010301820200030204000403050007850a00ed00f5fe"
+    "f9ebf9f2f9f9f9fbfa00fbfdfc00fc69fc80fd7bfd80fe00fefbfefefeffff7b008000830086008d01000103018002860385038c040204"
+    "050506050a06020a000a030a861305130c14001403ec00f57af5fdf600faf6fafafbfdfc00fc67fc6afc74fc7bfc7efd7afd7efe69fefd"
+    "ff00ffe7fff4fffbfffe0003000d00800085008c01020185018c019602800283038003830397039a0a020a060a8b"
+)
+
+
+def test_hash_matches_an_independent_implementation():
+    sig = Signature(IQDB_RS_AVGLF, np.array(IQDB_RS_SIG, dtype=np.int16))
+    assert format_hash(sig) == IQDB_RS_HASH
+    parsed = parse_hash(IQDB_RS_HASH)
+    assert parsed.avglf == IQDB_RS_AVGLF and parsed.sig.tolist() == IQDB_RS_SIG
+
+
 def test_round_trip_of_a_real_signature_and_negative_zero():
     sig = signature_from_rgb(np.full((30, 40, 3), 77, np.uint8))
     assert parse_hash(sig.hash).hash == sig.hash
