@@ -27,7 +27,7 @@ and runs a :class:`Janitor` at start and then every health-check interval, which
    is still unclaimed ``grace`` seconds later and its TTL ran down by all that time (it was not set
    again meanwhile). This scan (``SCAN arq:in-progress:*``) runs at start, after a death, after a Redis restart
    and after a job ended without its end hook, not on every tick;
-4. **sweeps temporary files** that dead writers left in the storage roots (:func:`sweep_abandoned`).
+4. **sweeps temporary files** that dead writers left in the storage roots (:func:`mediaq.storage.sweep_abandoned`).
 
 Every recovery is logged and pushed to ``mediaq:recoveries`` (list of JSON, newest first, capped).
 
@@ -44,16 +44,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import fcntl
 import json
 import logging
 import os
-import re
 import socket
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from mediaq.storage import sweep_abandoned
 
 __all__ = [
     "CLAIMANTS_KEY",
@@ -63,7 +62,6 @@ __all__ = [
     "Janitor",
     "WorkerIdentity",
     "read_recoveries",
-    "sweep_abandoned",
 ]
 
 logger = logging.getLogger("arq.mediaq.recovery")
@@ -492,69 +490,3 @@ class Janitor:
 async def read_recoveries(redis: Any, n: int = 20) -> list[dict[str, Any]]:
     """The last ``n`` recoveries, newest first: time, by, reason (``dead_worker``/``orphans``), worker, jobs, ids."""
     return [json.loads(raw) for raw in await redis.lrange(RECOVERIES_KEY, 0, n - 1)]
-
-
-# -- temporary files of dead writers ---------------------------------------------------------------------
-_FOLDER = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # mediaq.storage's folder names
-
-
-def sweep_abandoned(root: str | os.PathLike[str], *, min_age: float = 2.0,
-                    folders: Iterable[str] | None = None) -> list[Path]:
-    """Remove the temporary files (``.<name>.<random>.tmp``) that no live writer holds, in every folder
-    of the storage root; returns them.
-
-    :meth:`mediaq.storage.Storage.write` holds an exclusive ``flock`` on its temporary file from the
-    moment it creates it until it has renamed it, so a temporary file whose lock can be taken belongs
-    to a writer that died (the kernel drops the locks of a dead process). ``min_age`` (seconds since
-    the last change) covers the instant between creating the file and locking it.
-
-    >>> import tempfile
-    >>> sweep_abandoned(tempfile.mkdtemp())
-    []
-    """
-    base = Path(root)
-    removed: list[Path] = []
-    if not base.is_dir():
-        return removed
-    limit = time.time() - min_age
-    subs = [base / f for f in folders] if folders is not None else sorted(base.iterdir())
-    for sub in subs:
-        if not _FOLDER.fullmatch(sub.name) or sub.is_symlink() or not sub.is_dir():
-            continue
-        try:
-            dir_fd = os.open(sub, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            with os.scandir(dir_fd) as entries:
-                names = [e.name for e in entries if e.name.startswith(".") and e.name.endswith(".tmp")]
-            for name in names:
-                if _remove_if_abandoned(dir_fd, name, limit):
-                    removed.append(sub / name)
-        finally:
-            os.close(dir_fd)
-    return removed
-
-
-def _remove_if_abandoned(dir_fd: int, name: str, limit: float) -> bool:
-    import stat
-
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
-    except OSError:
-        return False
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_mtime > limit:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # held: a live writer
-            return False
-        try:
-            os.unlink(name, dir_fd=dir_fd)  # while holding the lock
-        except FileNotFoundError:
-            return False
-        return True
-    finally:
-        os.close(fd)

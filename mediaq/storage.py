@@ -11,7 +11,7 @@ Layout: ``{root}/{folder}/{image_id}.{ext}`` with folders such as ``thumbs``, ``
   part. Any error removes the temporary file. A process killed mid-write can leave a temporary
   file behind (never a partial target). The writer holds an ``flock`` on its temporary file until
   the rename, so the worker's janitor removes a dead writer's leftovers at once
-  (:func:`mediaq.recovery.sweep_abandoned`); :meth:`Storage.sweep` does the same by hand. Writes
+  (:func:`sweep_abandoned`); :meth:`Storage.sweep` does the same by hand. Writes
   never list the folder themselves: with 100k thumbnails that would cost more than the write.
 * **Errors**: a full disk (``ENOSPC``, ``EDQUOT``) -> ``storage_full``, a read-only file system
   (``EROFS``) -> ``storage_read_only``, no permission (``EACCES``, ``EPERM``) -> ``storage_denied``,
@@ -34,7 +34,9 @@ import fcntl
 import os
 import re
 import secrets
+import stat
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -165,21 +167,9 @@ class Storage:
         """Remove temporary files left by dead writers in every folder of the root; returns them.
 
         A file is removed when it is older than ``older_than`` seconds (default ``stale_after``) and
-        no live writer holds its lock.
+        no live writer holds its lock (see :func:`sweep_abandoned`).
         """
-        limit = time.time() - (self.stale_after if older_than is None else older_than)
-        removed = []
-        if not self.root.is_dir():
-            return removed
-        for sub in sorted(self.root.iterdir()):
-            if not sub.is_dir() or sub.is_symlink() or not _FOLDER_PATTERN.fullmatch(sub.name):
-                continue
-            for entry in os.scandir(sub):
-                if _is_temp(entry.name) and entry.is_file(follow_symlinks=False) and \
-                        entry.stat(follow_symlinks=False).st_mtime <= limit and not _locked(entry.path):
-                    _unlink_quietly(entry.path, None)
-                    removed.append(Path(entry.path))
-        return removed
+        return sweep_abandoned(self.root, min_age=self.stale_after if older_than is None else older_than)
 
     # -- internals --------------------------------------------------------------------------------
     def _open_folder(self, folder: str) -> int:
@@ -210,28 +200,73 @@ def _is_temp(name: str) -> bool:
 
 
 def _hold(fd: int) -> None:
-    """Lock a temporary file while it is written (see :func:`mediaq.recovery.sweep_abandoned`)."""
+    """Lock a temporary file while it is written (see :func:`sweep_abandoned`)."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:  # no lock support (some network file systems): the age rule still applies
         pass
 
 
-def _locked(path: str) -> bool:
-    """True if a live writer holds the lock of temporary file ``path``."""
+def sweep_abandoned(root: str | os.PathLike[str], *, min_age: float = 2.0,
+                    folders: Iterable[str] | None = None) -> list[Path]:
+    """Remove the temporary files (``.<name>.<random>.tmp``) that no live writer holds, in every folder
+    of the storage root (or only ``folders``); returns them. Workers run it at start and after a death
+    (:mod:`mediaq.recovery`).
+
+    :meth:`Storage.write` holds an exclusive ``flock`` on its temporary file from the moment it
+    creates it until it has renamed it, so a temporary file whose lock can be taken belongs to a
+    writer that died (the kernel drops the locks of a dead process); it is unlinked while we hold
+    that lock. ``min_age`` (seconds since the last change) covers the instant between creating the
+    file and locking it.
+
+    >>> import tempfile
+    >>> sweep_abandoned(tempfile.mkdtemp())
+    []
+    """
+    base = Path(root)
+    removed: list[Path] = []
+    if not base.is_dir():
+        return removed
+    limit = time.time() - min_age
+    subs = [base / f for f in folders] if folders is not None else sorted(base.iterdir())
+    for sub in subs:
+        if not _FOLDER_PATTERN.fullmatch(sub.name) or sub.is_symlink() or not sub.is_dir():
+            continue
+        try:
+            dir_fd = os.open(sub, _DIR_FLAGS)
+        except OSError:
+            continue
+        try:
+            with os.scandir(dir_fd) as entries:
+                names = [e.name for e in entries if _is_temp(e.name)]
+            for name in names:
+                if _remove_if_abandoned(dir_fd, name, limit):
+                    removed.append(sub / name)
+        finally:
+            os.close(dir_fd)
+    return removed
+
+
+def _remove_if_abandoned(dir_fd: int, name: str, limit: float) -> bool:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_mtime > limit:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: a live writer
+            return False
+        try:
+            os.unlink(name, dir_fd=dir_fd)  # while holding the lock
+        except FileNotFoundError:
+            return False
         return True
-    except OSError:
-        return False
     finally:
-        os.close(fd)  # closing drops our lock
-    return False
+        os.close(fd)
 
 
 def _unlink_quietly(name: str, dir_fd: int | None) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from mediaq import storage as storage_module
 from mediaq.errors import PermanentJobError, TransientJobError
-from mediaq.storage import Storage, validate_image_id
+from mediaq.storage import Storage, sweep_abandoned, validate_image_id
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -255,7 +255,7 @@ KILLED_WRITER = textwrap.dedent("""
         print("partial", flush=True)
         time.sleep(120)
     storage.os.write = stalled_write
-    storage.Storage(sys.argv[1]).write("thumbs", "x", "jpg", b"N" * 1_000_000)
+    storage.Storage(sys.argv[1]).write("thumbs", sys.argv[2] if len(sys.argv) > 2 else "x", "jpg", b"N" * 1_000_000)
 """)
 
 
@@ -299,3 +299,26 @@ def test_sweep_clears_old_leftovers_in_every_folder(tmp_path):
     removed = store.sweep(older_than=0)
     assert sorted(p.parent.name for p in removed) == ["medium", "thumbs"]
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["a.jpg", "a.jpg"]
+
+
+def test_sweep_removes_only_files_whose_writer_died(tmp_path):
+    """A live writer's temporary file (lock held) stays; a dead writer's one (lock free) goes."""
+    root = tmp_path / "media"
+    Storage(root).write("thumbs", "a", "jpg", b"ok")
+    live = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(root), "live"], stdout=subprocess.PIPE)
+    dead = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(root), "dead"], stdout=subprocess.PIPE)
+    try:
+        assert live.stdout.readline() == dead.stdout.readline() == b"partial\n"
+        dead.send_signal(signal.SIGKILL)
+        dead.wait(10)
+        assert len(leftovers(root / "thumbs")) == 2
+        assert sweep_abandoned(root, min_age=60) == []  # too recent: could be between create and lock
+        removed = sweep_abandoned(root, min_age=0)
+        assert [p.name.split(".")[1] for p in removed] == ["dead"]
+        assert [name.split(".")[1] for name in leftovers(root / "thumbs")] == ["live"]
+    finally:
+        live.kill()
+        live.wait(10)
+        dead.stdout.close()
+        live.stdout.close()
+    assert (root / "thumbs" / "a.jpg").read_bytes() == b"ok"
