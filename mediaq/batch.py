@@ -23,6 +23,7 @@ from arq.constants import abort_jobs_ss
 
 from mediaq.bulk import STATES, batch_counts, enqueue_chunk, job_entry, status_codes
 from mediaq.frames import FrameBuilder, fetch_records, iter_records
+from mediaq.progress import progress_bar
 
 if TYPE_CHECKING:
     from mediaq.client import Client
@@ -159,14 +160,11 @@ class Batch:
                 done = counts["complete"] + counts["failed"] + counts["not_found"]
                 total = sum(counts.values())
                 if progress and bar is None:
-                    from tqdm.auto import tqdm
-
-                    bar = tqdm(total=total, desc=self.name, unit="job")
+                    bar = progress_bar(total=total, desc=self.name)
                 if bar is not None:
                     bar.total = total
-                    bar.n = done
                     bar.set_postfix(failed=counts["failed"], running=counts["in_progress"], refresh=False)
-                    bar.refresh()
+                    bar.update(done - bar.n)  # redraws unless it drew less than mininterval ago
                 if done >= total:
                     return counts
                 if timeout is not None and time.monotonic() - start > timeout:

@@ -29,6 +29,7 @@ from mediaq.batch import Batch, batch_key, new_batch_name
 from mediaq.bulk import ChunkSender, job_entry
 from mediaq.errors import ConfigError, EnqueueError, JobError, RedisUnavailable
 from mediaq.frames import FrameBuilder, gc_paused, iter_records
+from mediaq.progress import progress_bar
 from mediaq.registry import load_jobs
 from mediaq.serialization import get_serializer
 from mediaq.server import resolve_redis_url, with_db
@@ -428,8 +429,4 @@ def _to_unix_ms(when: dt.datetime) -> int:
 
 
 def _bar(progress: bool, desc: str) -> Any:
-    if not progress:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(desc=desc, unit="job")
+    return progress_bar(desc=desc) if progress else None
