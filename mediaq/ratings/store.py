@@ -77,8 +77,9 @@ rating_stats = sa.Table(
     metadata,
     sa.Column("image_id", sa.String(255), primary_key=True),
     sa.Column("count", sa.Integer, nullable=False),
-    sa.Column("mean", sa.Float, nullable=True),
-    sa.Column("bayesian", sa.Float, nullable=False),
+    # Double, not Float: SQLAlchemy's Float is a 4-byte FLOAT on MySQL/MariaDB (6 significant digits)
+    sa.Column("mean", sa.Double, nullable=True),
+    sa.Column("bayesian", sa.Double, nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sqlite_with_rowid=False,
 )
@@ -202,17 +203,18 @@ class RatingsStore:
     def prior(self, conn: Connection | None = None) -> tuple[float, float]:
         """The seed prior from SQL aggregates: ``C`` = ratings / distinct rated images, ``m`` = mean
         score; ``(0.0, 0.0)`` with no ratings."""
+        # SUM, not AVG: MySQL/MariaDB return AVG of integers as a DECIMAL with 4 decimals
         query = sa.select(
-            sa.func.count(), sa.func.count(sa.distinct(ratings.c.image_id)), sa.func.avg(ratings.c.score)
+            sa.func.count(), sa.func.count(sa.distinct(ratings.c.image_id)), sa.func.sum(ratings.c.score)
         )
         if conn is None:
             with self._reading() as conn:
-                n, images, mean = conn.execute(query).one()
+                n, images, total = conn.execute(query).one()
         else:
-            n, images, mean = conn.execute(query).one()
+            n, images, total = conn.execute(query).one()
         if not n:
             return 0.0, 0.0
-        return float(n) / float(images), float(mean)
+        return float(n) / float(images), float(total) / float(n)
 
     def ratings_frame(self) -> pd.DataFrame:
         """Every rating as a DataFrame (``image_id``, ``user_id``, ``score``)."""
@@ -338,7 +340,7 @@ class RatingsStore:
         r = ratings.c
         if kind == "upsert":
             n = sa.func.count()
-            total = sa.cast(sa.func.sum(r.score), sa.Float)  # one aggregate fewer than AVG: ~15% faster
+            total = sa.cast(sa.func.sum(r.score), sa.Double)  # one aggregate fewer than AVG: ~15% faster
             agg = sa.select(
                 r.image_id,
                 n,
