@@ -4,14 +4,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
-# The browser test drives Debian's chromium (playwright cannot download its own browser here).
-if ! command -v chromium >/dev/null 2>&1; then
+# Debian packages the tests drive for real: chromium (the JupyterLab browser test; playwright cannot
+# download its own browser here), postgresql and mariadb-server (the ratings store on other databases).
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v mariadb-install-db >/dev/null 2>&1 || missing+=(mariadb-server)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing chromium for the browser test (apt-get)..."
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-      || echo "could not install chromium: the browser test will fail and say so"
+    echo "installing ${missing[*]} for the tests (apt-get)..."
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null) \
+      || echo "could not install ${missing[*]}: the tests that need them will fail or skip and say so"
   else
-    echo "chromium is not installed: run 'sudo apt-get install -y chromium' (the browser test needs it)"
+    echo "not installed: ${missing[*]}; run 'sudo apt-get install -y ${missing[*]}' (some tests need them)"
   fi
 fi
 $PY -m ruff check mediaq tests benchmarks

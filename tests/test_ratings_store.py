@@ -6,6 +6,7 @@ import math
 import os
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -265,15 +266,31 @@ def test_sample_csv_loads(store: RatingsStore) -> None:
     assert not math.isnan(stats["bayesian"].sum())
 
 
-OTHER_URL = os.environ.get("RATINGS_TEST_URL")  # e.g. postgresql+psycopg://user@127.0.0.1:5432/test
+OTHER_URL = os.environ.get("RATINGS_TEST_URL")  # another scratch database, e.g. mysql+pymysql://u:pw@host/db
+OTHER_SERVERS = ["postgresql", "mariadb"] + (["RATINGS_TEST_URL"] if OTHER_URL else [])
 
 
-@pytest.mark.skipif(not OTHER_URL, reason="set RATINGS_TEST_URL to a scratch PostgreSQL/MySQL database")
-def test_other_database_round_trip() -> None:
+@pytest.fixture(scope="module", params=OTHER_SERVERS)
+def other_url(request) -> Iterator[str]:
+    """A real PostgreSQL or MariaDB server started for these tests (tests/dbservers.py)."""
+    from dbservers import ServerUnavailable, mariadb_server, postgres_server
+
+    if request.param == "RATINGS_TEST_URL":
+        yield OTHER_URL
+        return
+    try:
+        with (postgres_server if request.param == "postgresql" else mariadb_server)() as url:
+            yield url
+    except ServerUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+def test_other_database_round_trip(other_url: str) -> None:
     """The non-SQLite code paths (dialect upserts, expanding IN) on a real server. Drops the tables first."""
     from mediaq.ratings.store import metadata
 
-    store = RatingsStore(OTHER_URL, create=False)  # type: ignore[arg-type]
+    store = RatingsStore(other_url, create=False)
+    assert store.engine.dialect.name in ("postgresql", "mysql", "mariadb")
     metadata.drop_all(store.engine)
     store.create_tables()
     frame = random_ratings(9)
