@@ -226,38 +226,53 @@ class EmbeddedServer:
                 with contextlib.suppress(OSError):
                     os.chmod(path, 0o700 if path.is_dir() else 0o600)
         conf = self.folder / "redis.conf"
+        pidfile = self.folder / "redis.pid"
+        pidfile.unlink(missing_ok=True)
+        self.log_file.touch(mode=0o600)
+        os.chmod(self.log_file, 0o600)
         fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write("\n".join([
                 f"bind {HOST}", f"port {port}", "protected-mode yes", f'requirepass "{password}"',
                 f'dir "{data_dir}"', "appendonly yes", "appendfsync everysec", 'save ""',
-                "daemonize no", "databases 16", "unixsocketperm 700", "",
+                # the server detaches itself (double fork): it is never our child, so it outlives us
+                # and never lingers as our zombie; it says where it went in the pid file
+                "daemonize yes", f'pidfile "{pidfile}"', f'logfile "{self.log_file}"',
+                "databases 16", "unixsocketperm 700", "",
             ]))
-        log = open(self.log_file, "ab")
-        os.chmod(self.log_file, 0o600)
-        try:
-            proc = subprocess.Popen(
-                [binary, str(conf)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, close_fds=True, cwd=self.folder,
-                umask=0o077,  # its AOF and RDB files hold every job: owner only, like the rest
-            )
-        finally:
-            log.close()
+        with open(self.log_file, "ab") as log:  # errors before it detaches (a bad config) land here too
+            try:
+                launcher = subprocess.run(
+                    [binary, str(conf)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    start_new_session=True, close_fds=True, cwd=self.folder, timeout=timeout,
+                    umask=0o077,  # its AOF and RDB files hold every job: owner only, like the rest
+                )
+            except subprocess.TimeoutExpired:
+                raise ServerError(f"the embedded Redis server did not start within {timeout:g} s; "
+                                  f"log {self.log_file}:\n{self._log_tail()}") from None
+        if launcher.returncode != 0:
+            raise ServerError(f"the embedded Redis server exited at start (code {launcher.returncode}); "
+                              f"its log {self.log_file} ends with:\n{self._log_tail()}")
         import psutil
 
-        info = {"pid": proc.pid, "port": port, "password": password, "binary": binary,
-                "created": psutil.Process(proc.pid).create_time(), "started": time.time()}
+        info: dict[str, Any] | None = None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise ServerError(f"the embedded Redis server exited at start (code {proc.returncode}); "
-                                  f"its log {self.log_file} ends with:\n{self._log_tail()}")
-            if self._answers(info, timeout=0.5):
-                self._write_state(info)
-                _reap_later(proc)
-                return self._url(info)
+            if info is None:
+                with contextlib.suppress(OSError, ValueError, psutil.Error):
+                    pid = int(pidfile.read_text())
+                    info = {"pid": pid, "port": port, "password": password, "binary": binary,
+                            "created": psutil.Process(pid).create_time(), "started": time.time()}
+            if info is not None:
+                if not self._pid_alive(info):
+                    raise ServerError(f"the embedded Redis server exited at start; its log {self.log_file} "
+                                      f"ends with:\n{self._log_tail()}")
+                if self._answers(info, timeout=0.5):
+                    self._write_state(info)
+                    return self._url(info)
             time.sleep(0.05)
-        proc.kill()
+        if info is not None:
+            self._kill(info["pid"], timeout=2.0)
         raise ServerError(f"the embedded Redis server did not answer within {timeout:g} s; "
                           f"log {self.log_file}:\n{self._log_tail()}")
 
@@ -288,11 +303,6 @@ class EmbeddedServer:
             return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
-
-
-def _reap_later(proc: subprocess.Popen[bytes]) -> None:
-    """The server outlives us; drop the Popen without a ResourceWarning and let init reap it."""
-    proc.returncode = 0  # tells Popen.__del__ not to warn; the process keeps running (own session)
 
 
 def resolve_redis_url(settings: Settings | None = None, *, start: bool = True) -> str:

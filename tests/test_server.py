@@ -52,10 +52,14 @@ def test_sigkilled_server_is_recovered_by_next_connect_and_keeps_jobs(tmp_path):
     asyncio.run(enqueue())
     server = EmbeddedServer(settings.state_dir)
     before = server.status()
+    import psutil
+
+    assert psutil.Process(before["pid"]).ppid() != os.getpid()  # detached: not our child
     time.sleep(1.5)  # appendfsync everysec: what was acknowledged a second ago is on disk
     os.kill(before["pid"], signal.SIGKILL)
     time.sleep(0.2)
     assert not server.status()["running"]
+    assert not [c for c in psutil.Process().children() if c.status() == psutil.STATUS_ZOMBIE]  # nothing to reap
 
     async def count() -> int:
         async with await mediaq.connect(settings=settings) as client:
