@@ -66,7 +66,8 @@ async def enqueue_library(
     """
     from mediaq.batch import new_batch_name
     from mediaq.jobs.ratings import prior_cache_key
-    from mediaq.ratings.store import RatingsStore, _ids
+    from mediaq.ratings.store import RatingsStore
+    from mediaq.ratings.validation import clean_ids
 
     if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1):
         raise ConfigError(f"chunk_size={chunk_size!r} must be an integer >= 1, or None (max_jobs chunks)")
@@ -78,7 +79,7 @@ async def enqueue_library(
         finally:
             store.close()
     else:
-        ids = list(dict.fromkeys(_ids(image_ids)))
+        ids = list(dict.fromkeys(clean_ids(image_ids)))
     extra: dict[str, Any] = {}
     if prior is not None:
         C, m = prior

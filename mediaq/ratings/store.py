@@ -39,14 +39,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 import sqlalchemy as sa
-from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
 from mediaq.errors import ConfigError
+from mediaq.ratings.engine import make_engine, resolve_busy_timeout
 from mediaq.ratings.math import MAX_SCORE, MIN_SCORE, check_prior
+from mediaq.ratings.validation import InvalidRatingsError, clean_ids, validate_ratings
 
 if TYPE_CHECKING:
     from mediaq.settings import Settings
@@ -57,8 +57,6 @@ __all__ = ["InvalidRatingsError", "RatingsStore", "metadata", "rating_stats", "r
 ID_BATCH = 5000
 #: rows per executemany when loading
 LOAD_BATCH = 50_000
-#: seconds a SQLite writer waits for another's lock before "database is locked" (``?timeout=`` in the URL)
-DEFAULT_BUSY_TIMEOUT = 30.0
 
 metadata = sa.MetaData()
 
@@ -85,16 +83,6 @@ rating_stats = sa.Table(
 )
 
 
-class InvalidRatingsError(ConfigError):
-    """Ratings that cannot be loaded; nothing was written. ``rows`` holds the offending rows
-    (original index, or ``line`` numbers for a CSV) and ``reason`` says what is wrong with them."""
-
-    def __init__(self, message: str, rows: pd.DataFrame | None = None, reason: str = "") -> None:
-        super().__init__(message)
-        self.rows = rows if rows is not None else pd.DataFrame()
-        self.reason = reason
-
-
 class RatingsStore:
     """Ratings and per-image Bayesian stats in one SQL database.
 
@@ -109,8 +97,8 @@ class RatingsStore:
     def __init__(self, url: str, *, busy_timeout: float | None = None, create: bool = True,
                  **engine_kw: Any) -> None:
         self.url = str(url)
-        self.busy_timeout = _busy_timeout(self.url, busy_timeout)
-        self.engine: Engine = _make_engine(self.url, self.busy_timeout, **engine_kw)
+        self.busy_timeout = resolve_busy_timeout(self.url, busy_timeout)
+        self.engine: Engine = make_engine(self.url, self.busy_timeout, **engine_kw)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._write_lock = threading.RLock() if self.is_sqlite else None
         self._memory = isinstance(self.engine.pool, sa.pool.StaticPool)
@@ -184,7 +172,7 @@ class RatingsStore:
     def add_images(self, image_ids: Iterable[object]) -> int:
         """Register images (so that an image with no ratings is known, and gets 0); returns how many
         were new. Existing stats rows are left alone."""
-        ids = _ids(image_ids)
+        ids = clean_ids(image_ids)
         if not ids:
             return 0
         now = _now()
@@ -233,7 +221,7 @@ class RatingsStore:
             if image_ids is None:
                 rows = list(conn.execute(sa.select(*cols)))
             else:
-                for part in _batches(_ids(image_ids), ID_BATCH):
+                for part in _batches(clean_ids(image_ids), ID_BATCH):
                     rows.extend(conn.execute(self._stats_query(), self._id_params(part)))
         frame = pd.DataFrame(rows, columns=["image_id", "count", "mean", "bayesian", "updated_at"])
         frame = frame.astype({"image_id": object, "count": "int64", "mean": "float64", "bayesian": "float64"})
@@ -261,7 +249,7 @@ class RatingsStore:
         "C": C, "m": m}``, plus ``"stats": [{"image_id", "count", "mean", "bayesian"}, ...]`` with
         ``with_stats=True``. Unknown ids (no ratings, not registered) are reported, not written.
         """
-        ids = list(dict.fromkeys(_ids(image_ids)))
+        ids = list(dict.fromkeys(clean_ids(image_ids)))
         if (C is None) != (m is None):
             raise ConfigError("pass both C and m (a whole prior), or neither to use the seed prior")
         if C is not None:
@@ -425,78 +413,6 @@ class RatingsStore:
                 yield conn
 
 
-def validate_ratings(frame: pd.DataFrame, *, duplicates: str = "error", lines: bool = False) -> pd.DataFrame:
-    """The rows of ``frame`` as clean columns (``image_id`` str, ``user_id`` int64, ``score`` int64),
-    or :class:`InvalidRatingsError` naming every bad row. ``lines``: index labels are CSV line numbers."""
-    if duplicates not in ("error", "last"):
-        raise ConfigError(f"duplicates={duplicates!r}: expected 'error' or 'last'")
-    missing = [c for c in ("image_id", "user_id", "score") if c not in frame.columns]
-    if missing:
-        raise InvalidRatingsError(f"ratings need columns image_id, user_id, score; missing {missing} "
-                                  f"(got {list(frame.columns)})")
-    raw = frame[["image_id", "user_id", "score"]]
-    image_id = raw["image_id"].map(_id_text, na_action="ignore")
-    bad_id = image_id.isna() | (image_id == "") | (image_id.str.len() > 255)
-    _reject(raw, bad_id, "image_id must be a non-empty string of at most 255 characters", lines)
-    user_num = pd.to_numeric(raw["user_id"], errors="coerce")
-    bad_user = user_num.isna() | (user_num != np.floor(user_num)) | (user_num.abs() >= 2**63)
-    _reject(raw, bad_user, "user_id must be an integer", lines)
-    score_num = pd.to_numeric(raw["score"], errors="coerce")
-    bad_score = score_num.isna() | (score_num != np.floor(score_num))
-    bad_score |= (score_num < MIN_SCORE) | (score_num > MAX_SCORE)
-    _reject(raw, bad_score, f"score must be an integer {MIN_SCORE}..{MAX_SCORE}", lines)
-    clean = pd.DataFrame({"image_id": image_id.astype(object), "user_id": user_num.astype("int64"),
-                          "score": score_num.astype("int64")}, index=raw.index)
-    dup = clean.duplicated(["image_id", "user_id"], keep=False)
-    if dup.any():
-        if duplicates == "error":
-            _reject(raw, dup, "the same (image_id, user_id) appears more than once "
-                    "(pass duplicates='last' to keep the last one)", lines)
-        clean = clean.drop_duplicates(["image_id", "user_id"], keep="last")
-    return clean
-
-
-def _reject(raw: pd.DataFrame, bad: pd.Series, reason: str, lines: bool, show: int = 10) -> None:
-    if not bad.any():
-        return
-    rows = raw[bad]
-    word = "line" if lines else "row"
-    shown = ", ".join(
-        f"{word} {label} (image_id={rec[0]!r}, user_id={rec[1]!r}, score={rec[2]!r})"
-        for label, rec in zip(rows.index[:show], rows.head(show).itertuples(index=False, name=None), strict=True)
-    )
-    more = f" and {len(rows) - show} more" if len(rows) > show else ""
-    raise InvalidRatingsError(f"{len(rows)} rating row(s) rejected, nothing written: {reason}: {shown}{more}",
-                              rows=rows, reason=reason)
-
-
-def _id_text(value: object) -> Any:
-    """An image id as text (ids are exact: no stripping); integers are accepted; anything else is NaN."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (bool, np.bool_)):
-        return np.nan
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return str(int(value))
-    return np.nan
-
-
-def _ids(image_ids: Iterable[object]) -> list[str]:
-    if isinstance(image_ids, (str, bytes)):
-        raise ConfigError(f"image_ids must be a list of ids, not the single string {image_ids!r}")
-    if isinstance(image_ids, list) and all(type(value) is str and value for value in image_ids):
-        return image_ids  # already text (the usual case): no copy
-    out = []
-    for value in image_ids:
-        text = _id_text(value)
-        if not isinstance(text, str) or not text:
-            raise ConfigError(f"invalid image id {value!r}: expected a non-empty string (or an integer)")
-        out.append(text)
-    return out
-
-
 def _batches(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -506,57 +422,3 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _busy_timeout(url: str, given: float | None) -> float:
-    """Seconds a SQLite writer waits for the lock: the argument, else ``?timeout=`` in the URL, else 30."""
-    if given is not None:
-        return float(given)
-    try:
-        query = sa.engine.make_url(url).query
-    except sa.exc.ArgumentError:
-        return DEFAULT_BUSY_TIMEOUT  # _make_engine reports the bad URL
-    raw = query.get("timeout")
-    if raw is None:
-        return DEFAULT_BUSY_TIMEOUT
-    try:
-        return float(raw if isinstance(raw, str) else raw[-1])
-    except ValueError:
-        raise ConfigError(f"ratings_url timeout={raw!r} must be a number of seconds") from None
-
-
-def _make_engine(url: str, busy_timeout: float, **engine_kw: Any) -> Engine:
-    try:
-        parsed = sa.engine.make_url(url)
-    except sa.exc.ArgumentError as exc:
-        raise ConfigError(f"ratings_url {url!r} is not a SQLAlchemy URL (e.g. sqlite:///path/ratings.sqlite3, "
-                          "postgresql+psycopg://user:pw@host/db)") from exc
-    if parsed.get_backend_name() != "sqlite":
-        engine_kw.setdefault("pool_pre_ping", True)
-        return sa.create_engine(parsed, **engine_kw)
-    database = parsed.database or ""
-    in_memory = database in ("", ":memory:") or database.startswith("file::memory:")
-    if not in_memory:
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    if "timeout" in parsed.query:  # ours (busy_timeout) wins; the URL's was read into it already
-        parsed = parsed.difference_update_query(["timeout"])
-    engine_kw.setdefault("connect_args", {}).setdefault("timeout", busy_timeout)
-    if in_memory:  # one shared connection, or every thread would see its own empty database
-        engine_kw.setdefault("poolclass", sa.pool.StaticPool)
-        engine_kw["connect_args"].setdefault("check_same_thread", False)
-    engine = sa.create_engine(parsed, **engine_kw)
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None  # transactions are begun below (the SQLAlchemy pysqlite recipe)
-        cursor = dbapi_conn.cursor()
-        if not in_memory:
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        immediate = conn.get_execution_options().get("mediaq_immediate")
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-    return engine
