@@ -64,33 +64,62 @@ return skipped
 # How arq tells a job's state, as a Lua function shared by the scripts below: 0 not found,
 # 1 queued, 2 deferred, 3 in progress, 4 complete, 5 failed, -1 a result whose success flag must be
 # read in Python (pickle mode). Success is the 4th byte of a msgpack result (see serialization).
+#
+# arq's own order is result, in-progress key, queue score. A job in the queue has no result (arq's
+# finish removes it from the queue and writes the result in one MULTI), so ids are classified 500 at
+# a time: one ZMSCORE for all of them, then for the ones in the queue one MGET of their in-progress
+# keys, and for the others a GETRANGE of the result's first bytes (then the in-progress and job keys
+# if there is none). A call from Lua costs about 1 us, more than the lookup itself: a queued job now
+# costs no call of its own instead of three, a finished one still one.
 _CLASSIFY = f"""
-local function classify(id, queue, now)
-  local head = redis.call('GETRANGE', '{result_key_prefix}' .. id, 0, 3)
-  if head ~= '' then
-    if string.sub(head, 2, 3) == '\\161s' then
-      local b = string.byte(head, 4)
-      if b == 195 then return 4 elseif b == 194 then return 5 end
+local function classify_many(ids, queue, now, codes)
+  local n = #ids
+  for s = 1, n, 500 do
+    local sub = {{}}
+    for i = s, math.min(s + 499, n) do sub[#sub + 1] = ids[i] end
+    local scores = redis.call('ZMSCORE', queue, unpack(sub))
+    local waiting, pkeys = {{}}, {{}}
+    for j = 1, #sub do
+      local id, code = sub[j], nil
+      if scores[j] then
+        waiting[#waiting + 1] = j
+        pkeys[#pkeys + 1] = '{in_progress_key_prefix}' .. id
+      else
+        local head = redis.call('GETRANGE', '{result_key_prefix}' .. id, 0, 3)
+        if head ~= '' then
+          code = -1
+          if string.sub(head, 2, 3) == '\\161s' then
+            local b = string.byte(head, 4)
+            if b == 195 then code = 4 elseif b == 194 then code = 5 end
+          end
+        elseif redis.call('EXISTS', '{in_progress_key_prefix}' .. id) == 1 then code = 3
+        elseif redis.call('EXISTS', '{job_key_prefix}' .. id) == 1 then code = 1
+        else code = 0
+        end
+      end
+      codes[s + j - 1] = code
     end
-    return -1
+    if #waiting > 0 then
+      local running = redis.call('MGET', unpack(pkeys))
+      for k = 1, #waiting do
+        local j = waiting[k]
+        local code = 1
+        if running[k] then code = 3 elseif tonumber(scores[j]) > now then code = 2 end
+        codes[s + j - 1] = code
+      end
+    end
   end
-  if redis.call('EXISTS', '{in_progress_key_prefix}' .. id) == 1 then return 3 end
-  local score = redis.call('ZSCORE', queue, id)
-  if score then
-    if tonumber(score) > now then return 2 else return 1 end
-  end
-  if redis.call('EXISTS', '{job_key_prefix}' .. id) == 1 then return 1 end
-  return 0
+  return codes
 end
 """
 
 STATUS_LUA = _CLASSIFY + """
 local queue, now = ARGV[1], tonumber(ARGV[2])
-local out = {}
-for i = 3, #ARGV do
-  local code = classify(ARGV[i], queue, now)
-  if code < 0 then code = UNKNOWN end
-  out[#out + 1] = code
+local ids = {}
+for i = 3, #ARGV do ids[#ids + 1] = ARGV[i] end
+local out = classify_many(ids, queue, now, {})
+for i = 1, #out do
+  if out[i] < 0 then out[i] = UNKNOWN end
 end
 return out
 """.replace("UNKNOWN", str(_RESULT_UNKNOWN))
@@ -100,14 +129,20 @@ return out
 # ids whose result must be read in Python (pickle mode).
 COUNT_LUA = _CLASSIFY + """
 local queue, now, idset, retries = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local ids = redis.call('ZRANGE', idset, ARGV[5], ARGV[6])
+if redis.call('EXISTS', retries) == 1 then
+  local kept = {}
+  for _, id in ipairs(ids) do
+    if redis.call('HEXISTS', retries, id) == 0 then kept[#kept + 1] = id end
+  end
+  ids = kept
+end
 local counts = {0, 0, 0, 0, 0, 0}
 local unknown = {}
-local any_retries = redis.call('EXISTS', retries) == 1
-for _, id in ipairs(redis.call('ZRANGE', idset, ARGV[5], ARGV[6])) do
-  if not any_retries or redis.call('HEXISTS', retries, id) == 0 then
-    local code = classify(id, queue, now)
-    if code < 0 then unknown[#unknown + 1] = id else counts[code + 1] = counts[code + 1] + 1 end
-  end
+local codes = classify_many(ids, queue, now, {})
+for i = 1, #codes do
+  local code = codes[i]
+  if code < 0 then unknown[#unknown + 1] = ids[i] else counts[code + 1] = counts[code + 1] + 1 end
 end
 return {counts, unknown}
 """

@@ -229,3 +229,39 @@ async def test_enqueue_keeps_order_and_survives_a_script_cache_flush(client):
     assert more.skipped == [f"o:{i}" for i in range(2000, 2500)]
     assert more.ids == [f"o:{i}" for i in range(3000)]
     assert (await more.status())["queued"] == 3000
+
+
+async def test_state_codes_agree_with_arq_for_every_state(client):
+    """The server-side classifier (bulk.STATUS_LUA / COUNT_LUA) against arq's own Job.status() on
+    planted keys, several of each state, mixed, so every branch of the batched lookups is used."""
+    import time
+
+    from mediaq.bulk import STATES, status_codes
+
+    r, queue, dumps = client.redis, client.settings.queue_name, client.dumps
+    now = int(time.time() * 1000)
+    want: dict[str, str] = {}
+    for i in range(1200):  # > 2 slices of 500
+        state = ["queued", "deferred", "in_progress", "complete", "failed", "not_found"][i % 6]
+        job_id = f"s{i}"
+        want[job_id] = state
+        record = {"t": 1, "f": "noop", "a": [], "k": {"value": i}, "et": now}
+        if state in ("queued", "deferred", "in_progress"):
+            await r.psetex(f"arq:job:{job_id}", 60_000, dumps(record))
+            await r.zadd(queue, {job_id: now - 1000 if state != "deferred" else now + 60_000})
+            if state == "in_progress":
+                await r.set(f"arq:in-progress:{job_id}", b"1", px=60_000)
+        elif state in ("complete", "failed"):
+            ok = state == "complete"
+            await r.set(f"arq:result:{job_id}", dumps({"s": ok, **record, "r": 1 if ok else ValueError("x"),
+                                                         "st": now, "ft": now, "q": queue, "id": job_id}))
+    codes = await status_codes(r, queue, list(want), now)
+    got = dict(zip(want, (STATES[c] for c in codes), strict=True))
+    assert got == want
+    for job_id in ("s0", "s1", "s2", "s3", "s4", "s5"):  # arq agrees (it calls failed jobs complete too)
+        arq_state = (await client.job(job_id).status()).value
+        assert arq_state == {"failed": "complete"}.get(want[job_id], want[job_id]), job_id
+    batch = await client.enqueue_many("noop", [], batch="planted")
+    await r.zadd(batch.ids_key, {job_id: n for n, job_id in enumerate(want)})
+    counts = await client.batch("planted").status()
+    assert counts == {state: 200 for state in STATES[1:] + STATES[:1]}
