@@ -104,3 +104,12 @@ def test_gc_paused_restores_the_previous_state():
         assert not gc.isenabled()  # a caller's own choice is kept
     finally:
         gc.enable()
+
+
+def test_no_records_still_give_typed_base_columns():
+    df = records_frame([])
+    assert len(df) == 0
+    assert list(df.columns) == ["job_id", "function", "batch", "status", "success", "tries", "enqueue_time",
+                                "start_time", "finish_time", "queue_seconds", "run_seconds", "error_type",
+                                "error_code", "error_message", "traceback"]
+    assert str(df["enqueue_time"].dtype) == "datetime64[ns, UTC]" and str(df["tries"].dtype) == "Int64"
