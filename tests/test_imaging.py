@@ -219,6 +219,49 @@ def test_profile_of_the_wrong_colour_space_is_ignored():
     assert im.mode == "L" and im.getpixel((3, 3)) == 77
 
 
+def test_cmyk_jpeg_with_its_profile_is_converted_through_it():
+    """A CMYK JPEG with an embedded profile (tests/iccprofiles.py: every ink mix -> one CIELAB green)
+    comes out as that green in sRGB everywhere; the naive conversion would follow the inks."""
+    from iccprofiles import cmyk_profile
+
+    ramp = Image.linear_gradient("L").resize((64, 48))
+    cmyk = Image.merge("CMYK", [ramp.rotate(angle) for angle in (0, 90, 180, 270)])
+    data = save(cmyk, "JPEG", icc_profile=cmyk_profile((60.0, -60.0, 50.0)), quality=95)
+    out, info = imaging.thumbnail(data, (32, 24), format="png")
+    got = np.asarray(decode_out(out.data), np.float64)
+    assert info["mode"] == "CMYK" and info["icc_profile"] is True and got.shape == (24, 32, 3)
+    # one colour everywhere, and a green one (its exact value depends on the perceptual intent's
+    # black point handling in LittleCMS, as this profile's "black" is green too)
+    assert got.std(axis=(0, 1)).max() < 1
+    r, g, b = got[0, 0]
+    assert g - max(r, b) > 50, got[0, 0]
+    naive = np.asarray(cmyk.convert("RGB").resize((32, 24)), np.float64)
+    assert naive.std(axis=(0, 1)).max() > 30  # what ignoring the profile would have given: not uniform
+
+
+def test_cmyk_without_a_profile_is_converted_naively():
+    cmyk = Image.new("CMYK", (20, 20), (0, 255, 255, 0))  # full magenta + yellow: red
+    out, _ = imaging.thumbnail(save(cmyk, "JPEG", quality=95), format="png")
+    r, g, b = np.asarray(decode_out(out.data))[5, 5]
+    assert r > 240 and g < 15 and b < 15
+
+
+@pytest.mark.parametrize("level", [16, 64, 128, 200])
+def test_grey_image_with_a_grey_profile_is_converted_and_stays_grey(level):
+    """A greyscale PNG whose profile says "linear light" (tests/iccprofiles.py) gets the sRGB value of
+    that luminance, and stays one channel."""
+    from iccprofiles import gray_profile
+
+    data = save(Image.new("L", (20, 20), level), "PNG", icc_profile=gray_profile(1.0))
+    out, info = imaging.thumbnail(data, format="png")
+    im = decode_out(out.data)
+    lin = level / 255
+    expected = (12.92 * lin if lin <= 0.0031308 else 1.055 * lin ** (1 / 2.4) - 0.055) * 255
+    assert info["icc_profile"] is True and im.mode == "L"
+    assert abs(im.getpixel((5, 5)) - expected) <= 2.5, (im.getpixel((5, 5)), expected)
+    assert abs(expected - level) >= 20  # really converted, not passed through
+
+
 # -- modes ------------------------------------------------------------------------------------------
 def _modes() -> dict[str, tuple[bytes, str, tuple]]:
     """mode name -> (encoded file, expected output mode for PNG, expected PNG pixel at (2, 2))."""
