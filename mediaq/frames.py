@@ -22,7 +22,6 @@ the time to decode here.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
 import inspect
@@ -67,27 +66,17 @@ async def iter_records(redis: Any, ids: Sequence[str], loads: Callable[[bytes], 
                        results: bool = True) -> AsyncIterator[list[Record]]:
     """Decoded records of ``ids``, one list per round trip (8 pipelined MGETs of ``chunk`` keys).
 
-    The next trip is in flight while this one is decoded, so the server's work overlaps the
-    client's. ``results=False`` reads job records only (what is waiting in the queue).
+    ``results=False`` reads job records only (what is waiting in the queue).
     """
     per_trip = chunk * 8
-    trips = [ids[start:start + per_trip] for start in range(0, len(ids), per_trip)]
-    if not trips:
-        return
-    pending = asyncio.ensure_future(_fetch_trip(redis, trips[0], chunk, results))
-    try:
-        for k, part in enumerate(trips):
-            raw_results, raw_jobs = await pending
-            if k + 1 < len(trips):
-                pending = asyncio.ensure_future(_fetch_trip(redis, trips[k + 1], chunk, results))
-                await asyncio.sleep(0)  # let it send its commands before we decode
-            with gc_paused():  # not across the yield: the consumer may await
-                decoded = [(job_id, _safe_loads(loads, raw),
-                            None if raw is not None else _safe_loads(loads, raw_jobs.get(job_id)))
-                           for job_id, raw in zip(part, raw_results, strict=True)]
-            yield decoded
-    finally:
-        pending.cancel()
+    for start in range(0, len(ids), per_trip):
+        part = ids[start:start + per_trip]
+        raw_results, raw_jobs = await _fetch_trip(redis, part, chunk, results)
+        with gc_paused():  # not across the yield: the consumer may await
+            decoded = [(job_id, _safe_loads(loads, raw),
+                        None if raw is not None else _safe_loads(loads, raw_jobs.get(job_id)))
+                       for job_id, raw in zip(part, raw_results, strict=True)]
+        yield decoded
 
 
 async def _fetch_trip(redis: Any, part: Sequence[str], chunk: int,
