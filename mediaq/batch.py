@@ -22,7 +22,7 @@ import pandas as pd
 from arq.constants import abort_jobs_ss
 
 from mediaq.bulk import STATES, batch_counts, enqueue_chunk, job_entry, status_codes
-from mediaq.frames import FrameBuilder, fetch_records, iter_records
+from mediaq.frames import FrameBuilder, fetch_records
 from mediaq.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -180,9 +180,8 @@ class Batch:
         """One row per job (see :mod:`mediaq.frames`); pending jobs have their state and no timings."""
         await self.load()
         ids = list(self._ids or []) if all_attempts else self.active_ids
-        builder = FrameBuilder(batch=self.name, signatures=self.client.signatures())
-        async for part in iter_records(self.client.redis, ids, self.client.loads):
-            builder.add(part)
+        builder = await FrameBuilder(batch=self.name, signatures=self.client.signatures()).read(
+            self.client.redis, ids, self.client.loads)
         pending = builder.pending_ids  # only these need a state
         codes = await status_codes(self.client.redis, self.client.settings.queue_name, pending,
                                    int(time.time() * 1000))

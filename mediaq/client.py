@@ -28,7 +28,7 @@ from redis.exceptions import RedisError
 from mediaq.batch import Batch, batch_key, new_batch_name
 from mediaq.bulk import ChunkSender, job_entry
 from mediaq.errors import ConfigError, EnqueueError, JobError, RedisUnavailable
-from mediaq.frames import FrameBuilder, gc_paused, iter_records
+from mediaq.frames import FrameBuilder, gc_paused
 from mediaq.progress import progress_bar
 from mediaq.registry import load_jobs
 from mediaq.serialization import get_serializer
@@ -170,7 +170,7 @@ class Client:
         queue = self.settings.queue_name
         seen: dict[str, None] = {}  # ordered
         skipped: list[str] = []
-        bar = _bar(progress, "enqueue")
+        bar = progress_bar(desc="enqueue") if progress else None
         entries = iter(enumerate(items))
         written = chunks = 0
 
@@ -314,9 +314,7 @@ class Client:
         """Every result in Redis as a DataFrame, oldest first (SCAN, then MGET in pipelined chunks)."""
         ids = [k.decode()[len(result_key_prefix):]
                async for k in self.redis.scan_iter(match=result_key_prefix + "*", count=5000)]
-        builder = FrameBuilder(signatures=self.signatures())
-        async for part in iter_records(self.redis, ids, self.loads, chunk):
-            builder.add(part)
+        builder = await FrameBuilder(signatures=self.signatures()).read(self.redis, ids, self.loads, chunk)
         return builder.frame().sort_values("enqueue_time", ignore_index=True)
 
     async def queue_frame(self, chunk: int = 2000) -> pd.DataFrame:
@@ -325,9 +323,8 @@ class Client:
         ids = [i.decode() for i, _ in entries]
         now = time.time() * 1000
         statuses = {i: ("deferred" if s > now else "queued") for i, (_, s) in zip(ids, entries, strict=True)}
-        builder = FrameBuilder(signatures=self.signatures())
-        async for part in iter_records(self.redis, ids, self.loads, chunk, results=False):
-            builder.add(part)
+        builder = await FrameBuilder(signatures=self.signatures()).read(self.redis, ids, self.loads, chunk,
+                                                                        results=False)
         run_at = pd.to_datetime([s for _, s in entries], unit="ms", utc=True)
         return builder.frame(statuses=statuses, extra_columns={"run_at": run_at})
 
@@ -427,6 +424,3 @@ def _to_unix_ms(when: dt.datetime) -> int:
         when = when.astimezone()
     return int(when.timestamp() * 1000)
 
-
-def _bar(progress: bool, desc: str) -> Any:
-    return progress_bar(desc=desc) if progress else None

@@ -153,6 +153,13 @@ class FrameBuilder:
         """Ids of the rows that have no result yet (their state comes from ``frame(statuses=...)``)."""
         return [job_id for _, job_id in self._pending]
 
+    async def read(self, redis: Any, ids: Sequence[str], loads: Callable[[bytes], Any], chunk: int = 2000, *,
+                   results: bool = True) -> FrameBuilder:
+        """Add the records of ``ids`` from Redis, trip by trip (see :func:`iter_records`); returns self."""
+        async for part in iter_records(redis, ids, loads, chunk, results=results):
+            self.add(part)
+        return self
+
     def add(self, records: Sequence[Record]) -> None:
         """Append ``(job_id, result_record, job_record)`` rows."""
         m = len(records)
