@@ -72,8 +72,8 @@ return skipped
 # if there is none). A call from Lua costs about 1 us, more than the lookup itself: a queued job now
 # costs no call of its own instead of three, a finished one still one.
 _CLASSIFY = f"""
-local function classify_many(ids, queue, now, codes)
-  local n = #ids
+local function classify_many(ids, queue, now)
+  local codes, n = {{}}, #ids
   for s = 1, n, 500 do
     local sub = {{}}
     for i = s, math.min(s + 499, n) do sub[#sub + 1] = ids[i] end
@@ -117,7 +117,7 @@ STATUS_LUA = _CLASSIFY + """
 local queue, now = ARGV[1], tonumber(ARGV[2])
 local ids = {}
 for i = 3, #ARGV do ids[#ids + 1] = ARGV[i] end
-local out = classify_many(ids, queue, now, {})
+local out = classify_many(ids, queue, now)
 for i = 1, #out do
   if out[i] < 0 then out[i] = UNKNOWN end
 end
@@ -139,7 +139,7 @@ if redis.call('EXISTS', retries) == 1 then
 end
 local counts = {0, 0, 0, 0, 0, 0}
 local unknown = {}
-local codes = classify_many(ids, queue, now, {})
+local codes = classify_many(ids, queue, now)
 for i = 1, #codes do
   local code = codes[i]
   if code < 0 then unknown[#unknown + 1] = ids[i] else counts[code + 1] = counts[code + 1] + 1 end
@@ -217,7 +217,12 @@ class ChunkSender:
         self.id_list_key = id_list_key
         self._connection: Any = None
         self._sha: str | None = None
-        self._in_flight: list[Any] | None = None
+        self._in_flight: list[Any] | None = None  # argv of the chunk sent and not landed yet
+
+    @property
+    def in_flight(self) -> int:
+        """How many jobs were sent and have not landed yet (0 or one chunk's worth)."""
+        return 0 if self._in_flight is None else (len(self._in_flight) - 2) // 4
 
     async def send(self, jobs: Sequence[tuple[str, int, int, bytes]]) -> None:
         if self._in_flight is not None:

@@ -201,8 +201,9 @@ class Client:
                 "with deterministic job ids to complete the batch without duplicates.",
                 written=written, chunks_written=chunks, batch=name)
 
-        async def landed(size: int) -> None:
+        async def landed() -> None:
             nonlocal written, chunks
+            size = sender.in_flight
             try:
                 skipped.extend(await sender.landed())
             except (RedisError, OSError) as exc:
@@ -214,23 +215,20 @@ class Client:
 
         # one chunk in flight while the next is built (see ChunkSender)
         sender = ChunkSender(self.redis, queue, b.ids_key)
-        in_flight = 0  # size of the chunk sent and not landed yet
         try:
             while True:
                 try:
                     with gc_paused():  # encoding allocates a burst of small containers
                         chunk = next_chunk()
                 finally:
-                    if in_flight:
-                        size, in_flight = in_flight, 0
-                        await landed(size)
+                    if sender.in_flight:
+                        await landed()
                 if not chunk:
                     break
                 try:
                     await sender.send(chunk)
                 except (RedisError, OSError) as exc:
                     raise failed(exc, len(chunk)) from exc
-                in_flight = len(chunk)
         finally:
             await sender.aclose()
             if bar is not None:
