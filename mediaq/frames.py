@@ -263,10 +263,8 @@ class FrameBuilder:
                 "function": _strings(fixed["function"]),
                 "batch": _strings([self.batch] * self._n),
             }
-            arg_names = {}
             for name, column in self._args.items():
-                arg_names[name] = f"arg_{name}" if name in _RESERVED else name
-                data[arg_names[name]] = column
+                data[f"arg_{name}" if name in _RESERVED else name] = column
             times = {name: _epoch_ms(fixed[name]) for name in ("enqueue_time", "start_time", "finish_time")}
             data.update(status=_strings(status), success=pd.array(fixed["success"], dtype="boolean"),
                         tries=_integers(fixed["tries"]), **times,
