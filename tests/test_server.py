@@ -126,6 +126,23 @@ def test_server_that_cannot_start_shows_its_log(tmp_path):
         EmbeddedServer(tmp_path / "state", binary=str(fake)).ensure_running(timeout=5)
 
 
+def test_server_that_dies_after_detaching_shows_its_log(tmp_path):
+    """The failure after the double fork (a port bind, a corrupt AOF): the launcher exits 0, the
+    daemon writes its pid file, logs why and dies; start says so with the log, not a timeout."""
+    fake = tmp_path / "fake-server"
+    fake.write_text(
+        "#!/bin/sh\n"
+        "pidfile=$(sed -n 's/^pidfile \"\\(.*\\)\"$/\\1/p' \"$1\")\n"
+        "logfile=$(sed -n 's/^logfile \"\\(.*\\)\"$/\\1/p' \"$1\")\n"
+        "sh -c 'echo \"FATAL: could not bind\" >> \"$1\"; sleep 0.3' daemon \"$logfile\" &\n"
+        "echo $! > \"$pidfile\"\n"
+        "exit 0\n")
+    fake.chmod(0o755)
+    # "exited at start", not the timeout's "did not answer": the death itself was noticed
+    with pytest.raises(mediaq.ServerError, match=r"(?s)exited at start.*FATAL: could not bind"):
+        EmbeddedServer(tmp_path / "state", binary=str(fake)).ensure_running(timeout=10)
+
+
 async def test_wrong_password_is_a_clear_error(redis_server):
     bad = redis_server.url.replace(redis_server.url.split("@")[0], "redis://:wrong")
     with pytest.raises(mediaq.RedisUnavailable, match=r"password|AUTH|auth"):
