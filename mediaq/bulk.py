@@ -33,6 +33,16 @@ ENQUEUE_LUA = f"""
 local queue, idset = ARGV[1], ARGV[2]
 local skipped, queued, listed = {{}}, {{}}, {{}}
 local seq = 0
+-- check before writing anything: a script that fails part way keeps what it wrote
+for _, key in ipairs({{queue, idset}}) do
+  if key ~= '' then
+    local t = redis.call('TYPE', key)['ok']
+    if t ~= 'zset' and t ~= 'none' then
+      return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. t .. ', not a sorted set; '
+        .. 'nothing was enqueued (is another program using this Redis database?)')
+    end
+  end
+end
 if idset ~= '' then
   local last = redis.call('ZRANGE', idset, -1, -1, 'WITHSCORES')
   if last[2] then seq = tonumber(last[2]) + 1 end
@@ -206,9 +216,10 @@ class ChunkSender:
     ``await send(chunk)`` writes the script call and returns at once; ``await landed()`` reads its
     reply (the skipped ids). The caller builds the next chunk in between, so the client's encoding
     and the server's script run at the same time on two cores. Sending the next chunk only after
-    the previous one landed keeps the guarantee that a failure leaves whole chunks before it and
-    nothing after. (redis-py's own calls only write a command several loop turns after they are
-    scheduled, which is why this talks to a pooled connection directly.)
+    the previous one landed keeps the guarantee that a failure leaves whole chunks before it, at
+    most one chunk in doubt (sent, its reply lost with the connection) and nothing after.
+    (redis-py's own calls only write a command several loop turns after they are scheduled, which
+    is why this talks to a pooled connection directly.)
     """
 
     def __init__(self, redis: Any, queue_name: str, id_list_key: str = "") -> None:
@@ -221,7 +232,7 @@ class ChunkSender:
 
     @property
     def in_flight(self) -> int:
-        """How many jobs were sent and have not landed yet (0 or one chunk's worth)."""
+        """How many jobs were (or were being) sent and have not landed yet: 0 or one chunk's worth."""
         return 0 if self._in_flight is None else (len(self._in_flight) - 2) // 4
 
     async def send(self, jobs: Sequence[tuple[str, int, int, bytes]]) -> None:
@@ -235,8 +246,13 @@ class ChunkSender:
             except TypeError:  # redis-py < 5.3 wants a command name
                 self._connection = await pool.get_connection("EVALSHA")
         argv = _enqueue_argv(self.queue_name, jobs, self.id_list_key)
-        await self._connection.send_command("EVALSHA", self._sha, 0, *argv)
-        self._in_flight = argv
+        connection = self._connection
+        if not connection.is_connected:  # failures up to here mean nothing was sent
+            await connection.connect()
+        else:
+            await connection.check_health()
+        self._in_flight = argv  # from here on the server may have it, even if writing fails part way
+        await connection.send_command("EVALSHA", self._sha, 0, *argv, check_health=False)
 
     async def landed(self) -> list[str]:
         """The ids the chunk in flight skipped because they already existed."""

@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 from arq.connections import ArqRedis
 from arq.constants import abort_jobs_ss, default_queue_name, result_key_prefix
 from arq.jobs import DeserializationError, Job
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from mediaq.batch import Batch, batch_key, new_batch_name
 from mediaq.bulk import ChunkSender, job_entry
@@ -194,12 +194,18 @@ class Client:
                     break
             return chunk
 
-        def failed(exc: Exception, size: int) -> EnqueueError:
+        def failed(exc: Exception, size: int, sent: bool) -> EnqueueError:
+            # an error reply means the script ran and wrote nothing (it checks before it writes); a
+            # connection that broke after the chunk went out leaves it written whole or not at all
+            in_doubt = size if sent and not isinstance(exc, ResponseError) else 0
+            what = (f"the connection broke while the next chunk of {size} was in flight, so it was "
+                    "written whole or not at all and which is unknown until Redis is back"
+                    if in_doubt else f"the failed chunk of {size} was not written at all")
             return EnqueueError(
                 f"Redis failed after {chunks} chunk(s) ({written} jobs) of batch {name!r} were written; "
-                f"the failed chunk of {size} was not written at all ({exc}). Rerun the same call "
-                "with deterministic job ids to complete the batch without duplicates.",
-                written=written, chunks_written=chunks, batch=name)
+                f"{what} ({exc}). Rerun the same call with deterministic job ids to complete the "
+                "batch without duplicates.",
+                written=written, chunks_written=chunks, batch=name, in_doubt=in_doubt)
 
         async def landed() -> None:
             nonlocal written, chunks
@@ -207,7 +213,7 @@ class Client:
             try:
                 skipped.extend(await sender.landed())
             except (RedisError, OSError) as exc:
-                raise failed(exc, size) from exc
+                raise failed(exc, size, sent=True) from exc
             written += size
             chunks += 1
             if bar is not None:
@@ -228,7 +234,7 @@ class Client:
                 try:
                     await sender.send(chunk)
                 except (RedisError, OSError) as exc:
-                    raise failed(exc, len(chunk)) from exc
+                    raise failed(exc, len(chunk), sent=sender.in_flight > 0) from exc
         finally:
             await sender.aclose()
             if bar is not None:

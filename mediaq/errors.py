@@ -68,15 +68,27 @@ class UnknownJobError(MediaqError, KeyError):
 class EnqueueError(MediaqError):
     """A bulk enqueue stopped part way. Chunks are atomic: each one was written whole or not at all.
 
-    ``written`` is the number of items in chunks that were written, ``chunks_written`` how many chunks;
-    rerunning the same call with deterministic ids completes the batch without duplicates.
+    ``written`` is the number of items in chunks confirmed written, ``chunks_written`` how many
+    chunks. ``in_doubt`` is the size of the chunk whose reply was lost when the connection broke
+    after it was sent (0 if there is none): the server may have written it whole or not at all, and
+    nobody can tell until it is back. Rerunning the same call with deterministic ids completes the
+    batch without duplicates either way.
+
+    Example::
+
+        try:
+            batch = await client.enqueue_many("create_thumbnail", ids, job_id="thumb:{0}")
+        except mediaq.EnqueueError as exc:
+            print(exc.written, exc.in_doubt)  # then run the same call again
     """
 
-    def __init__(self, message: str, *, written: int, chunks_written: int, batch: str | None = None) -> None:
+    def __init__(self, message: str, *, written: int, chunks_written: int, batch: str | None = None,
+                 in_doubt: int = 0) -> None:
         super().__init__(message)
         self.written = written
         self.chunks_written = chunks_written
         self.batch = batch
+        self.in_doubt = in_doubt
 
 
 class JobError(MediaqError):

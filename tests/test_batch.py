@@ -265,3 +265,20 @@ async def test_state_codes_agree_with_arq_for_every_state(client):
     await r.zadd(batch.ids_key, {job_id: n for n, job_id in enumerate(want)})
     counts = await client.batch("planted").status()
     assert counts == {state: 200 for state in STATES[1:] + STATES[:1]}
+
+
+async def test_enqueue_into_a_queue_key_of_another_type_writes_nothing(client, settings):
+    """A script that fails part way keeps what it wrote, so the enqueue script checks first: a queue
+    key some other program made a string is a clear error, with no job keys left behind."""
+    await client.redis.set(settings.queue_name, "not a queue")
+    with pytest.raises(mediaq.EnqueueError) as info:
+        await client.enqueue_many("noop", [{"value": i} for i in range(30)], job_id="wt{value}",
+                                  chunk_size=10, batch="wrongtype")
+    err = info.value
+    assert (err.written, err.chunks_written, err.in_doubt) == (0, 0, 0)
+    assert await client.redis.keys("arq:job:wt*") == []
+    assert "was not written at all" in str(err) and "holds a string, not a sorted set" in str(err)
+    await client.redis.delete(settings.queue_name)
+    batch = await client.enqueue_many("noop", [{"value": i} for i in range(30)], job_id="wt{value}",
+                                      chunk_size=10, batch="wrongtype")
+    assert batch.skipped == [] and await client.redis.zcard(settings.queue_name) == 30
