@@ -258,7 +258,7 @@ class ChunkSender:
         """The ids the chunk in flight skipped because they already existed."""
         from redis.exceptions import NoScriptError
 
-        argv, self._in_flight = self._in_flight, None
+        argv = self._in_flight
         if argv is None:
             return []
         try:
@@ -267,6 +267,7 @@ class ChunkSender:
             self._sha = await self.redis.script_load(ENQUEUE_LUA)
             await self._connection.send_command("EVALSHA", self._sha, 0, *argv)
             reply = await self._connection.read_response()
+        self._in_flight = None  # only now: until its reply is read the chunk is still in flight
         return _decoded(reply)
 
     async def aclose(self) -> None:

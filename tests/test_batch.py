@@ -282,3 +282,26 @@ async def test_enqueue_into_a_queue_key_of_another_type_writes_nothing(client, s
     batch = await client.enqueue_many("noop", [{"value": i} for i in range(30)], job_id="wt{value}",
                                       chunk_size=10, batch="wrongtype")
     assert batch.skipped == [] and await client.redis.zcard(settings.queue_name) == 30
+
+
+async def test_enqueue_cancelled_with_a_chunk_in_flight_leaves_the_client_usable(client, settings):
+    """The kernel's stop button while a chunk's reply is unread: that reply must not be left on a
+    pooled connection for the next call to read, and a rerun completes the batch without duplicates."""
+    chunk = 1000
+
+    def items(cancel_at=None):
+        for i in range(5000):
+            if i == cancel_at:
+                asyncio.current_task().cancel()  # lands at the next await: reading chunk 2's reply
+            yield {"value": i}
+
+    task = asyncio.create_task(client.enqueue_many("noop", items(cancel_at=2500), job_id="c{value}",
+                                                   batch="cancelled", chunk_size=chunk))
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await client.redis.set("after-cancel", "mine")
+    assert await client.redis.get("after-cancel") == b"mine"  # not a stale script reply
+    queued = await client.redis.zcard(settings.queue_name)
+    assert queued in (chunk, 2 * chunk)  # whole chunks; the one sent before the cancel may have run
+    batch = await client.enqueue_many("noop", items(), job_id="c{value}", batch="cancelled", chunk_size=chunk)
+    assert len(batch.skipped) == queued and await client.redis.zcard(settings.queue_name) == 5000
