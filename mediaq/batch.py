@@ -187,7 +187,7 @@ class Batch:
                                    int(time.time() * 1000))
         states = {i: STATES[c] if c < len(STATES) else "complete" for i, c in zip(pending, codes, strict=True)}
         origin = {new: old for old, new in self._retries.items()}
-        retry_of = pd.array([origin.get(i) for i in ids] if origin else [None] * len(ids), dtype="string")
+        retry_of = pd.array([origin.get(i) for i in ids], dtype="string")
         return builder.frame(statuses=states, extra_columns={"retry_of": retry_of})
 
     async def failed(self) -> pd.DataFrame:
