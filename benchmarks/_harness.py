@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mediaq.localworker import LocalWorker
-from mediaq.settings import Settings
+from mediaq.runtime.localworker import LocalWorker
+from mediaq.runtime.settings import Settings
 
 __all__ = ["BenchContext", "row"]
 
@@ -48,7 +48,8 @@ class BenchContext:
         """Empty the queue and cache databases between measurements."""
         import redis
 
-        from mediaq.server import resolve_redis_url, with_db
+        from mediaq.runtime.connections import with_db
+        from mediaq.runtime.server import resolve_redis_url
 
         url = resolve_redis_url(self.settings)
         for db in (self.settings.queue_db, self.settings.cache_db):

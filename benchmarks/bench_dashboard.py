@@ -17,9 +17,9 @@ import time
 
 import mediaq
 from benchmarks._harness import BenchContext, row
-from mediaq.health import HEARTBEAT_PREFIX, WORKERS_KEY
-from mediaq.stats import FAILURES_KEY, STATS_KEY, THROUGHPUT_KEY
-from mediaq.widgets import Dashboard
+from mediaq.faces.widgets import Dashboard
+from mediaq.runtime.heartbeat import HEARTBEAT_PREFIX, WORKERS_KEY
+from mediaq.runtime.stats import FAILURES_KEY, STATS_KEY, THROUGHPUT_KEY
 
 
 async def _seed(client: mediaq.Client, batch: str) -> None:

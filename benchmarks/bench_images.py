@@ -31,8 +31,8 @@ from PIL import Image
 
 import mediaq
 from benchmarks._harness import BenchContext, row
-from mediaq import imaging
-from mediaq.localworker import LocalWorker
+from mediaq.pure import imaging
+from mediaq.runtime.localworker import LocalWorker
 
 BOX = (250, 200)
 QUALITY = 87
@@ -227,7 +227,7 @@ async def _thumbnail_part(ctx: BenchContext, paths: list[str], methods: list[str
 
 def _worker_pids(ctx: BenchContext, worker: LocalWorker) -> list[int]:
     """The worker, its pool and forkserver, and the embedded Redis server."""
-    from mediaq.server import EmbeddedServer
+    from mediaq.runtime.server import EmbeddedServer
 
     pids = [worker.pid, *(p.pid for p in psutil.Process(worker.pid).children(recursive=True))]
     server_pid = EmbeddedServer(ctx.settings.state_dir).status().get("pid")

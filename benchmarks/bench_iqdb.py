@@ -42,9 +42,10 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 
 from benchmarks._harness import BenchContext, row
 from benchmarks.iqdb_photos import PhotoFetchError, load_photos
-from mediaq.iqdb.index import IqdbIndex
-from mediaq.iqdb.local import LocalIndex
-from mediaq.iqdb.signature import Signature, compute_signature
+from mediaq.pure.iqdb.compute import compute_signature
+from mediaq.pure.iqdb.scoring import LocalIndex
+from mediaq.pure.iqdb.signature import Signature
+from mediaq.runtime.iqdb_index import IqdbIndex
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 DATA_PHOTOS = ["astronaut.jpg", "camera.png", "chelsea.png", "coffee.jpg", "hubble_deep_field.jpg", "retina.jpg",

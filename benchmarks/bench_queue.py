@@ -17,7 +17,7 @@ import pandas as pd
 
 import mediaq
 from benchmarks._harness import BenchContext, row
-from mediaq.serialization import msgpack_dumps
+from mediaq.runtime.serialization import msgpack_dumps
 
 
 async def _bench(ctx: BenchContext) -> list[dict]:

@@ -29,8 +29,10 @@ import pandas as pd
 
 import mediaq
 from benchmarks._harness import BenchContext, row
-from mediaq.batch import Batch
-from mediaq.ratings import RatingsStore, bayesian_ratings, enqueue_library
+from mediaq.client.batch import Batch
+from mediaq.client.ratings import enqueue_library
+from mediaq.pure.ratings import bayesian_ratings
+from mediaq.runtime.ratings_store import RatingsStore
 
 REPEATS = 3
 #: the helper's default (1000) and ``None``: max_jobs chunks. With a poll_delay of 0.2 s and

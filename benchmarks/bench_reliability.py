@@ -28,7 +28,8 @@ from PIL import Image
 
 import mediaq
 from benchmarks._harness import BenchContext, row
-from mediaq.server import resolve_redis_url, with_db
+from mediaq.runtime.connections import with_db
+from mediaq.runtime.server import resolve_redis_url
 
 MiB = 2**20
 
@@ -52,8 +53,8 @@ STOCK_SETTINGS = textwrap.dedent('''
     from arq.worker import func
     from mediaq.jobs.images import create_thumbnail
     from mediaq.jobs.util import noop, sleep
-    from mediaq.serialization import msgpack_dumps, msgpack_loads
-    from mediaq.settings import Settings
+    from mediaq.runtime.serialization import msgpack_dumps, msgpack_loads
+    from mediaq.runtime.settings import Settings
 
     async def startup(ctx):
         ctx["settings"] = Settings.load()

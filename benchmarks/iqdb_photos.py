@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from mediaq.imaging import fit_size
+from mediaq.pure.imaging import fit_size
 
 __all__ = ["SIZE", "SOURCES", "PhotoFetchError", "cache_dir", "ensure_photos", "load_photos", "photo_files"]
 

@@ -22,8 +22,8 @@ import traceback
 from pathlib import Path
 
 from benchmarks._harness import BenchContext
-from mediaq.server import EmbeddedServer
-from mediaq.settings import Settings
+from mediaq.runtime.server import EmbeddedServer
+from mediaq.runtime.settings import Settings
 
 
 def discover() -> list[str]:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mediaq.batch import Batch
-from mediaq.client import Client, connect, image_frame
+from mediaq.client.batch import Batch
+from mediaq.client.connection import Client, connect, image_frame
 from mediaq.errors import (
     ConfigError,
     EnqueueError,
@@ -29,10 +29,10 @@ from mediaq.errors import (
     UnknownJobError,
     WorkerStartError,
 )
-from mediaq.jobs import job
-from mediaq.localworker import LocalWorker, start_worker
-from mediaq.server import EmbeddedServer
-from mediaq.settings import Settings
+from mediaq.runtime.jobspec import job
+from mediaq.runtime.localworker import LocalWorker, start_worker
+from mediaq.runtime.server import EmbeddedServer
+from mediaq.runtime.settings import Settings
 
 __version__ = "0.1.0"
 
@@ -68,7 +68,7 @@ def connect_sync(url: str | None = None, **settings: Any) -> Any:
 
     Returns a client whose methods block (``client.enqueue_many(...).wait()``); safe in a running kernel.
     """
-    from mediaq._sync import SyncProxy, run_sync
+    from mediaq.client.sync import SyncProxy, run_sync
 
     return SyncProxy(run_sync(connect(url, **settings)))
 
@@ -83,7 +83,7 @@ def dashboard(client: Client, batch: Batch | str | None = None, interval: float 
     ``options``: ``autostart=True``, ``timeout=5.0`` (seconds a refresh waits on Redis before
     showing it unreachable), ``window=120`` (seconds of chart history).
     """
-    from mediaq.widgets import Dashboard
+    from mediaq.faces.widgets import Dashboard
 
     return Dashboard(client, batch, interval, local_worker, **options)
 

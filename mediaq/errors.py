@@ -4,12 +4,18 @@ Tree::
 
     MediaqError
     ├── ConfigError              a setting or argument is wrong (fix the call or the MEDIAQ_* variable)
+    │   └── InvalidRatingsError  ratings rows that cannot be loaded (names every bad row; nothing written)
     ├── RedisUnavailable         Redis cannot be reached or refused us (server down, wrong password)
     ├── ServerError              the embedded server could not be started or stopped
     ├── WorkerStartError         a local worker died while starting (carries its last log lines)
     ├── UnknownJobError          a job name that no worker registers
     ├── EnqueueError             a bulk enqueue stopped part way (says which chunks were written)
     ├── JobError                 a job failed; raised on the client with the worker's type, message, traceback
+    ├── IqdbError                anything IQDB
+    │   ├── InvalidImageError    the image cannot be decoded (also a ValueError)
+    │   ├── InvalidHashError     not a 533-character ``iqdb_...`` hash (also a ValueError)
+    │   ├── IqdbUnavailable      the IQDB server cannot be reached (also a ConnectionError)
+    │   └── IqdbServerError      the server answered with an error (HTTP 500 JSON, or another status)
     └── JobFailure               raised *inside* jobs; the worker turns it into a result
         ├── PermanentJobError    bad input: fails at once, never retried
         └── TransientJobError    a passing problem: retried with the seed backoff (5 s x try)
@@ -22,6 +28,12 @@ from typing import Any
 __all__ = [
     "ConfigError",
     "EnqueueError",
+    "InvalidHashError",
+    "InvalidImageError",
+    "InvalidRatingsError",
+    "IqdbError",
+    "IqdbServerError",
+    "IqdbUnavailable",
     "JobError",
     "JobFailure",
     "MediaqError",
@@ -40,6 +52,20 @@ class MediaqError(Exception):
 
 class ConfigError(MediaqError, ValueError):
     """A setting or an argument is invalid; the message says which and what is allowed."""
+
+
+class InvalidRatingsError(ConfigError):
+    """Ratings that cannot be loaded; nothing was written. ``rows`` holds the offending rows (a
+    DataFrame: original index, or ``line`` numbers for a CSV) and ``reason`` says what is wrong."""
+
+    def __init__(self, message: str, rows: Any = None, reason: str = "") -> None:
+        super().__init__(message)
+        if rows is None:
+            import pandas as pd
+
+            rows = pd.DataFrame()
+        self.rows = rows
+        self.reason = reason
 
 
 class RedisUnavailable(MediaqError, ConnectionError):
@@ -120,6 +146,39 @@ class JobError(MediaqError):
     def __repr__(self) -> str:
         code = f", code={self.code!r}" if self.code else ""
         return f"JobError(type={self.type!r}, message={self.message!r}{code})"
+
+
+class IqdbError(MediaqError):
+    """Base of every IQDB error."""
+
+
+class InvalidImageError(IqdbError, ValueError):
+    """The image could not be decoded (not an image, truncated, unsupported)."""
+
+
+class InvalidHashError(IqdbError, ValueError):
+    """A string that is not an IQDB hash (``iqdb_`` + 528 lowercase hex digits)."""
+
+
+class IqdbUnavailable(IqdbError, ConnectionError):
+    """The IQDB server could not be reached (refused, timed out, connection dropped)."""
+
+
+class IqdbServerError(IqdbError):
+    """The IQDB server answered with an error.
+
+    ``status`` is the HTTP status; for the server's HTTP 500 JSON errors ``exception`` and
+    ``server_message`` carry its ``exception`` and ``message`` fields and ``backtrace`` its trace.
+    """
+
+    def __init__(self, message: str, *, status: int, exception: str | None = None,
+                 server_message: str | None = None, backtrace: Any = None, url: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.exception = exception
+        self.server_message = server_message
+        self.backtrace = backtrace
+        self.url = url
 
 
 class JobFailure(MediaqError):

@@ -28,7 +28,7 @@ class NotebookSandbox:
     """The folder, server and environment the notebooks run against."""
 
     def __init__(self) -> None:
-        from mediaq.server import EmbeddedServer
+        from mediaq.runtime.server import EmbeddedServer
 
         self.root = Path(tempfile.mkdtemp(prefix="mediaq-nbval-"))
         self.state_dir = self.root / "state"

@@ -17,8 +17,9 @@ import pytest
 import redis
 
 import mediaq
-from mediaq.server import EmbeddedServer, with_db
-from mediaq.settings import Settings
+from mediaq.runtime.connections import with_db
+from mediaq.runtime.server import EmbeddedServer
+from mediaq.runtime.settings import Settings
 
 # tests/browser/*.ipynb is driven by test_browser.py in a real JupyterLab, not compared by nbval
 collect_ignore_glob = ["browser/*.ipynb"]

@@ -33,10 +33,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from mediaq.iqdb._errors import InvalidHashError, InvalidImageError
-from mediaq.iqdb.hashes import parse_hash
-from mediaq.iqdb.local import LocalIndex
-from mediaq.iqdb.signature import compute_signature
+from mediaq.errors import InvalidHashError, InvalidImageError
+from mediaq.pure.iqdb.compute import compute_signature
+from mediaq.pure.iqdb.scoring import LocalIndex
+from mediaq.pure.iqdb.signature import parse_hash
 
 __all__ = ["IqdbTestServer"]
 

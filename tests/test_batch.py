@@ -11,7 +11,7 @@ from arq.worker import Worker, func
 
 import mediaq
 from mediaq.jobs.util import noop, sleep
-from mediaq.serialization import get_serializer
+from mediaq.runtime.serialization import get_serializer
 
 
 async def test_enqueue_many_dedups_and_reruns_skip(client, start_worker):
@@ -206,7 +206,8 @@ async def test_enqueue_keeps_order_and_survives_a_script_cache_flush(client):
     scripts between two chunks (SCRIPT FLUSH, or a restart) gets the script again, nothing is lost."""
     import redis
 
-    from mediaq.server import resolve_redis_url, with_db
+    from mediaq.runtime.connections import with_db
+    from mediaq.runtime.server import resolve_redis_url
 
     flusher = redis.Redis.from_url(with_db(resolve_redis_url(client.settings), client.settings.queue_db))
 
@@ -236,7 +237,7 @@ async def test_state_codes_agree_with_arq_for_every_state(client):
     planted keys, several of each state, mixed, so every branch of the batched lookups is used."""
     import time
 
-    from mediaq.bulk import STATES, status_codes
+    from mediaq.runtime.scripts import STATES, status_codes
 
     r, queue, dumps = client.redis, client.settings.queue_name, client.dumps
     now = int(time.time() * 1000)

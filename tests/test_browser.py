@@ -28,8 +28,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from mediaq.health import WORKERS_KEY
-from mediaq.server import with_db
+from mediaq.runtime.connections import with_db
+from mediaq.runtime.heartbeat import WORKERS_KEY
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(150)]
 

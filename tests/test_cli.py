@@ -10,7 +10,7 @@ import pytest
 
 
 def mediaq(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mediaq.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "mediaq.faces.cli", *args], capture_output=True, text=True,
                           env=env, timeout=timeout)
 
 
@@ -22,7 +22,7 @@ def env(tmp_path):
     e["MEDIAQ_STATE_DIR"] = str(tmp_path / "state")
     e["MEDIAQ_STORAGE"] = str(tmp_path / "media")
     yield e
-    subprocess.run([sys.executable, "-m", "mediaq.cli", "redis", "stop"], env=e, capture_output=True, timeout=60)
+    subprocess.run([sys.executable, "-m", "mediaq.faces.cli", "redis", "stop"], env=e, capture_output=True, timeout=60)
 
 
 def test_redis_commands(env):

@@ -9,8 +9,8 @@ import pytest
 from arq.constants import abort_jobs_ss
 
 import mediaq
-from mediaq.server import EmbeddedServer
-from mediaq.widgets import Dashboard
+from mediaq.faces.widgets import Dashboard
+from mediaq.runtime.server import EmbeddedServer
 
 ipywidgets = pytest.importorskip("ipywidgets")
 
@@ -180,7 +180,7 @@ async def test_a_failing_refresh_does_not_end_the_task(client, monkeypatch):
         calls.append(1)
         raise ValueError("bad <data>")
 
-    monkeypatch.setattr("mediaq.widgets.queue_snapshot", broken)
+    monkeypatch.setattr("mediaq.faces.widgets.queue_snapshot", broken)
     dash = Dashboard(client, interval=0.05)
     await _until(lambda: len(calls) >= 3, what="three attempts")
     assert dash.running and "refresh failed: ValueError: bad &lt;data&gt;" in dash.status.value
@@ -189,7 +189,7 @@ async def test_a_failing_refresh_does_not_end_the_task(client, monkeypatch):
 
 
 def test_mediaq_dashboard_and_batch_dashboard_build_dashboards(client):
-    import mediaq.widgets
+    import mediaq.faces.widgets
 
     dash = mediaq.dashboard(client, "x", 2.0, autostart=False)
     assert isinstance(dash, Dashboard) and dash.batch.name == "x" and dash.interval == 2.0

@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from mediaq.display import grid_html, image_data_uri, pairs_html, pairs_side_by_side, thumbnail_grid
-from mediaq.settings import Settings
-from mediaq.storage import Storage
+from mediaq.faces.display import grid_html, image_data_uri, pairs_html, pairs_side_by_side, thumbnail_grid
+from mediaq.runtime.settings import Settings
+from mediaq.runtime.storage import Storage
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 URI = re.compile(r'src="data:image/(jpeg|png);base64,([A-Za-z0-9+/=]+)"')
@@ -189,6 +189,6 @@ def test_pairs_side_by_side_is_ipython_html(thumbs: Path) -> None:
 
 
 def test_import_does_not_load_ipython() -> None:
-    code = "import sys, mediaq.display; print('IPython' in sys.modules, 'ipywidgets' in sys.modules)"
+    code = "import sys, mediaq.faces.display; print('IPython' in sys.modules, 'ipywidgets' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]

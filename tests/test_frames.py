@@ -7,8 +7,8 @@ import inspect
 
 import pandas as pd
 
+from mediaq.client.frames import FrameBuilder, gc_paused, records_frame
 from mediaq.errors import JobError
-from mediaq.frames import FrameBuilder, gc_paused, records_frame
 
 T0 = 1_764_482_400_000  # epoch ms
 

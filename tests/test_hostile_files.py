@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mediaq.imaging import fit_size
+from mediaq.pure.imaging import fit_size
 
 pytestmark = pytest.mark.slow
 

@@ -13,11 +13,11 @@ import pytest
 from PIL import Image
 
 import mediaq
-from mediaq import storage as storage_module
 from mediaq.errors import PermanentJobError
-from mediaq.imaging import OutputSpec
 from mediaq.jobs.images import create_image_set, create_thumbnail, create_variant, render_task, store_outputs
-from mediaq.settings import Settings
+from mediaq.pure.imaging import OutputSpec
+from mediaq.runtime import storage as storage_module
+from mediaq.runtime.settings import Settings
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 KEYS = {"image_id", "variant", "path", "width", "height", "bytes", "format", "skipped", "reason",

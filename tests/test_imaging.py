@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms, features
 
-from mediaq import imaging
 from mediaq.errors import PermanentJobError, TransientJobError
+from mediaq.pure import imaging
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 QUADS = {"tl": (230, 20, 20), "tr": (20, 200, 20), "bl": (20, 20, 230), "br": (240, 240, 240)}
@@ -371,7 +371,7 @@ def test_encoding_is_deterministic(fmt):
 def test_encoding_is_the_same_in_a_fresh_process():
     data = (DATA / "hubble_deep_field.jpg").read_bytes()
     here = imaging.thumbnail(data)[0].data
-    code = ("import sys; from mediaq import imaging; "
+    code = ("import sys; from mediaq.pure import imaging; "
             "sys.stdout.buffer.write(imaging.thumbnail(open(sys.argv[1], 'rb').read())[0].data)")
     there = subprocess.run([sys.executable, "-c", code, str(DATA / "hubble_deep_field.jpg")], check=True,
                            capture_output=True, timeout=60).stdout

@@ -11,12 +11,12 @@ import redis
 import redis.asyncio as aioredis
 from PIL import Image
 
-from mediaq.errors import ConfigError
-from mediaq.iqdb._errors import InvalidHashError
-from mediaq.iqdb.index import SYNC_CHUNK, IqdbIndex, SyncIqdbIndex
-from mediaq.iqdb.local import LocalIndex
-from mediaq.iqdb.signature import Signature, signature_from_rgb
-from mediaq.server import with_db
+from mediaq.errors import ConfigError, InvalidHashError
+from mediaq.pure.iqdb.compute import signature_from_rgb
+from mediaq.pure.iqdb.scoring import LocalIndex
+from mediaq.pure.iqdb.signature import Signature
+from mediaq.runtime.connections import with_db
+from mediaq.runtime.iqdb_index import SYNC_CHUNK, IqdbIndex, SyncIqdbIndex
 
 
 def _queue_url(settings) -> str:

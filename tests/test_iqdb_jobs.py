@@ -15,9 +15,9 @@ from PIL import Image
 
 import mediaq
 from mediaq.errors import PermanentJobError, TransientJobError
-from mediaq.iqdb.index import IqdbIndex
-from mediaq.iqdb.signature import compute_signature
 from mediaq.jobs.iqdb import add_to_iqdb, remove_from_iqdb
+from mediaq.pure.iqdb.compute import compute_signature
+from mediaq.runtime.iqdb_index import IqdbIndex
 
 
 def _write_thumb(settings, name: str, seed: int, fmt: str = "JPEG") -> str:

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from mediaq.iqdb.local import WEIGHTS, LocalIndex, bins
-from mediaq.iqdb.signature import Signature, compute_signature, signature_from_rgb
+from mediaq.pure.iqdb.compute import compute_signature, signature_from_rgb
+from mediaq.pure.iqdb.scoring import WEIGHTS, LocalIndex, bins
+from mediaq.pure.iqdb.signature import Signature
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 PHOTOS = ["astronaut.jpg", "chelsea.png", "coffee.jpg", "hubble_deep_field.jpg", "retina.jpg", "rocket.jpg",
@@ -247,7 +248,7 @@ def test_find_duplicates(photo_sigs):
 
 
 def test_merge_mirrored():
-    from mediaq.iqdb.local import Match, merge_mirrored
+    from mediaq.pure.iqdb.scoring import Match, merge_mirrored
 
     plain = [Match("a", 60.0, "ha"), Match("b", 50.0, "hb")]
     flipped = [Match("c", 65.0, "hc"), Match("b", 95.0, "hb"), Match("a", 10.0, "ha")]

@@ -11,10 +11,9 @@ import pytest
 from iqdb_server import IqdbTestServer
 from PIL import Image
 
-from mediaq.errors import ConfigError
-from mediaq.iqdb import IqdbServerError, IqdbUnavailable
-from mediaq.iqdb.remote import RemoteIqdb, SyncRemoteIqdb
-from mediaq.iqdb.signature import compute_signature, mirror_signature
+from mediaq.errors import ConfigError, IqdbServerError, IqdbUnavailable
+from mediaq.pure.iqdb.compute import compute_signature, mirror_signature
+from mediaq.runtime.iqdb_server import RemoteIqdb, SyncRemoteIqdb
 
 
 def _image(seed: int, fmt: str = "JPEG", flip: bool = False) -> bytes:

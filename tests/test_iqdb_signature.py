@@ -7,7 +7,7 @@ There is no reference IQDB server on this machine, so the golden values are deri
   arithmetic emulated by rounding every single-precision operation with ``struct`` (exact: a
   float32 +, -, *, / computed in double then rounded once equals the float32 result), doubles as
   Python floats, and its own port of libstdc++'s ``push_heap``/``pop_heap``. It shares no code with
-  :mod:`mediaq.iqdb.signature` (which is vectorised with per-axis tables and a tie fast path).
+  :mod:`mediaq.pure.iqdb.compute` (which is vectorised with per-axis tables and a tie fast path).
   The vectorised implementation must agree with it bit for bit on every hash.
 * The uniform-image hash is derived by hand from the spec (every detail coefficient is exactly 0,
   so the heap keeps indices 1..40, all stored negative; the DC term is a short closed form).
@@ -26,9 +26,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mediaq.iqdb import signature as S
-from mediaq.iqdb._errors import InvalidImageError
-from mediaq.iqdb.hashes import format_hash
+from mediaq.errors import InvalidImageError
+from mediaq.pure.iqdb import compute as S
+from mediaq.pure.iqdb.signature import Signature, format_hash
 
 # ----------------------------------------------------------------------------------------------
 # The literal reference
@@ -443,7 +443,7 @@ def test_signature_properties():
     assert not np.any(sig.sig == 0)
     assert all(len(set(np.abs(row).tolist())) == 40 for row in sig.sig)  # an index is kept once
     assert 0 < sig.avglf[0] < 1
-    assert S.Signature.from_dict(sig.to_dict()) == sig
+    assert Signature.from_dict(sig.to_dict()) == sig
     assert format_hash(sig) == sig.hash and len(sig.hash) == 533
     with pytest.raises(ValueError):
-        S.Signature((0.0, 0.0, 0.0), np.zeros((3, 40), np.int16))
+        Signature((0.0, 0.0, 0.0), np.zeros((3, 40), np.int16))

@@ -50,6 +50,6 @@ def test_import_starts_nothing(tmp_path):
 
 
 def test_dashboard_export_stays_callable_after_importing_the_widgets():
-    import mediaq.widgets
+    import mediaq.faces.widgets
 
     assert callable(mediaq.dashboard) and mediaq.dashboard.__module__ == "mediaq"

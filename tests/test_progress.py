@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from mediaq.progress import LOG_INTERVAL, progress_bar
+from mediaq.faces.progress import LOG_INTERVAL, progress_bar
 
 
 class _Terminal(io.StringIO):

@@ -17,10 +17,12 @@ import redis.asyncio as aioredis
 from arq.worker import Retry
 
 import mediaq
+from mediaq.client.ratings import chunk_job_id, enqueue_library
 from mediaq.errors import PermanentJobError, TransientJobError
 from mediaq.jobs.ratings import close_stores, get_prior, prior_cache_key, recalculate_rating, recalculate_ratings
-from mediaq.ratings import RatingsStore, bayesian_ratings, chunk_job_id, enqueue_library
-from mediaq.server import with_db
+from mediaq.pure.ratings import bayesian_ratings
+from mediaq.runtime.connections import with_db
+from mediaq.runtime.ratings_store import RatingsStore
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 

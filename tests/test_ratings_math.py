@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mediaq.ratings.math import bayesian, bayesian_ratings, check_prior, prior
+from mediaq.pure.ratings import bayesian, bayesian_ratings, check_prior, prior
 
 
 def make_ratings(seed: int, images: int = 60, rows: int = 500) -> pd.DataFrame:
@@ -137,7 +137,7 @@ def test_math_imports_neither_arq_nor_redis() -> None:
     """The module's own imports (importing the ``mediaq`` package itself pulls in the client)."""
     import ast
 
-    import mediaq.ratings.math as module
+    import mediaq.pure.ratings as module
 
     tree = ast.parse(open(module.__file__, encoding="utf-8").read())
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)

@@ -13,9 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mediaq.errors import ConfigError
-from mediaq.ratings import InvalidRatingsError, RatingsStore, bayesian_ratings
-from mediaq.settings import Settings
+from mediaq.errors import ConfigError, InvalidRatingsError
+from mediaq.pure.ratings import bayesian_ratings
+from mediaq.runtime.ratings_store import RatingsStore
+from mediaq.runtime.settings import Settings
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 
@@ -287,7 +288,7 @@ def other_url(request) -> Iterator[str]:
 
 def test_other_database_round_trip(other_url: str) -> None:
     """The non-SQLite code paths (dialect upserts, expanding IN) on a real server. Drops the tables first."""
-    from mediaq.ratings.store import metadata
+    from mediaq.runtime.ratings_store import metadata
 
     store = RatingsStore(other_url, create=False)
     assert store.engine.dialect.name in ("postgresql", "mysql", "mariadb")

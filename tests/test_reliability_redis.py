@@ -15,8 +15,8 @@ import time
 import pytest
 
 import mediaq
-from mediaq.server import EmbeddedServer
-from mediaq.settings import Settings
+from mediaq.runtime.server import EmbeddedServer
+from mediaq.runtime.settings import Settings
 
 pytestmark = pytest.mark.slow
 

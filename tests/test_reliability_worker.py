@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mediaq.imaging import fit_size
-from mediaq.recovery import (
+from mediaq.pure.imaging import fit_size
+from mediaq.runtime.recovery import (
     CLAIMANTS_KEY,
     CLAIMS_PREFIX,
     Janitor,
@@ -126,7 +126,7 @@ STALL_JOBS = textwrap.dedent('''
     import asyncio, os, threading, time
     from pathlib import Path
     from mediaq import job
-    from mediaq import storage as storage_module
+    from mediaq.runtime import storage as storage_module
 
     _local = threading.local()
 

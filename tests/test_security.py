@@ -26,8 +26,8 @@ from arq.jobs import DeserializationError
 from PIL import Image
 
 import mediaq
-from mediaq.server import EmbeddedServer
-from mediaq.settings import Settings
+from mediaq.runtime.server import EmbeddedServer
+from mediaq.runtime.settings import Settings
 
 pytestmark = pytest.mark.slow
 

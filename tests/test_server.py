@@ -13,8 +13,8 @@ import pytest
 import redis
 
 import mediaq
-from mediaq.server import EmbeddedServer, find_server_binary, resolve_redis_url
-from mediaq.settings import Settings
+from mediaq.runtime.server import EmbeddedServer, find_server_binary, resolve_redis_url
+from mediaq.runtime.settings import Settings
 
 
 @pytest.fixture
@@ -75,7 +75,7 @@ def test_sigkilled_server_is_recovered_by_next_connect_and_keeps_jobs(tmp_path):
 
 def test_two_processes_share_one_server(server, tmp_path):
     url = server.ensure_running()
-    code = ("import sys; from mediaq.server import EmbeddedServer; "
+    code = ("import sys; from mediaq.runtime.server import EmbeddedServer; "
             "print(EmbeddedServer(sys.argv[1]).ensure_running())")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "state")], capture_output=True, text=True,
                          check=True, timeout=60)
@@ -83,7 +83,7 @@ def test_two_processes_share_one_server(server, tmp_path):
 
 
 def test_concurrent_starts_make_one_server(tmp_path):
-    code = ("import sys; from mediaq.server import EmbeddedServer; "
+    code = ("import sys; from mediaq.runtime.server import EmbeddedServer; "
             "print(EmbeddedServer(sys.argv[1]).ensure_running())")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "s")], stdout=subprocess.PIPE, text=True)
              for _ in range(3)]

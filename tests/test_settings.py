@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mediaq import ConfigError, Settings
+from mediaq.errors import ConfigError
+from mediaq.runtime.settings import Settings
 
 
 def test_seed_defaults():

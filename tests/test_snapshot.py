@@ -9,8 +9,7 @@ import pytest
 from redis.asyncio.connection import AbstractConnection
 
 import mediaq
-from mediaq.server import EmbeddedServer
-from mediaq.snapshot import (
+from mediaq.client.snapshot import (
     BatchCounts,
     Failure,
     RateWindow,
@@ -23,6 +22,7 @@ from mediaq.snapshot import (
     sparkline_svg,
     throughput_rate,
 )
+from mediaq.runtime.server import EmbeddedServer
 
 
 async def _until(predicate, read, timeout: float = 30.0, delay: float = 0.1):

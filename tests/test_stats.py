@@ -1,11 +1,11 @@
-"""Worker-side counters (mediaq.stats) and heartbeats (mediaq.health) against a real worker."""
+"""Worker-side counters (mediaq.runtime.stats) and heartbeats (mediaq.runtime.heartbeat) against a real worker."""
 
 from __future__ import annotations
 
 import asyncio
 
-from mediaq.health import read_workers
-from mediaq.stats import read_batch_counts, read_failures, read_queue_stats, read_throughput
+from mediaq.runtime.heartbeat import read_workers
+from mediaq.runtime.stats import read_batch_counts, read_failures, read_queue_stats, read_throughput
 
 
 async def _until(predicate, timeout=20.0):

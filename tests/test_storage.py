@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from mediaq import storage as storage_module
 from mediaq.errors import PermanentJobError, TransientJobError
-from mediaq.storage import Storage, sweep_abandoned, validate_image_id
+from mediaq.runtime import storage as storage_module
+from mediaq.runtime.storage import Storage, sweep_abandoned, validate_image_id
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -248,7 +248,7 @@ def test_real_read_only_disk(tmpfs):
 
 KILLED_WRITER = textwrap.dedent("""
     import os, sys, time
-    from mediaq import storage
+    from mediaq.runtime import storage
     real_write = os.write
     def stalled_write(fd, data):
         real_write(fd, bytes(data[:1000]))

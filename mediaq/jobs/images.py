@@ -20,7 +20,7 @@ outputs; its thumbnail and medium can differ by a few levels from the separate j
 decoded at a different DCT scale), but each job on its own is deterministic.
 
 >>> import asyncio, tempfile
->>> from mediaq.settings import Settings
+>>> from mediaq.runtime.settings import Settings
 >>> ctx = {"settings": Settings.load(storage=tempfile.mkdtemp())}
 >>> r = asyncio.run(create_thumbnail(ctx, "cat", "data/chelsea.png"))
 >>> r["width"], r["height"], r["format"], r["path"].endswith("/thumbs/cat.jpg")
@@ -33,7 +33,7 @@ import asyncio
 from typing import Any
 
 from mediaq.errors import PermanentJobError
-from mediaq.imaging import (
+from mediaq.pure.imaging import (
     OUTPUT_FORMATS,
     Output,
     OutputSpec,
@@ -45,9 +45,9 @@ from mediaq.imaging import (
     probe,
     render_outputs,
 )
-from mediaq.jobs._base import job, job_settings, run_cpu
-from mediaq.settings import Settings
-from mediaq.storage import Storage, validate_image_id
+from mediaq.runtime.jobspec import job, job_settings, run_cpu
+from mediaq.runtime.settings import Settings
+from mediaq.runtime.storage import Storage, validate_image_id
 
 __all__ = [
     "VARIANTS",

@@ -34,12 +34,18 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from mediaq.errors import ConfigError, PermanentJobError, TransientJobError
-from mediaq.iqdb._errors import InvalidImageError, IqdbServerError, IqdbUnavailable
-from mediaq.iqdb.hashes import parse_hash
-from mediaq.iqdb.signature import compute_signature, to_jpeg_bytes
-from mediaq.jobs._base import job, job_settings, resources, run_cpu
-from mediaq.settings import Settings
+from mediaq.errors import (
+    ConfigError,
+    InvalidImageError,
+    IqdbServerError,
+    IqdbUnavailable,
+    PermanentJobError,
+    TransientJobError,
+)
+from mediaq.pure.iqdb.compute import compute_signature, to_jpeg_bytes
+from mediaq.pure.iqdb.signature import parse_hash
+from mediaq.runtime.jobspec import job, job_settings, resources, run_cpu
+from mediaq.runtime.settings import Settings
 
 __all__ = ["add_to_iqdb", "prepare_thumbnail", "remove_from_iqdb"]
 
@@ -51,9 +57,9 @@ def prepare_thumbnail(path: str) -> tuple[bytes, str]:
     """Read ``path``, convert it to JPEG if needed, and compute its hash (runs in the process pool).
 
     Returns ``(jpeg_bytes, hash)``; raises :class:`PermanentJobError` (``bad_image`` and the read
-    errors of :func:`mediaq.imaging.read_source`).
+    errors of :func:`mediaq.pure.imaging.read_source`).
     """
-    from mediaq.imaging import read_source
+    from mediaq.pure.imaging import read_source
 
     data = read_source(path)
     try:
@@ -91,14 +97,14 @@ def _backend(ctx: dict[str, Any]) -> Any:
     settings = job_settings(ctx)
     shared = resources(ctx)
     if settings.iqdb_url:
-        from mediaq.iqdb.remote import RemoteIqdb
+        from mediaq.runtime.iqdb_server import RemoteIqdb
 
         key = f"{_CTX_KEY}:server:{settings.iqdb_url}"
         backend = shared.get(key)
         if backend is None:
             backend = shared[key] = RemoteIqdb(settings.iqdb_url)
         return backend
-    from mediaq.iqdb.index import IqdbIndex
+    from mediaq.runtime.iqdb_index import IqdbIndex
 
     redis = ctx.get("redis")
     if redis is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mediaq.jobs._base import job
+from mediaq.runtime.jobspec import job
 
 __all__ = ["reindex_image"]
 
@@ -24,7 +24,7 @@ async def reindex_image(ctx: dict[str, Any], image_id: str, source_path: str, *,
     result = await create_image_set(ctx, image_id, source_path)
     follow_up = None
     if iqdb:
-        from mediaq.bulk import enqueue_chunk, job_entry
+        from mediaq.runtime.scripts import enqueue_chunk, job_entry
 
         follow_up = f"{ctx['job_id']}:iqdb"
         redis = ctx["redis"]

@@ -2,7 +2,7 @@
 
 * ``recalculate_rating(image_id)``: one image, as in the seed application;
 * ``recalculate_ratings(image_ids)``: a whole chunk in one set-based query (one job per image spends
-  most of its time in queue bookkeeping); :func:`mediaq.ratings.bulk.enqueue_library` enqueues a
+  most of its time in queue bookkeeping); :func:`mediaq.client.ratings.enqueue_library` enqueues a
   library in such chunks.
 
 Both use the seed prior ``(C, m)``, cached in Redis db ``cache_db`` (``ctx['cache']``) for
@@ -36,8 +36,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from mediaq.errors import ConfigError, PermanentJobError, TransientJobError
-from mediaq.jobs._base import job
-from mediaq.settings import redact_url
+from mediaq.runtime.jobspec import job
+from mediaq.runtime.settings import redact_url
 
 __all__ = ["close_stores", "get_prior", "prior_cache_key", "recalculate_rating", "recalculate_ratings"]
 
@@ -180,8 +180,8 @@ def _resources(ctx: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _store(ctx: dict[str, Any]) -> Any:
-    """This process's :class:`~mediaq.ratings.store.RatingsStore` for the settings' URL, opened once."""
-    from mediaq.ratings.store import RatingsStore
+    """This process's :class:`~mediaq.runtime.ratings_store.RatingsStore` for the settings' URL, opened once."""
+    from mediaq.runtime.ratings_store import RatingsStore
 
     url = ctx["settings"].resolved_ratings_url
     stores = _resources(ctx).setdefault(STORE_KEY, {})

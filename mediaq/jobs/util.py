@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from mediaq.errors import ConfigError
-from mediaq.jobs._base import job
+from mediaq.runtime.jobspec import job
 
 __all__ = ["noop", "sleep"]
 

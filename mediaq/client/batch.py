@@ -1,0 +1,256 @@
+"""A named set of jobs, stored in Redis so a restarted kernel can reattach: ``client.batch(name)``.
+
+Keys: ``mediaq:batch:<name>`` (hash: function, created), ``mediaq:batch:<name>:ids`` (sorted set of
+every job id, scored by enqueue order), ``mediaq:batch:<name>:retries`` (hash: original id -> retry id), and the
+sorted set ``mediaq:batches``. A retried job is replaced by its retry in counts and results
+(``results(all_attempts=True)`` shows both, linked by ``retry_of``).
+
+>>> batch = client.batch("thumbs-2026-11-30")        # doctest: +SKIP
+>>> await batch.status()                             # doctest: +SKIP
+{'queued': 10, 'deferred': 0, 'in_progress': 10, 'complete': 980, 'failed': 0, 'not_found': 0}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+from arq.constants import abort_jobs_ss
+
+from mediaq.client.frames import FrameBuilder, fetch_records
+from mediaq.faces.progress import progress_bar
+from mediaq.runtime.scripts import STATES, batch_counts, enqueue_chunk, job_entry, status_codes
+
+if TYPE_CHECKING:
+    from mediaq.client.connection import Client
+
+__all__ = ["Batch", "batch_key", "new_batch_name"]
+
+_FINAL = ("complete", "failed")
+
+
+def batch_key(name: str) -> str:
+    return f"mediaq:batch:{name}"
+
+
+def new_batch_name(function: str) -> str:
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+    return f"{function}-{stamp}-{time.time_ns() % 1_000_000:06d}"
+
+
+class Batch:
+    """Jobs enqueued together. ``len(batch)``, ``batch.ids``, ``await batch.status()``, ``wait()``,
+    ``results()``, ``failed()``, ``retry_failed()``, ``abort()``."""
+
+    def __init__(self, client: Client, name: str) -> None:
+        self.client = client
+        self.name = name
+        self.skipped: list[str] = []  # ids skipped at the last enqueue because they already existed
+        self._ids: list[str] | None = None
+        self._retries: dict[str, str] = {}
+        self._final: dict[str, str] = {}  # id -> complete/failed: results never change, cache them
+        self.function: str | None = None
+
+    @property
+    def key(self) -> str:
+        return batch_key(self.name)
+
+    @property
+    def ids_key(self) -> str:
+        return self.key + ":ids"
+
+    def __repr__(self) -> str:
+        n = len(self._ids) if self._ids is not None else "?"
+        return f"<Batch {self.name!r} {self.function or ''} jobs={n}>"
+
+    def __len__(self) -> int:
+        if self._ids is None:
+            raise RuntimeError("the batch's ids are not loaded yet: `await batch.load()` first "
+                               "(enqueue_many and every other method load them)")
+        return len(self.active_ids)
+
+    async def _register(self, function: str) -> None:
+        redis = self.client.redis
+        self.function = function
+        await redis.hsetnx(self.key, "function", function)
+        await redis.hsetnx(self.key, "created", str(time.time()))
+        await redis.zadd("mediaq:batches", {self.name: time.time()}, nx=True)
+
+    async def load(self) -> Batch:
+        """Read the batch's ids and retry links from Redis."""
+        redis = self.client.redis
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.zrange(self.ids_key, 0, -1)
+            pipe.hgetall(self.key + ":retries")
+            pipe.hget(self.key, "function")
+            raw_ids, retries, function = await pipe.execute()
+        if not raw_ids and function is None:
+            from mediaq.errors import ConfigError
+
+            raise ConfigError(f"no batch named {self.name!r} in Redis; `await client.batches()` lists them")
+        self._ids = [i.decode() for i in raw_ids]
+        self._retries = {k.decode(): v.decode() for k, v in retries.items()}
+        self.function = function.decode() if function else None
+        return self
+
+    async def _ensure(self) -> None:
+        if self._ids is None:
+            await self.load()
+
+    @property
+    def ids(self) -> list[str]:
+        """Every job id in the batch (latest attempt of each item)."""
+        return self.active_ids
+
+    @property
+    def active_ids(self) -> list[str]:
+        if self._ids is None:
+            return []
+        return [i for i in self._ids if i not in self._retries]
+
+    # -- state ------------------------------------------------------------------------------
+    async def job_states(self) -> dict[str, str]:
+        """State of each job: queued, deferred, in_progress, complete, failed or not_found."""
+        await self.load()  # other processes may have added jobs or retries
+        ids = self.active_ids
+        todo = [i for i in ids if i not in self._final]
+        codes = await status_codes(self.client.redis, self.client.settings.queue_name, todo,
+                                   int(time.time() * 1000))
+        unknown = [i for i, c in zip(todo, codes, strict=True) if c >= len(STATES)]
+        states = {i: STATES[c] for i, c in zip(todo, codes, strict=True) if c < len(STATES)}
+        if unknown:  # pickle mode: read the success flag in Python
+            for job_id, result, _ in await fetch_records(self.client.redis, unknown, self.client.loads):
+                states[job_id] = "complete" if result and result.get("s") else "failed"
+        for job_id, state in states.items():
+            if state in _FINAL:
+                self._final[job_id] = state
+        return {i: self._final.get(i) or states[i] for i in ids}
+
+    async def status(self) -> dict[str, int]:
+        """Counts by state, computed on the server over the batch's ids (one script call per 10k jobs)."""
+        counts, unknown = await batch_counts(self.client.redis, self.client.settings.queue_name, self.ids_key,
+                                             self.key + ":retries", int(time.time() * 1000))
+        out = dict(zip(STATES, counts, strict=True))
+        if unknown:  # pickle mode: read the success flag in Python
+            for _, result, _ in await fetch_records(self.client.redis, unknown, self.client.loads):
+                out["complete" if result and result.get("s") else "failed"] += 1
+        if self._ids is None and not any(out.values()) and not await self.client.redis.exists(self.key):
+            from mediaq.errors import ConfigError
+
+            raise ConfigError(f"no batch named {self.name!r} in Redis; `await client.batches()` lists them")
+        return {state: out[state] for state in STATES[1:] + STATES[:1]}
+
+    async def wait(self, *, progress: bool = True, timeout: float | None = None,
+                   poll_interval: float = 0.5) -> dict[str, int]:
+        """Wait until every job is complete or failed; returns the counts.
+
+        ``progress`` shows a ``tqdm.auto`` bar (a widget in Jupyter, text in a terminal). Interrupting
+        (Ctrl-C, the kernel's stop button) stops waiting only: the batch keeps running in Redis.
+        A job that vanished (``not_found``: expired, or its result expired) counts as done.
+        """
+        bar = None
+        start = time.monotonic()
+        try:
+            while True:
+                counts = await self.status()
+                done = counts["complete"] + counts["failed"] + counts["not_found"]
+                total = sum(counts.values())
+                if progress and bar is None:
+                    bar = progress_bar(total=total, desc=self.name)
+                if bar is not None:
+                    bar.total = total
+                    bar.set_postfix(failed=counts["failed"], running=counts["in_progress"], refresh=False)
+                    bar.update(done - bar.n)  # redraws unless it drew less than mininterval ago
+                if done >= total:
+                    return counts
+                if timeout is not None and time.monotonic() - start > timeout:
+                    raise TimeoutError(f"batch {self.name!r} not finished after {timeout} s: {counts}. "
+                                       "It keeps running; wait again, or check workers with `mediaq doctor`.")
+                await asyncio.sleep(poll_interval)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    # -- results ----------------------------------------------------------------------------
+    async def results(self, *, all_attempts: bool = False) -> pd.DataFrame:
+        """One row per job (see :mod:`mediaq.client.frames`); pending jobs have their state and no timings."""
+        await self.load()
+        ids = list(self._ids or []) if all_attempts else self.active_ids
+        builder = await FrameBuilder(batch=self.name, signatures=self.client.signatures()).read(
+            self.client.redis, ids, self.client.loads)
+        pending = builder.pending_ids  # only these need a state
+        codes = await status_codes(self.client.redis, self.client.settings.queue_name, pending,
+                                   int(time.time() * 1000))
+        states = {i: STATES[c] if c < len(STATES) else "complete" for i, c in zip(pending, codes, strict=True)}
+        origin = {new: old for old, new in self._retries.items()}
+        retry_of = pd.array([origin.get(i) for i in ids], dtype="string")
+        return builder.frame(statuses=states, extra_columns={"retry_of": retry_of})
+
+    async def failed(self) -> pd.DataFrame:
+        """The failed jobs' rows (error type, code, message, traceback)."""
+        df = await self.results()
+        return df[df["status"] == "failed"].reset_index(drop=True)
+
+    async def retry_failed(self, job_ids: Iterable[str] | None = None) -> list[str]:
+        """Enqueue failed jobs again under a new id (``<id>~r<n>``), linked to the original.
+
+        ``job_ids``: only these (for example the failures you fixed; skip the rest); default all.
+        Returns the new ids; the batch now counts the retries instead of those failures.
+        """
+        states = await self.job_states()
+        failed = [i for i, s in states.items() if s == "failed"]
+        if job_ids is not None:
+            wanted = set(job_ids)
+            unknown = wanted - set(states)
+            if unknown:
+                from mediaq.errors import ConfigError
+
+                raise ConfigError(f"not in batch {self.name!r}: {sorted(unknown)[:5]}")
+            failed = [i for i in failed if i in wanted]
+        records = await fetch_records(self.client.redis, failed, self.client.loads)
+        entries, links = [], {}
+        for job_id, result, _ in records:
+            if not result:
+                continue
+            base, _, n = job_id.partition("~r")
+            new_id = f"{base}~r{int(n or 0) + 1}"
+            entries.append(job_entry(self.client.dumps, new_id, result["f"], result.get("a") or [],
+                                     result.get("k") or {}, self.name))
+            links[job_id] = new_id
+        new_ids = list(links.values())
+        if entries:
+            # ids that exist already (a rerun of retry_failed) are skipped, and still linked
+            await enqueue_chunk(self.client.redis, self.client.settings.queue_name, entries, self.ids_key)
+            await self.client.redis.hset(self.key + ":retries", mapping=links)
+        await self.load()
+        return new_ids
+
+    async def abort(self) -> int:
+        """Abort every job not finished yet (queued ones never start; running ones are cancelled).
+        Returns how many were asked to abort."""
+        states = await self.job_states()
+        pending = [i for i, s in states.items() if s in ("queued", "deferred", "in_progress")]
+        if pending:
+            now = int(time.time() * 1000)
+            for start in range(0, len(pending), 5000):
+                await self.client.redis.zadd(abort_jobs_ss, {i: now for i in pending[start:start + 5000]})
+        return len(pending)
+
+    def __bool__(self) -> bool:  # a batch is a handle, truthy even before its ids are loaded
+        return True
+
+    def dashboard(self, interval: float = 1.0, local_worker: Any = None, **options: Any) -> Any:
+        """A live dashboard of this batch (see :func:`mediaq.dashboard`)."""
+        from mediaq.faces.widgets import Dashboard
+
+        return Dashboard(self.client, self, interval, local_worker, **options)
+
+    async def delete(self) -> None:
+        """Forget the batch (its jobs and results stay until they expire)."""
+        await self.client.redis.delete(self.key, self.ids_key, self.key + ":retries", self.key + ":counts")
+        await self.client.redis.zrem("mediaq:batches", self.name)
+

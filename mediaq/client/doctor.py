@@ -1,0 +1,150 @@
+"""``mediaq status`` and ``mediaq doctor``: what the queue is doing, and what to do about it.
+
+The doctor walks the seed application's troubleshooting list: is Redis reachable with these
+settings, is a worker alive, are jobs waiting with no worker, which jobs keep retrying and why.
+Each check prints ``ok``, ``warn`` or ``FAIL`` and, when not ok, what to do.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+from arq.constants import job_key_prefix, result_key_prefix, retry_key_prefix
+
+from mediaq.errors import MediaqError
+from mediaq.runtime.heartbeat import read_health, read_workers
+from mediaq.runtime.settings import Settings, redact_url
+
+__all__ = ["diagnose", "print_status", "run_doctor"]
+
+
+def _line(level: str, text: str, todo: str = "") -> str:
+    out = f"[{level:>4}] {text}"
+    return out + (f"\n       -> {todo}" if todo else "")
+
+
+async def diagnose(settings: Settings) -> list[tuple[str, str, str]]:
+    """The checks as ``(level, finding, what to do)`` tuples; level is ok, warn or FAIL."""
+    from mediaq.client.connection import connect
+    from mediaq.runtime.server import EmbeddedServer
+
+    checks: list[tuple[str, str, str]] = []
+    if settings.redis_url:
+        where = f"MEDIAQ_REDIS_URL={redact_url(settings.redis_url)}"
+    else:
+        status = EmbeddedServer(settings.state_dir, settings.redis_server).status()
+        where = f"embedded server in {status['folder']}"
+        if not status["running"]:
+            checks.append(("warn", f"the {where} is not running",
+                           "it starts on first use; `mediaq redis start` starts it now"))
+            return checks
+    try:
+        client = await connect(settings=settings)
+    except MediaqError as exc:
+        checks.append(("FAIL", f"Redis is not reachable ({where}): {exc}",
+                       "start the server, or fix MEDIAQ_REDIS_URL (host, port, password)"))
+        return checks
+    try:
+        checks.append(("ok", f"Redis reachable: {redact_url(client.url)} (queue db {settings.queue_db}, "
+                       f"cache db {settings.cache_db})", ""))
+        redis = client.redis
+        workers = await read_workers(redis)
+        health = await read_health(redis, settings.queue_name)
+        counts = await client.queue_counts()
+        if workers:
+            checks.append(("ok", f"{len(workers)} mediaq worker(s) alive: " + ", ".join(
+                f"{w['host']}:{w['pid']} ({w.get('ongoing', 0)} running)" for w in workers), ""))
+        elif health:
+            checks.append(("ok", f"an arq worker is alive (health check at {health['time']})", ""))
+        else:
+            checks.append(("warn", "no worker is alive on this queue",
+                           "start one: `mediaq worker`, `arq mediaq.worker.WorkerSettings`, or "
+                           "mediaq.start_worker() in a notebook"))
+        if counts["queued"] and not (workers or health):
+            checks.append(("FAIL", f"{counts['queued']} job(s) are waiting and no worker is taking them",
+                           "start a worker (see above) with the same MEDIAQ_REDIS_URL and queue"))
+        elif counts["queued"]:
+            checks.append(("ok", f"{counts['queued']} job(s) queued, {counts['deferred']} deferred", ""))
+        else:
+            checks.append(("ok", f"no job waiting ({counts['deferred']} deferred)", ""))
+        checks += await _retrying(client)
+        checks += await _recent_failures(client)
+    finally:
+        await client.close()
+    return checks
+
+
+async def _retrying(client: Any) -> list[tuple[str, str, str]]:
+    redis = client.redis
+    keys = [k async for k in redis.scan_iter(match=retry_key_prefix + "*", count=1000)]
+    if not keys:
+        return [("ok", "no job is being retried", "")]
+    tries = await redis.mget(keys)
+    ids = [k.decode()[len(retry_key_prefix):] for k in keys]
+    jobs = await redis.mget([job_key_prefix + i for i in ids])
+    stuck = []
+    for job_id, n, raw in zip(ids, tries, jobs, strict=True):
+        if n and int(n) >= 2:
+            try:
+                function = client.loads(raw)["f"] if raw else "?"
+            except Exception:
+                function = "?"
+            stuck.append(f"{job_id} ({function}, try {int(n)})")
+    if not stuck:
+        return [("ok", "no job has needed a second try", "")]
+    return [("warn", f"{len(stuck)} job(s) keep retrying: " + ", ".join(stuck[:10]),
+             "transient errors (server unreachable, database locked) retry 5 s x try up to 3 tries; "
+             "check the worker log (`LocalWorker.logs()` or the `mediaq worker` output) for the cause")]
+
+
+async def _recent_failures(client: Any, sample: int = 5000) -> list[tuple[str, str, str]]:
+    redis = client.redis
+    keys = []
+    async for k in redis.scan_iter(match=result_key_prefix + "*", count=1000):
+        keys.append(k)
+        if len(keys) >= sample:
+            break
+    reasons: Counter[str] = Counter()
+    for start in range(0, len(keys), 1000):
+        for raw in await redis.mget(keys[start:start + 1000]):
+            try:
+                record = client.loads(raw) if raw else None
+            except Exception:
+                reasons["unreadable result record (foreign serializer?)"] += 1
+                continue
+            if record and not record.get("s"):
+                err = record.get("r")
+                reasons[f"{record.get('f')}: {getattr(err, 'type', type(err).__name__)}"
+                        f"{' [' + err.code + ']' if getattr(err, 'code', None) else ''}"] += 1
+    if not reasons:
+        return [("ok", f"no failed job among {len(keys)} result(s)", "")]
+    top = ", ".join(f"{reason} x{n}" for reason, n in reasons.most_common(5))
+    return [("warn", f"{sum(reasons.values())} failed job(s) among {len(keys)} result(s): {top}",
+             "`await batch.failed()` shows each file and error; fix or skip them, then `batch.retry_failed()`")]
+
+
+async def run_doctor(settings: Settings) -> int:
+    """Print the checks; exit code 1 if any failed."""
+    print(f"mediaq doctor: {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    checks = await diagnose(settings)
+    for level, text, todo in checks:
+        print(_line(level, text, todo))
+    return 1 if any(level == "FAIL" for level, _, _ in checks) else 0
+
+
+async def print_status(settings: Settings) -> None:
+    """Queue counts, live workers, and the last batches with their counts."""
+    from mediaq.client.connection import connect
+
+    async with await connect(settings=settings) as client:
+        counts = await client.queue_counts()
+        workers = await read_workers(client.redis)
+        ongoing = sum(w.get("ongoing", 0) for w in workers)
+        print(f"queue {settings.queue_name!r}: {counts['queued']} queued, {counts['deferred']} deferred, "
+              f"{ongoing} in progress; {len(workers)} worker(s) alive")
+        batches = await client.batches()
+        for name in list(batches["batch"])[-10:]:
+            c = await client.batch(name).status()
+            print(f"  batch {name}: " + ", ".join(f"{k} {v}" for k, v in c.items() if v))

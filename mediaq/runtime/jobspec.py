@@ -1,0 +1,135 @@
+"""The ``@job`` decorator and the helpers every job function shares.
+
+A job function is ``async def name(ctx, *args, **kwargs) -> plain data``. ``@job`` records its
+timeout and tries and turns :class:`~mediaq.errors.JobFailure` into arq's behaviour:
+
+* :class:`~mediaq.errors.PermanentJobError`: the job fails at once and is not retried;
+* :class:`~mediaq.errors.TransientJobError`: ``arq.Retry(defer=retry_backoff * job_try)``
+  (5, 10 s with the seed settings) until the last try, which fails with the real error
+  (not arq's opaque "max retries exceeded").
+
+>>> from mediaq import job
+>>> @job(timeout=30)
+... async def shout(ctx, text: str) -> str:
+...     return text.upper()
+>>> shout.__mediaq_job__.name, shout.__mediaq_job__.timeout
+('shout', 30)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from mediaq.errors import JobFailure, TransientJobError
+
+__all__ = ["JobSpec", "job", "job_settings", "make_process_pool", "resources", "run_cpu"]
+
+_PROCESS_RESOURCES: dict[str, Any] = {}
+
+
+def job_settings(ctx: dict[str, Any]) -> Any:
+    """The worker's :class:`~mediaq.runtime.settings.Settings`, or settings from the environment when a job
+    is called directly (a test, a notebook)."""
+    settings = ctx.get("settings")
+    if settings is None:
+        from mediaq.runtime.settings import Settings
+
+        settings = ctx["settings"] = Settings.load()
+    return settings
+
+
+def resources(ctx: dict[str, Any]) -> dict[str, Any]:
+    """Per-process resources shared by every job of a worker (a DB engine, an index replica, the pool).
+
+    arq gives each job a *copy* of the worker's ``ctx``: a key a job sets in ``ctx`` is gone for the
+    next job. Cache things in this dict instead (``resources(ctx).setdefault(key, ...)``): the
+    worker's ``ctx['resources']``, closed at worker shutdown, else one dict per process.
+    """
+    shared = ctx.get("resources")
+    return shared if isinstance(shared, dict) else _PROCESS_RESOURCES
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What the worker needs to know about a job function."""
+
+    name: str
+    coroutine: Callable[..., Awaitable[Any]]
+    timeout: float | None = None  # None: the worker's job_timeout (300 s)
+    max_tries: int | None = None  # None: the worker's max_tries (3)
+    keep_result: float | None = None
+
+
+def job(
+    func: F | None = None,
+    *,
+    name: str | None = None,
+    timeout: float | None = None,
+    max_tries: int | None = None,
+    keep_result: float | None = None,
+) -> Any:
+    """Mark an ``async def f(ctx, ...)`` as a mediaq job (usable bare or with options)."""
+
+    def wrap(f: F) -> F:
+        @functools.wraps(f)
+        async def runner(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+            try:
+                return await f(ctx, *args, **kwargs)
+            except JobFailure as exc:
+                if exc.retry:
+                    _retry_or_raise(ctx, exc, max_tries)
+                raise
+
+        runner.__mediaq_job__ = JobSpec(name or f.__name__, runner, timeout, max_tries, keep_result)  # type: ignore[attr-defined]
+        return runner  # type: ignore[return-value]
+
+    return wrap(func) if func is not None else wrap
+
+
+def _retry_or_raise(ctx: dict[str, Any], exc: JobFailure, max_tries: int | None) -> None:
+    from arq.worker import Retry
+
+    settings = ctx.get("settings")
+    tries = max_tries or (settings.max_tries if settings else 3)
+    backoff = settings.retry_backoff if settings else 5.0
+    job_try = int(ctx.get("job_try", 1))
+    if job_try < tries:
+        raise Retry(defer=backoff * job_try) from exc
+
+
+def make_process_pool(processes: int) -> ProcessPoolExecutor:
+    """A pool for CPU-bound work. ``forkserver``: a forked pool can hang when the parent already
+    holds library threads (seen with pyvips), and ``spawn`` would re-import on every start."""
+    import multiprocessing
+
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    return ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context(method))
+
+
+async def run_cpu(ctx: dict[str, Any], fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run ``fn(*args, **kwargs)`` in the worker's process pool, off the event loop.
+
+    Without a pool (a job called directly, in a test or a notebook) it runs in a thread. A pool
+    broken by a killed child is replaced for every later job, and this job is retried (transient).
+    """
+    loop = asyncio.get_running_loop()
+    call = functools.partial(fn, *args, **kwargs)
+    shared = resources(ctx)
+    pool = shared.get("pool") or ctx.get("pool")
+    if pool is None:
+        return await asyncio.to_thread(call)
+    try:
+        return await loop.run_in_executor(pool, call)
+    except BrokenProcessPool:
+        if (shared.get("pool") or ctx.get("pool")) is pool:  # first job to notice replaces it, for all jobs
+            shared["pool"] = make_process_pool(ctx["settings"].processes)
+            pool.shutdown(wait=False, cancel_futures=True)
+        raise TransientJobError("worker_pool_broken", "a pool process died; the job will be retried") from None

@@ -1,0 +1,424 @@
+"""The ratings store: individual ratings and per-image stats in a SQL database (SQLAlchemy 2 Core).
+
+SQLite is the embedded default (``Settings.resolved_ratings_url``: ``ratings.sqlite3`` in the state
+folder, WAL mode, a busy timeout of 30 s or ``?timeout=SECONDS`` in the URL); any SQLAlchemy URL works
+otherwise (PostgreSQL, MySQL/MariaDB: the upserts are written for those three dialects).
+
+Tables:
+
+* ``ratings``: ``image_id`` (text), ``user_id`` (integer), ``score`` (1..10); one row per
+  ``(image_id, user_id)`` (a new score from the same user replaces the old one).
+* ``rating_stats``: ``image_id``, ``count``, ``mean`` (NULL when unrated), ``bayesian``, ``updated_at``.
+  An image is *known* when it has ratings or a stats row (:meth:`RatingsStore.add_images` registers
+  images that have no ratings yet); recalculating an unknown id reports it instead of inventing a row.
+
+Recalculation is set based: one ``INSERT .. SELECT .. GROUP BY .. ON CONFLICT DO UPDATE`` for the
+rated images of a chunk and one anti-join ``SELECT`` for the ids that have no ratings (then, only if
+there are any, an ``UPDATE`` to 0 for the known ones, as in the seed); the prior ``(C, m)`` comes
+from SQL aggregates.
+
+>>> store = RatingsStore("sqlite://")          # in memory; a file URL or Settings in real use
+>>> import pandas as pd
+>>> store.load_frame(pd.DataFrame({"image_id": ["a", "a", "b"], "user_id": [1, 2, 1], "score": [10, 8, 3]}))
+3
+>>> store.prior()
+(1.5, 7.0)
+>>> store.recalculate(["a", "b", "nope"])["unknown"]
+['nope']
+>>> store.stats()["bayesian"].round(3).to_dict()
+{'a': 8.143, 'b': 5.4}
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from mediaq.errors import ConfigError, InvalidRatingsError
+from mediaq.pure.ratings import MAX_SCORE, MIN_SCORE, check_prior
+from mediaq.pure.ratings_input import clean_ids, validate_ratings
+from mediaq.runtime.sql_engine import make_engine, resolve_busy_timeout
+
+if TYPE_CHECKING:
+    from mediaq.runtime.settings import Settings
+
+__all__ = ["InvalidRatingsError", "RatingsStore", "metadata", "rating_stats", "ratings"]
+
+#: ids per statement when recalculating (keeps bind parameters well under every backend's limit)
+ID_BATCH = 5000
+#: rows per executemany when loading
+LOAD_BATCH = 50_000
+
+metadata = sa.MetaData()
+
+ratings = sa.Table(
+    "ratings",
+    metadata,
+    sa.Column("image_id", sa.String(255), primary_key=True),
+    sa.Column("user_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("score", sa.SmallInteger, nullable=False),
+    sa.CheckConstraint(f"score BETWEEN {MIN_SCORE} AND {MAX_SCORE}", name="ck_ratings_score"),
+    sqlite_with_rowid=False,  # clustered by (image_id, user_id): a chunk of ids is a few range scans
+)
+
+rating_stats = sa.Table(
+    "rating_stats",
+    metadata,
+    sa.Column("image_id", sa.String(255), primary_key=True),
+    sa.Column("count", sa.Integer, nullable=False),
+    # Double, not Float: SQLAlchemy's Float is a 4-byte FLOAT on MySQL/MariaDB (6 significant digits)
+    sa.Column("mean", sa.Double, nullable=True),
+    sa.Column("bayesian", sa.Double, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sqlite_with_rowid=False,
+)
+
+
+class RatingsStore:
+    """Ratings and per-image Bayesian stats in one SQL database.
+
+    ``RatingsStore(url)`` or ``RatingsStore.from_settings(settings)``; tables are created if missing.
+    Thread safe (one engine, a connection pool); on SQLite, writes from one process take turns on a
+    lock and use ``BEGIN IMMEDIATE`` so concurrent writers wait for the busy timeout, never deadlock.
+
+    >>> RatingsStore("sqlite://").recalculate([])
+    {'updated': 0, 'unknown': [], 'C': 0.0, 'm': 0.0}
+    """
+
+    def __init__(self, url: str, *, busy_timeout: float | None = None, create: bool = True,
+                 **engine_kw: Any) -> None:
+        self.url = str(url)
+        self.busy_timeout = resolve_busy_timeout(self.url, busy_timeout)
+        self.engine: Engine = make_engine(self.url, self.busy_timeout, **engine_kw)
+        self.is_sqlite = self.engine.dialect.name == "sqlite"
+        self._write_lock = threading.RLock() if self.is_sqlite else None
+        self._memory = isinstance(self.engine.pool, sa.pool.StaticPool)
+        self._cache: dict[Any, Any] = {}
+        if create:
+            self.create_tables()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kw: Any) -> RatingsStore:
+        """The store at ``settings.resolved_ratings_url`` (SQLite in ``state_dir`` by default)."""
+        return cls(settings.resolved_ratings_url, **kw)
+
+    def __repr__(self) -> str:
+        return f"RatingsStore({self.engine.url.render_as_string(hide_password=True)!r})"
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+    dispose = close  # the name the worker's shutdown looks for on per-process resources
+
+    def create_tables(self) -> None:
+        """Create ``ratings`` and ``rating_stats`` if they do not exist."""
+        with self._writing() as conn:
+            metadata.create_all(conn, checkfirst=True)
+
+    # -- loading ------------------------------------------------------------------------------------
+    def load_frame(self, frame: pd.DataFrame, *, duplicates: str = "error", _lines: bool = False) -> int:
+        """Insert ratings from a DataFrame with columns ``image_id``, ``user_id``, ``score``; returns the
+        number of rows written. All or nothing: every row is validated first (scores must be integers
+        1..10, user ids integers, image ids non-empty) and :class:`InvalidRatingsError` names the bad
+        rows. An existing ``(image_id, user_id)`` rating is replaced. Repeated pairs *within* the input
+        are an error with ``duplicates="error"`` (default) or resolved by the last one with ``"last"``.
+
+        >>> s = RatingsStore("sqlite://")
+        >>> s.load_frame(pd.DataFrame({"image_id": ["a"], "user_id": [1], "score": [11]}))
+        ... # doctest: +IGNORE_EXCEPTION_DETAIL
+        Traceback (most recent call last):
+        ...
+        InvalidRatingsError: 1 rating row(s) rejected, nothing written: score must be an integer 1..10:
+        row 0 (image_id='a', user_id=1, score=11)
+        """
+        clean = validate_ratings(frame, duplicates=duplicates, lines=_lines)
+        if clean.empty:
+            return 0
+        stmt = self._upsert(ratings, ["image_id", "user_id"], ["score"])
+        clean = clean.sort_values(["image_id", "user_id"], kind="stable")  # in key order: B-tree appends
+        columns = {name: clean[name].tolist() for name in ("image_id", "user_id", "score")}
+        with self._writing() as conn:
+            if self.is_sqlite:  # straight to the driver's executemany: 3-4x faster than per-row dicts
+                compiled = stmt.compile(dialect=self.engine.dialect)
+                rows = list(zip(*(columns[name] for name in compiled.positiontup), strict=True))
+                for start in range(0, len(rows), LOAD_BATCH):
+                    conn.exec_driver_sql(str(compiled), rows[start : start + LOAD_BATCH])
+            else:
+                records = [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+                for start in range(0, len(records), LOAD_BATCH):
+                    conn.execute(stmt, records[start : start + LOAD_BATCH])
+        return len(clean)
+
+    def load_csv(self, path: str | Path, *, duplicates: str = "error", **read_csv_kw: Any) -> int:
+        """Insert ratings from a CSV with a header ``image_id,user_id,score`` (see :meth:`load_frame`).
+        Errors name the CSV line numbers of the bad rows (the header is line 1)."""
+        try:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, **read_csv_kw)
+        except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+            raise InvalidRatingsError(f"cannot read ratings CSV {str(path)!r}: {exc}") from exc
+        frame.index = frame.index + 2  # CSV line numbers
+        return self.load_frame(frame, duplicates=duplicates, _lines=True)
+
+    def add_images(self, image_ids: Iterable[object]) -> int:
+        """Register images (so that an image with no ratings is known, and gets 0); returns how many
+        were new. Existing stats rows are left alone."""
+        ids = clean_ids(image_ids)
+        if not ids:
+            return 0
+        now = _now()
+        with self._writing() as conn:
+            have = set()
+            for part in _batches(ids, ID_BATCH):
+                have.update(conn.scalars(sa.select(rating_stats.c.image_id).where(rating_stats.c.image_id.in_(part))))
+            new = [i for i in dict.fromkeys(ids) if i not in have]
+            if new:
+                conn.execute(rating_stats.insert(), [
+                    {"image_id": i, "count": 0, "mean": None, "bayesian": 0.0, "updated_at": now} for i in new
+                ])
+        return len(new)
+
+    # -- reading ------------------------------------------------------------------------------------
+    def prior(self, conn: Connection | None = None) -> tuple[float, float]:
+        """The seed prior from SQL aggregates: ``C`` = ratings / distinct rated images, ``m`` = mean
+        score; ``(0.0, 0.0)`` with no ratings."""
+        # SUM, not AVG: MySQL/MariaDB return AVG of integers as a DECIMAL with 4 decimals
+        query = sa.select(
+            sa.func.count(), sa.func.count(sa.distinct(ratings.c.image_id)), sa.func.sum(ratings.c.score)
+        )
+        if conn is None:
+            with self._reading() as conn:
+                n, images, total = conn.execute(query).one()
+        else:
+            n, images, total = conn.execute(query).one()
+        if not n:
+            return 0.0, 0.0
+        return float(n) / float(images), float(total) / float(n)
+
+    def ratings_frame(self) -> pd.DataFrame:
+        """Every rating as a DataFrame (``image_id``, ``user_id``, ``score``)."""
+        with self._reading() as conn:
+            rows = conn.execute(sa.select(ratings.c.image_id, ratings.c.user_id, ratings.c.score)).all()
+        frame = pd.DataFrame(rows, columns=["image_id", "user_id", "score"])
+        return frame.astype({"image_id": object, "user_id": "int64", "score": "int64"})
+
+    def stats(self, image_ids: Iterable[object] | None = None) -> pd.DataFrame:
+        """Stored per-image stats indexed by ``image_id`` (``count``, ``mean``, ``bayesian``,
+        ``updated_at``); only ``image_ids`` (those that are known) when given."""
+        cols = [rating_stats.c.image_id, rating_stats.c.count, rating_stats.c.mean, rating_stats.c.bayesian,
+                rating_stats.c.updated_at]
+        rows: list[Any] = []
+        with self._reading() as conn:
+            if image_ids is None:
+                rows = list(conn.execute(sa.select(*cols)))
+            else:
+                for part in _batches(clean_ids(image_ids), ID_BATCH):
+                    rows.extend(conn.execute(self._stats_query(), self._id_params(part)))
+        frame = pd.DataFrame(rows, columns=["image_id", "count", "mean", "bayesian", "updated_at"])
+        frame = frame.astype({"image_id": object, "count": "int64", "mean": "float64", "bayesian": "float64"})
+        return frame.set_index("image_id")
+
+    def image_ids(self) -> list[str]:
+        """Every known image id (rated, or registered in ``rating_stats``), sorted."""
+        query = sa.union(sa.select(ratings.c.image_id).distinct(), sa.select(rating_stats.c.image_id))
+        with self._reading() as conn:
+            return sorted(conn.scalars(query))
+
+    # -- recalculation ------------------------------------------------------------------------------
+    def recalculate(
+        self,
+        image_ids: Iterable[object],
+        C: float | None = None,
+        m: float | None = None,
+        *,
+        with_stats: bool = False,
+    ) -> dict[str, Any]:
+        """Recompute ``count``, ``mean`` and ``bayesian`` of ``image_ids`` in a few set-based statements.
+
+        ``C``/``m`` default to :meth:`prior` (computed in the same transaction); pass them to reuse a
+        cached prior or to try another one. Returns plain data: ``{"updated": n, "unknown": [ids],
+        "C": C, "m": m}``, plus ``"stats": [{"image_id", "count", "mean", "bayesian"}, ...]`` with
+        ``with_stats=True``. Unknown ids (no ratings, not registered) are reported, not written.
+        """
+        ids = list(dict.fromkeys(clean_ids(image_ids)))
+        if (C is None) != (m is None):
+            raise ConfigError("pass both C and m (a whole prior), or neither to use the seed prior")
+        if C is not None:
+            check_prior(C, m)  # type: ignore[arg-type]
+        now = _now()
+        unknown: set[str] = set()
+        rows: list[Any] = []
+        with self._writing() as conn:
+            if C is None:
+                C, m = self.prior(conn)
+            for part in _batches(ids, ID_BATCH):
+                params = self._id_params(part)
+                self._recalculate_part(conn, params, float(C), float(m), now)  # type: ignore[arg-type]
+                unknown.update(self._settle_unrated(conn, part, params, now))
+                if with_stats:
+                    rows.extend(conn.execute(self._stats_query(), params))
+        result: dict[str, Any] = {"updated": len(ids) - len(unknown), "unknown": [i for i in ids if i in unknown],
+                                  "C": float(C), "m": float(m)}  # type: ignore[arg-type]
+        if with_stats:
+            result["stats"] = [{"image_id": i, "count": int(n), "mean": None if r is None else float(r),
+                                "bayesian": float(b)} for i, n, r, b, _ in rows]
+        return result
+
+    def recalculate_all(self, C: float | None = None, m: float | None = None) -> dict[str, Any]:
+        """Recompute every known image in one pass (no id list): the whole-library SQL path."""
+        if (C is None) != (m is None):
+            raise ConfigError("pass both C and m (a whole prior), or neither to use the seed prior")
+        if C is not None:
+            check_prior(C, m)  # type: ignore[arg-type]
+        now = _now()
+        with self._writing() as conn:
+            if C is None:
+                C, m = self.prior(conn)
+            self._recalculate_part(conn, None, float(C), float(m), now)  # type: ignore[arg-type]
+            updated = conn.scalar(sa.select(sa.func.count()).select_from(rating_stats))
+        return {"updated": int(updated or 0), "unknown": [], "C": float(C), "m": float(m)}  # type: ignore[arg-type]
+
+    def _recalculate_part(self, conn: Connection, params: dict[str, Any] | None, C: float, m: float,
+                          now: dt.datetime) -> None:
+        """Upsert the rated images among the ids in ``params``; with ``params=None`` every rated image,
+        and known images left without ratings go back to 0. Statements are built once (SQLAlchemy
+        then reuses their compiled form)."""
+        values = {"cm": C * m, "c": C, "now": now, **(params or {})}
+        conn.execute(self._statements("upsert", params is not None), values)
+        if params is None:
+            conn.execute(self._statements("unrated", False), values)
+
+    def _settle_unrated(self, conn: Connection, ids: Sequence[str], params: dict[str, Any],
+                        now: dt.datetime) -> set[str]:
+        """After the upsert: the ids without any rating (usually none) are set back to 0 when known,
+        and returned when unknown. One anti-join per chunk (cheaper than an UPDATE probing every id)."""
+        if self.is_sqlite:
+            if "no_ratings" not in self._cache:
+                je = self._json_ids()
+                self._cache["no_ratings"] = sa.select(je.c.value).where(
+                    ~sa.exists().where(ratings.c.image_id == je.c.value))
+            unrated = set(conn.scalars(self._cache["no_ratings"], params))
+        else:
+            rated = conn.scalars(sa.select(ratings.c.image_id).where(self._in_ids(ratings.c.image_id)).distinct(),
+                                 params)
+            unrated = set(ids) - set(rated)
+        if not unrated:
+            return set()
+        some = sa.bindparam("some", expanding=True)
+        conn.execute(rating_stats.update().where(rating_stats.c.image_id.in_(some))
+                     .values(count=0, mean=None, bayesian=0.0, updated_at=now), {"some": sorted(unrated)})
+        known = conn.scalars(sa.select(rating_stats.c.image_id).where(rating_stats.c.image_id.in_(some)),
+                             {"some": sorted(unrated)})
+        return unrated - set(known)
+
+    def _statements(self, kind: str, by_ids: bool) -> Any:
+        key = (kind, by_ids)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        r = ratings.c
+        if kind == "upsert":
+            n = sa.func.count()
+            total = sa.cast(sa.func.sum(r.score), sa.Double)  # one aggregate fewer than AVG: ~15% faster
+            agg = sa.select(
+                r.image_id,
+                n,
+                total / n,
+                (sa.bindparam("cm", type_=sa.Float) + total) / (sa.bindparam("c", type_=sa.Float) + n),
+                sa.bindparam("now", type_=sa.DateTime(timezone=True)),
+            )
+            # SQLite: INSERT .. SELECT .. ON CONFLICT needs a WHERE clause to parse
+            agg = agg.where(self._in_ids(r.image_id) if by_ids else sa.true()).group_by(r.image_id)
+            cols = ["image_id", "count", "mean", "bayesian", "updated_at"]
+            stmt = self._upsert(rating_stats, ["image_id"], cols[1:], select=agg, columns=cols)
+        else:  # every known image whose ratings are all gone: back to the seed's 0
+            unrated = ~sa.exists().where(r.image_id == rating_stats.c.image_id)
+            stmt = rating_stats.update().where(unrated).values(
+                count=0, mean=None, bayesian=0.0, updated_at=sa.bindparam("now", type_=sa.DateTime(timezone=True))
+            )
+        self._cache[key] = stmt
+        return stmt
+
+    def _in_ids(self, column: sa.ColumnElement[Any]) -> sa.ColumnElement[bool]:
+        """``column IN (the ids)``: on SQLite one JSON parameter read by ``json_each`` (one bind for
+        thousands of ids, and a statement SQLAlchemy compiles once); elsewhere an expanding ``IN``."""
+        if self.is_sqlite:
+            return column.in_(sa.select(self._json_ids().c.value))
+        return column.in_(sa.bindparam("ids", expanding=True))
+
+    @staticmethod
+    def _json_ids() -> Any:
+        return sa.func.json_each(sa.bindparam("ids_json", type_=sa.String)).table_valued("value")
+
+    def _id_params(self, ids: Sequence[str]) -> dict[str, Any]:
+        return {"ids_json": json.dumps(list(ids))} if self.is_sqlite else {"ids": list(ids)}
+
+    def _stats_query(self) -> Any:
+        c = rating_stats.c
+        return sa.select(c.image_id, c.count, c.mean, c.bayesian, c.updated_at).where(self._in_ids(c.image_id))
+
+    # -- plumbing -----------------------------------------------------------------------------------
+    def _upsert(self, table: sa.Table, keys: list[str], update: list[str], *, select: Any = None,
+                columns: list[str] | None = None) -> Any:
+        """``INSERT .. ON CONFLICT (keys) DO UPDATE`` in this database's dialect."""
+        name = self.engine.dialect.name
+        if name in ("sqlite", "postgresql"):
+            if name == "sqlite":
+                from sqlalchemy.dialects.sqlite import insert
+            else:
+                from sqlalchemy.dialects.postgresql import insert
+            stmt = insert(table)
+            if select is not None:
+                stmt = stmt.from_select(columns, select)
+            return stmt.on_conflict_do_update(index_elements=keys, set_={c: stmt.excluded[c] for c in update})
+        if name in ("mysql", "mariadb"):
+            from sqlalchemy.dialects.mysql import insert as my_insert
+
+            stmt = my_insert(table)
+            if select is not None:
+                stmt = stmt.from_select(columns, select)
+            return stmt.on_duplicate_key_update({c: stmt.inserted[c] for c in update})
+        raise ConfigError(f"ratings store: the {name!r} dialect has no upsert support here; "
+                          "use SQLite, PostgreSQL or MySQL/MariaDB")
+
+    @contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        """A read connection (an in-memory SQLite database has one connection: take turns on it)."""
+        if self._memory:
+            with self._write_lock, self.engine.connect() as conn:  # type: ignore[union-attr]
+                yield conn
+        else:
+            with self.engine.connect() as conn:
+                yield conn
+
+    @contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        """A write transaction (``BEGIN IMMEDIATE`` and an in-process lock on SQLite)."""
+        if self._write_lock is None:
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        with self._write_lock, self.engine.connect() as conn:
+            conn = conn.execution_options(mediaq_immediate=True)
+            with conn.begin():
+                yield conn
+
+
+def _batches(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+

@@ -1,0 +1,157 @@
+"""Live counters for dashboards, at a fixed cost per read whatever the queue length.
+
+Workers count outcomes as they write results (their serializer sees every result record) and flush
+the counts every second into:
+
+- ``mediaq:stats`` (hash): ``<function>:complete`` / ``<function>:failed`` for the whole queue;
+- ``mediaq:batch:<name>:counts`` (hash): ``complete`` / ``failed`` / ``<function>:complete`` ... per batch
+  (a job knows its batch from the ``b`` field that ``enqueue_many`` adds to arq's job record; stock
+  arq ignores it);
+- ``mediaq:failures`` (list, newest first, capped): the last failures with type, code and message;
+- ``mediaq:throughput:<epoch // 600>`` (hash ``<epoch second>:<outcome>`` -> n, expiring after an hour).
+
+These counters are for display: a worker killed between a result and the next flush loses up to a
+second of counts. ``batch.status()`` is the exact answer.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextvars
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["FAILURES_KEY", "STATS_KEY", "WorkerStats", "read_batch_counts", "read_failures", "read_queue_stats",
+           "read_throughput"]
+
+STATS_KEY = "mediaq:stats"
+FAILURES_KEY = "mediaq:failures"
+THROUGHPUT_KEY = "mediaq:throughput"
+MAX_FAILURES = 50
+_batch_of_current_job: contextvars.ContextVar[str | None] = contextvars.ContextVar("mediaq_batch", default=None)
+
+
+class WorkerStats:
+    """Wraps a worker's serializer pair to count results; :meth:`flush` writes the counts to Redis.
+
+    arq deserializes a job and serializes its result inside the same asyncio task, so a context
+    variable carries the job's batch from one to the other.
+    """
+
+    def __init__(self, dumps: Callable[[Any], bytes], loads: Callable[[bytes], Any]) -> None:
+        self._dumps, self._loads = dumps, loads
+        self.counts: collections.Counter[tuple[str | None, str, str]] = collections.Counter()
+        self.failures: list[dict[str, Any]] = []
+        self.per_second: collections.Counter[tuple[int, str]] = collections.Counter()
+
+    def loads(self, data: bytes) -> Any:
+        record = self._loads(data)
+        if isinstance(record, dict) and "s" not in record:  # a job record, about to run
+            batch = record.get("b")
+            _batch_of_current_job.set(batch if isinstance(batch, str) else None)
+        return record
+
+    def dumps(self, record: Any) -> bytes:
+        data = self._dumps(record)
+        if isinstance(record, dict) and "s" in record and "r" in record:  # a result record
+            outcome = "complete" if record["s"] else "failed"
+            function = str(record.get("f"))
+            self.counts[(_batch_of_current_job.get(), function, outcome)] += 1
+            self.per_second[(int(time.time()), outcome)] += 1
+            if not record["s"]:
+                err = record["r"]
+                from mediaq.runtime.serialization import exception_to_dict
+
+                info = exception_to_dict(err) if isinstance(err, BaseException) else {"type": "?", "message": str(err)}
+                self.failures.append({"job_id": record.get("id"), "function": function, "time": time.time(),
+                                      "batch": _batch_of_current_job.get(), "type": info.get("type"),
+                                      "code": info.get("code"), "message": str(info.get("message"))[:300]})
+                del self.failures[:-MAX_FAILURES]
+        return data
+
+    async def flush(self, redis: Any) -> None:
+        """Write and reset the counts (one pipeline). On a Redis error they are kept for the next try."""
+        if not (self.counts or self.failures or self.per_second):
+            return
+        counts, failures, per_second = self.counts, self.failures, self.per_second
+        self.counts, self.failures, self.per_second = collections.Counter(), [], collections.Counter()
+        try:
+            async with redis.pipeline(transaction=False) as pipe:
+                for (batch, function, outcome), n in counts.items():
+                    pipe.hincrby(STATS_KEY, f"{function}:{outcome}", n)
+                    if batch:
+                        key = f"mediaq:batch:{batch}:counts"
+                        pipe.hincrby(key, outcome, n)
+                        pipe.hincrby(key, f"{function}:{outcome}", n)
+                for failure in failures:
+                    pipe.lpush(FAILURES_KEY, json.dumps(failure))
+                if failures:
+                    pipe.ltrim(FAILURES_KEY, 0, MAX_FAILURES - 1)
+                for (second, outcome), n in per_second.items():
+                    key = _throughput_key(second)
+                    pipe.hincrby(key, f"{second}:{outcome}", n)
+                    pipe.expire(key, 3600)
+                await pipe.execute()
+        except Exception:
+            self.counts.update(counts)
+            self.failures[:0] = failures
+            self.per_second.update(per_second)
+            raise
+
+
+async def read_queue_stats(redis: Any) -> dict[str, dict[str, int]]:
+    """``{function: {"complete": n, "failed": n}}`` for the whole queue (one HGETALL)."""
+    out: dict[str, dict[str, int]] = {}
+    for key, value in (await redis.hgetall(STATS_KEY)).items():
+        function, _, outcome = key.decode().rpartition(":")
+        out.setdefault(function, {"complete": 0, "failed": 0})[outcome] = int(value)
+    return out
+
+
+async def read_batch_counts(redis: Any, name: str) -> dict[str, Any]:
+    """``{"total", "complete", "failed", "by_function": {...}}`` for a batch (one pipeline)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zcard(f"mediaq:batch:{name}:ids")
+        pipe.hlen(f"mediaq:batch:{name}:retries")
+        pipe.hgetall(f"mediaq:batch:{name}:counts")
+        total, retried, raw = await pipe.execute()
+    counts = {k.decode(): int(v) for k, v in raw.items()}
+    by_function: dict[str, dict[str, int]] = {}
+    for key, n in counts.items():
+        if ":" in key:
+            function, _, outcome = key.rpartition(":")
+            by_function.setdefault(function, {"complete": 0, "failed": 0})[outcome] = n
+    # a retried job was counted as failed once; its retry counts on its own
+    return {"total": total - retried, "complete": counts.get("complete", 0),
+            "failed": max(0, counts.get("failed", 0) - retried), "by_function": by_function}
+
+
+async def read_failures(redis: Any, n: int = 10) -> list[dict[str, Any]]:
+    """The last ``n`` failures, newest first."""
+    return [json.loads(raw) for raw in await redis.lrange(FAILURES_KEY, 0, n - 1)]
+
+
+async def read_throughput(redis: Any, seconds: int = 300) -> dict[int, dict[str, int]]:
+    """Jobs finished per second over the last ``seconds``: ``{epoch_second: {"complete", "failed"}}``."""
+    now = int(time.time())
+    by_key: dict[str, list[str]] = {}
+    for second in range(now - seconds, now + 1):
+        for outcome in ("complete", "failed"):
+            by_key.setdefault(_throughput_key(second), []).append(f"{second}:{outcome}")
+    async with redis.pipeline(transaction=False) as pipe:
+        for key, fields in by_key.items():
+            pipe.hmget(key, fields)
+        replies = await pipe.execute()
+    out: dict[int, dict[str, int]] = {}
+    for fields, values in zip(by_key.values(), replies, strict=True):
+        for field, value in zip(fields, values, strict=True):
+            if value:
+                second, _, outcome = field.partition(":")
+                out.setdefault(int(second), {"complete": 0, "failed": 0})[outcome] = int(value)
+    return out
+
+
+def _throughput_key(second: int) -> str:
+    return f"{THROUGHPUT_KEY}:{second // 600}"

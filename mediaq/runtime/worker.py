@@ -1,0 +1,324 @@
+"""The arq worker's settings and hooks for mediaq (``arq mediaq.worker.WorkerSettings`` builds them).
+
+:func:`build_worker_settings` turns :class:`~mediaq.runtime.settings.Settings` and the registered job
+specs into arq's ``WorkerSettings``: 3 tries, 300 s timeout (less for short jobs, see each ``@job``),
+backoff 5 s x try, 10 jobs at once, queue on Redis db 1. The job specs are handed in by the entry
+point (:mod:`mediaq.worker`), which sits above the jobs.
+
+CPU-bound work runs in a process pool sized to the cores (``forkserver``), so one worker keeps every
+core busy while its event loop still answers health checks and aborts.
+
+Each worker claims the jobs it runs and runs a janitor (:mod:`mediaq.runtime.recovery`): the jobs of a worker
+that died (SIGKILL, OOM) run again within seconds instead of after arq's in-progress timeout, and
+the temporary files it was writing are removed. Redis calls retry for about 11 s, so a restart of the
+server (the embedded one is restarted by the worker's watchdog) does not stop the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mediaq.runtime.connections import redis_settings_for, worker_retry
+from mediaq.runtime.jobspec import JobSpec
+from mediaq.runtime.settings import Settings
+
+__all__ = ["READY_FILE_ENV", "build_worker_settings", "checked_job_loads", "harden_arq_worker", "job_record_problem"]
+
+logger = logging.getLogger("arq.mediaq")  # under "arq" so the arq CLI's log config shows it
+READY_FILE_ENV = "MEDIAQ_WORKER_READY_FILE"
+
+
+async def _startup(ctx: dict[str, Any]) -> None:
+    import redis.asyncio as aioredis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    from mediaq.runtime.connections import with_db
+    from mediaq.runtime.jobspec import make_process_pool
+    from mediaq.runtime.recovery import Claims, Janitor, WorkerIdentity
+
+    settings: Settings = ctx["mediaq_settings"]
+    ctx["settings"] = settings
+    ctx["pool"] = make_process_pool(settings.processes)
+    ctx["resources"] = {}  # what jobs keep per process (mediaq.jobs.resources): arq copies ctx per job
+    ctx["cache"] = aioredis.Redis.from_url(
+        with_db(ctx["mediaq_url"], settings.cache_db, keep_explicit=False),
+        socket_connect_timeout=settings.connect_timeout, socket_timeout=30,
+        retry=worker_retry(), retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )
+    if settings.redis_url is None:  # embedded: bring the server back if it dies under us
+        ctx["watchdog"] = asyncio.create_task(_watch_embedded(settings))
+    ctx["stats"] = {"ongoing": 0, "finished": 0}
+    ctx["heartbeat"] = asyncio.create_task(_heartbeat(ctx))
+    # recovery: free the jobs of dead workers (a predecessor with our pid too) before claiming any
+    identity = WorkerIdentity.current(storage=settings.storage)
+    claims = ctx["claims"] = Claims(ctx["redis"], identity)
+    interval = settings.health_check_interval
+    janitor = ctx["janitor_obj"] = Janitor(ctx["redis"], identity, interval=interval, heartbeat_ttl=3 * interval,
+                                           claims=claims)
+    dead: dict[str, Any] = {}
+    try:
+        dead = await janitor.free_dead()
+    except Exception:  # Redis away: the janitor's loop tries again
+        logger.warning("could not check for dead workers at start", exc_info=True)
+    await claims.register()
+    ctx["claims_writer"] = asyncio.create_task(claims.run())
+    ctx["janitor"] = asyncio.create_task(janitor.run(startup_dead=dead))
+    ctx["stats_flush"] = asyncio.create_task(_flush_stats(ctx))
+    ready = os.environ.get(READY_FILE_ENV)
+    if ready:
+        Path(ready).write_text(str(os.getpid()))
+    logger.info("mediaq worker ready: %d processes, max_jobs=%d", settings.processes, settings.max_jobs)
+
+
+async def _shutdown(ctx: dict[str, Any]) -> None:
+    for name in ("watchdog", "heartbeat", "stats_flush", "janitor", "claims_writer"):
+        task = ctx.pop(name, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    with contextlib.suppress(Exception):
+        await ctx["worker_stats"].flush(ctx["redis"])
+    with contextlib.suppress(Exception):
+        from mediaq.runtime.heartbeat import WORKERS_KEY
+
+        await ctx["redis"].delete(_heartbeat_key())
+        await ctx["redis"].zrem(WORKERS_KEY, _heartbeat_key())
+    if "claims" in ctx:
+        await ctx["claims"].unregister()
+    pool = ctx.pop("pool", None)
+    if pool is not None:
+        pool.shutdown(wait=True, cancel_futures=True)
+    cache = ctx.pop("cache", None)
+    if cache is not None:
+        await cache.aclose()
+    await _close_resources(ctx.pop("resources", {}))
+
+
+async def _close_resources(resources: dict[str, Any]) -> None:
+    """Close what jobs kept in ``resources(ctx)``: a replacement pool, DB engines and stores, clients.
+    ctx itself is left alone: its Redis pool is arq's, closed by arq after this hook."""
+    from concurrent.futures import Executor
+
+    for value in resources.values():
+        if isinstance(value, dict):
+            await _close_resources(value)
+            continue
+        if isinstance(value, Executor):
+            value.shutdown(wait=True, cancel_futures=True)
+            continue
+        closer = getattr(value, "aclose", None) or getattr(value, "close", None) or getattr(value, "dispose", None)
+        if callable(closer) and not isinstance(value, type):
+            with contextlib.suppress(Exception):
+                result = closer()
+                if asyncio.iscoroutine(result):
+                    await result
+
+
+def _heartbeat_key() -> str:
+    import socket
+
+    from mediaq.runtime.heartbeat import HEARTBEAT_PREFIX
+
+    return f"{HEARTBEAT_PREFIX}{socket.gethostname()}:{os.getpid()}"
+
+
+async def _heartbeat(ctx: dict[str, Any]) -> None:
+    """Write this worker's heartbeat every health-check interval (expires after three)."""
+    import json
+    import socket
+    import time
+
+    settings: Settings = ctx["settings"]
+    key, started = _heartbeat_key(), time.time()
+    while True:
+        record = {"host": socket.gethostname(), "pid": os.getpid(), "started": started, "last": time.time(),
+                  "max_jobs": settings.max_jobs, "processes": settings.processes, **ctx["stats"]}
+        try:
+            from mediaq.runtime.heartbeat import WORKERS_KEY
+
+            async with ctx["redis"].pipeline(transaction=False) as pipe:
+                pipe.set(key, json.dumps(record), px=int(settings.health_check_interval * 3000))
+                pipe.zadd(WORKERS_KEY, {key: time.time()})
+                await pipe.execute()
+        except Exception:  # Redis away: the next beat will tell
+            logger.debug("heartbeat failed", exc_info=True)
+        await asyncio.sleep(settings.health_check_interval)
+
+
+async def _flush_stats(ctx: dict[str, Any], interval: float = 1.0) -> None:
+    """Write the outcome counters (see :mod:`mediaq.runtime.stats`) every second."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await ctx["worker_stats"].flush(ctx["redis"])
+        except Exception:  # kept for the next flush
+            logger.debug("stats flush failed", exc_info=True)
+
+
+async def _job_start(ctx: dict[str, Any]) -> None:
+    ctx["stats"]["ongoing"] += 1
+    ctx["claims"].claim(ctx["job_id"])  # no I/O: written in batches (see mediaq.runtime.recovery.Claims)
+
+
+async def _job_end(ctx: dict[str, Any]) -> None:
+    ctx["stats"]["ongoing"] -= 1
+    ctx["stats"]["finished"] += 1
+    ctx["claims"].release(ctx["job_id"])
+
+
+async def _watch_embedded(settings: Settings, interval: float = 1.0) -> None:
+    from mediaq.runtime.server import EmbeddedServer
+
+    server = EmbeddedServer(settings.state_dir, settings.redis_server)
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            status = await asyncio.to_thread(server.status)
+            if not status["running"]:
+                logger.warning("embedded Redis server is down; starting it again")
+                await asyncio.to_thread(server.ensure_running)
+        except Exception:  # never let the watchdog kill the worker
+            logger.exception("could not restart the embedded Redis server")
+
+
+def harden_arq_worker() -> bool:
+    """Keep arq's worker loop alive through Redis outages and restarts (arq 0.28; idempotent).
+
+    arq runs ``_poll_iteration`` with no error handling: once a Redis call has used up its retries
+    (an outage longer than ~11 s), or when the server answers ``LOADING`` right after a restart while
+    arq is between ``WATCH`` and ``MULTI`` (redis-py then raises ``WatchError`` instead of retrying),
+    the exception ends the worker. Patched here, in the worker process only (called when the
+    ``WorkerSettings`` are built): such an error is logged, the slot of the job being started is given
+    back (``start_jobs`` had counted it without starting it), the janitor is asked to look for an
+    in-progress key left by it, and polling continues a second later. Returns whether it patched.
+    """
+    from arq.worker import Worker
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+    from redis.exceptions import WatchError
+
+    if getattr(Worker, "_mediaq_hardened", False):
+        return False
+    if not all(hasattr(Worker, a) for a in ("start_jobs", "_poll_iteration")):  # another arq version
+        logger.warning("arq.worker.Worker has changed: the worker loop is not hardened against Redis outages")
+        return False
+    errors = (RedisConnectionError, RedisTimeoutError, WatchError, OSError)
+    start_jobs, poll_iteration = Worker.start_jobs, Worker._poll_iteration
+
+    async def hardened_start_jobs(self: Any, job_ids: list[bytes]) -> None:
+        try:
+            await start_jobs(self, job_ids)
+        except errors:
+            self.job_counter -= 1  # counted before its WATCH/MULTI, never started
+            self.sem.release()
+            raise
+
+    async def hardened_poll_iteration(self: Any) -> None:
+        try:
+            await poll_iteration(self)
+        except errors as exc:
+            logger.warning("Redis failed in the worker loop (%s: %s); polling again in 1 s", type(exc).__name__, exc)
+            janitor = self.ctx.get("janitor_obj")
+            if janitor is not None:
+                janitor.request_orphan_scan()
+            await asyncio.sleep(1.0)
+
+    Worker.start_jobs = hardened_start_jobs  # type: ignore[method-assign]
+    Worker._poll_iteration = hardened_poll_iteration  # type: ignore[method-assign]
+    Worker._mediaq_hardened = True  # type: ignore[attr-defined]
+    return True
+
+
+_MAX_EPOCH_MS = 253_402_300_799_999  # 9999-12-31: what datetime can hold
+
+
+def job_record_problem(record: Any) -> str | None:
+    """What is wrong with a decoded arq job record, or ``None`` when arq can run it safely.
+
+    arq trusts the record's shape: an enqueue time that is text, ``None`` or out of range, a try
+    count that is text, or a function name that is a list raise *outside* its per-job error handling
+    and end the worker's main loop. A worker must survive whatever someone wrote into Redis.
+
+    >>> job_record_problem({"t": None, "f": "noop", "a": [1], "k": {}, "et": 1700000000000}) is None
+    True
+    >>> job_record_problem({"t": None, "f": "noop", "a": [], "k": {}, "et": "yesterday"})
+    "enqueue time 'et' must be epoch milliseconds, not 'yesterday'"
+    """
+    if not isinstance(record, dict):
+        return f"a job record is a map, not {type(record).__name__}"
+    missing = [k for k in ("f", "a", "k", "et") if k not in record]
+    if missing:
+        return f"missing field(s) {missing}"
+    f, a, k, t, et = record["f"], record["a"], record["k"], record.get("t"), record["et"]
+    if not isinstance(f, str):
+        return f"function name 'f' must be text, not {type(f).__name__}"
+    if not isinstance(a, (list, tuple)):
+        return f"arguments 'a' must be a list, not {type(a).__name__}"
+    if not isinstance(k, dict) or not all(isinstance(key, str) for key in k):
+        return "keyword arguments 'k' must be a map with text keys"
+    if t is not None and (isinstance(t, bool) or not isinstance(t, int)):
+        return f"try 't' must be an integer or null, not {t!r:.50}"
+    if isinstance(et, bool) or not isinstance(et, (int, float)) or not 0 <= et <= _MAX_EPOCH_MS:
+        return f"enqueue time 'et' must be epoch milliseconds, not {et!r:.50}"
+    return None
+
+
+def checked_job_loads(loads: Any) -> Any:
+    """Wrap a deserializer so that a malformed job record fails that job alone: arq reports it as
+    ``unable to deserialize job`` (see :func:`job_record_problem`)."""
+    def checked(data: bytes) -> Any:
+        record = loads(data)
+        problem = job_record_problem(record)
+        if problem:
+            raise ValueError(f"malformed job record: {problem}")
+        return record
+
+    return checked
+
+
+def build_worker_settings(settings: Settings, jobs: Mapping[str, JobSpec]) -> type:
+    """A ``WorkerSettings`` class for ``settings`` running ``jobs`` (arq reads its attributes)."""
+    from arq.worker import func
+
+    from mediaq.runtime.serialization import get_serializer
+    from mediaq.runtime.server import resolve_redis_url
+
+    harden_arq_worker()
+    url = resolve_redis_url(settings)
+    from mediaq.runtime.stats import WorkerStats
+
+    stats = WorkerStats(*get_serializer(settings.serializer))
+    functions = [
+        func(spec.coroutine, name=spec.name, timeout=spec.timeout, max_tries=spec.max_tries,
+             keep_result=spec.keep_result)
+        for spec in jobs.values()
+    ]
+    attrs = {
+        "functions": functions,
+        "redis_settings": redis_settings_for(settings, url),
+        "queue_name": settings.queue_name,
+        "max_jobs": settings.max_jobs,
+        "job_timeout": settings.job_timeout,
+        "max_tries": settings.max_tries,
+        "keep_result": settings.keep_result,
+        "health_check_interval": settings.health_check_interval,
+        "poll_delay": settings.poll_delay,
+        "allow_abort_jobs": True,
+        "job_serializer": stats.dumps,
+        "job_deserializer": checked_job_loads(stats.loads),
+        "on_startup": _startup,
+        "on_shutdown": _shutdown,
+        "on_job_start": _job_start,
+        "after_job_end": _job_end,
+        "ctx": {"mediaq_settings": settings, "mediaq_url": url, "worker_stats": stats},
+    }
+    return type("WorkerSettings", (), attrs)
+
