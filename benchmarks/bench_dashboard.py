@@ -18,8 +18,7 @@ import time
 import mediaq
 from benchmarks._harness import BenchContext, row
 from mediaq.faces.widgets import Dashboard
-from mediaq.runtime.heartbeat import HEARTBEAT_PREFIX, WORKERS_KEY
-from mediaq.runtime.stats import FAILURES_KEY, STATS_KEY, THROUGHPUT_KEY
+from mediaq.runtime import keys
 
 
 async def _seed(client: mediaq.Client, batch: str) -> None:
@@ -27,19 +26,19 @@ async def _seed(client: mediaq.Client, batch: str) -> None:
     redis, now = client.redis, time.time()
     async with redis.pipeline(transaction=False) as pipe:
         for i in range(4):
-            key = f"{HEARTBEAT_PREFIX}bench-host:{1000 + i}"
+            key = keys.heartbeat("bench-host", 1000 + i)
             pipe.set(key, json.dumps({"host": "bench-host", "pid": 1000 + i, "started": now - 60, "last": now,
                                       "ongoing": 10, "finished": 5000, "max_jobs": 10, "processes": 2}), ex=3600)
-            pipe.zadd(WORKERS_KEY, {key: now})
+            pipe.zadd(keys.WORKERS, {key: now})
         for fn in ("create_thumbnail", "create_variant", "add_to_iqdb", "recalculate_rating"):
-            pipe.hset(STATS_KEY, mapping={f"{fn}:complete": 100_000, f"{fn}:failed": 50})
+            pipe.hset(keys.STATS, mapping={f"{fn}:complete": 100_000, f"{fn}:failed": 50})
         for i in range(50):
-            pipe.lpush(FAILURES_KEY, json.dumps({
+            pipe.lpush(keys.FAILURES, json.dumps({
                 "job_id": f"thumb:{i}", "function": "create_thumbnail", "time": now - i, "batch": batch,
                 "type": "mediaq.errors.PermanentJobError", "code": "corrupt_image",
                 "message": "cannot identify image file"}))
         for second in range(int(now) - 130, int(now) + 1):
-            key = f"{THROUGHPUT_KEY}:{second // 600}"
+            key = keys.throughput(second)
             pipe.hset(key, mapping={f"{second}:complete": 40, f"{second}:failed": 1})
             pipe.expire(key, 3600)
         await pipe.execute()

@@ -28,8 +28,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from mediaq.runtime import keys
 from mediaq.runtime.connections import with_db
-from mediaq.runtime.heartbeat import WORKERS_KEY
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(150)]
 
@@ -115,8 +115,8 @@ def lab(settings, tmp_path: Path) -> Iterator[Lab]:
 def _worker_pids(url: str, db: int) -> list[int]:
     r = redis.Redis.from_url(with_db(url, db))
     try:
-        keys = r.zrange(WORKERS_KEY, 0, -1)
-        return [json.loads(raw)["pid"] for raw in r.mget(keys) if raw] if keys else []
+        beats = r.zrange(keys.WORKERS, 0, -1)
+        return [json.loads(raw)["pid"] for raw in r.mget(beats) if raw] if beats else []
     finally:
         r.close()
 

@@ -180,7 +180,7 @@ async def test_a_failing_refresh_does_not_end_the_task(client, monkeypatch):
         calls.append(1)
         raise ValueError("bad <data>")
 
-    monkeypatch.setattr("mediaq.faces.widgets.queue_snapshot", broken)
+    monkeypatch.setattr("mediaq.client.monitor.queue_snapshot", broken)
     dash = Dashboard(client, interval=0.05)
     await _until(lambda: len(calls) >= 3, what="three attempts")
     assert dash.running and "refresh failed: ValueError: bad &lt;data&gt;" in dash.status.value

@@ -19,8 +19,9 @@ from arq.worker import Retry
 import mediaq
 from mediaq.client.ratings import chunk_job_id, enqueue_library
 from mediaq.errors import PermanentJobError, TransientJobError
-from mediaq.jobs.ratings import close_stores, get_prior, prior_cache_key, recalculate_rating, recalculate_ratings
+from mediaq.jobs.ratings import close_stores, get_prior, recalculate_rating, recalculate_ratings
 from mediaq.pure.ratings import bayesian_ratings
+from mediaq.runtime import keys
 from mediaq.runtime.connections import with_db
 from mediaq.runtime.ratings_store import RatingsStore
 
@@ -231,7 +232,7 @@ async def test_prior_cache_expires_through_a_worker(client: mediaq.Client, start
     store = RatingsStore(url)
     store.load_frame(pd.DataFrame({"image_id": ["a", "a", "b"], "user_id": [1, 2, 1], "score": [10, 8, 3]}))
     start_worker(ratings_url=url, rating_cache_ttl=2.0)
-    key = prior_cache_key(url)
+    key = keys.ratings_prior(url)
 
     async def run() -> dict[str, Any]:
         return await client.result(await client.enqueue_job("recalculate_rating", "a"), timeout=20)
@@ -312,7 +313,7 @@ async def test_enqueue_library_chunking_and_validation(client: mediaq.Client, tm
             await enqueue_library(client, ["a"], chunk_size=bad, ratings_url=url)
     with pytest.raises(ValueError, match="prior C=-1"):
         await enqueue_library(client, ["a"], prior=(-1, 5), ratings_url=url)
-    await client.cache.set(prior_cache_key(url), "[1, 2]")
+    await client.cache.set(keys.ratings_prior(url), "[1, 2]")
     await enqueue_library(client, ["a"], refresh_prior=True, ratings_url=url)
-    assert not await client.cache.exists(prior_cache_key(url))
+    assert not await client.cache.exists(keys.ratings_prior(url))
     store.close()

@@ -22,9 +22,8 @@ import pytest
 from PIL import Image
 
 from mediaq.pure.imaging import fit_size
+from mediaq.runtime import keys
 from mediaq.runtime.recovery import (
-    CLAIMANTS_KEY,
-    CLAIMS_PREFIX,
     Janitor,
     WorkerIdentity,
     read_recoveries,
@@ -82,7 +81,7 @@ async def test_worker_killed_mid_batch_loses_nothing(settings, client, start_wor
     first.kill()  # SIGKILL the worker and its pool: no cleanup of any kind runs
     killed_at = time.time()
     dead_name = f"{socket.gethostname()}:{first.pid}"
-    claimed = {m.decode() for m in await client.redis.smembers(CLAIMS_PREFIX + dead_name)}
+    claimed = {m.decode() for m in await client.redis.smembers(keys.claims(dead_name))}
     # started and not finished (a finish deletes the in-progress key): these are blocked for 610 s
     in_flight = {k.decode().removeprefix("arq:in-progress:")
                  async for k in client.redis.scan_iter(match="arq:in-progress:*")}
@@ -115,7 +114,7 @@ async def test_worker_killed_mid_batch_loses_nothing(settings, client, start_wor
     recovered = df[df["job_id"].isin(in_flight)]
     assert len(recovered) == len(in_flight) and (recovered["status"] == "complete").all()
     # (their tries are 2, or 1 for a job killed after arq marked it but before it counted the try)
-    assert await client.redis.hget(CLAIMANTS_KEY, dead_name) is None
+    assert await client.redis.hget(keys.CLAIMANTS, dead_name) is None
     assert second.alive
     print(f"\nrecovery: {len(in_flight)} in flight at the kill ({len(claimed & in_flight)} claimed); "
           f"all {n} complete {time.time() - killed_at:.1f} s after it ({status['complete']} were done before)")
@@ -200,9 +199,9 @@ def _ident(**changes) -> WorkerIdentity:
 
 
 async def _plant(redis, ident: WorkerIdentity, job_ids: list[str]) -> None:
-    await redis.hset(CLAIMANTS_KEY, ident.name, ident.to_json())
+    await redis.hset(keys.CLAIMANTS, ident.name, ident.to_json())
     if job_ids:
-        await redis.sadd(CLAIMS_PREFIX + ident.name, *job_ids)
+        await redis.sadd(keys.claims(ident.name), *job_ids)
     for job_id in job_ids:
         await redis.psetex(f"arq:in-progress:{job_id}", 3_610_000, b"1")
 
@@ -236,7 +235,7 @@ async def test_janitor_tells_dead_workers_from_live_ones(client):
     for name, (ident, dead) in cases.items():
         ids = [f"{name}-1", f"{name}-2"]
         assert await _blocked(redis, ids) == (set() if dead else set(ids)), name
-        assert (await redis.hexists(CLAIMANTS_KEY, ident.name)) == (not dead), name
+        assert (await redis.hexists(keys.CLAIMANTS, ident.name)) == (not dead), name
     assert await janitor.free_dead() == {}  # idempotent
 
 

@@ -9,19 +9,9 @@ import pytest
 from redis.asyncio.connection import AbstractConnection
 
 import mediaq
-from mediaq.client.snapshot import (
-    BatchCounts,
-    Failure,
-    RateWindow,
-    Snapshot,
-    WorkerInfo,
-    format_duration,
-    format_html,
-    format_text,
-    queue_snapshot,
-    sparkline_svg,
-    throughput_rate,
-)
+from mediaq.client.monitor import RateWindow
+from mediaq.client.snapshot import BatchCounts, Failure, Snapshot, WorkerInfo, queue_snapshot, throughput_rate
+from mediaq.faces.render import format_duration, format_html, format_text, sparkline_svg
 from mediaq.runtime.server import EmbeddedServer
 
 

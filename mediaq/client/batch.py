@@ -16,25 +16,19 @@ import asyncio
 import datetime as dt
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
-from arq.constants import abort_jobs_ss
 
+from mediaq.client.base import QueueClient
 from mediaq.client.frames import FrameBuilder, fetch_records
-from mediaq.faces.progress import progress_bar
+from mediaq.errors import ConfigError
+from mediaq.runtime import keys
 from mediaq.runtime.scripts import STATES, batch_counts, enqueue_chunk, job_entry, status_codes
 
-if TYPE_CHECKING:
-    from mediaq.client.connection import Client
-
-__all__ = ["Batch", "batch_key", "new_batch_name"]
+__all__ = ["Batch", "new_batch_name"]
 
 _FINAL = ("complete", "failed")
-
-
-def batch_key(name: str) -> str:
-    return f"mediaq:batch:{name}"
 
 
 def new_batch_name(function: str) -> str:
@@ -46,7 +40,7 @@ class Batch:
     """Jobs enqueued together. ``len(batch)``, ``batch.ids``, ``await batch.status()``, ``wait()``,
     ``results()``, ``failed()``, ``retry_failed()``, ``abort()``."""
 
-    def __init__(self, client: Client, name: str) -> None:
+    def __init__(self, client: QueueClient, name: str) -> None:
         self.client = client
         self.name = name
         self.skipped: list[str] = []  # ids skipped at the last enqueue because they already existed
@@ -57,11 +51,11 @@ class Batch:
 
     @property
     def key(self) -> str:
-        return batch_key(self.name)
+        return keys.batch(self.name)
 
     @property
     def ids_key(self) -> str:
-        return self.key + ":ids"
+        return keys.batch_ids(self.name)
 
     def __repr__(self) -> str:
         n = len(self._ids) if self._ids is not None else "?"
@@ -73,33 +67,32 @@ class Batch:
                                "(enqueue_many and every other method load them)")
         return len(self.active_ids)
 
-    async def _register(self, function: str) -> None:
+    async def register(self, function: str) -> None:
+        """Record the batch in Redis (its function and creation time are kept from the first call)."""
         redis = self.client.redis
         self.function = function
         await redis.hsetnx(self.key, "function", function)
         await redis.hsetnx(self.key, "created", str(time.time()))
-        await redis.zadd("mediaq:batches", {self.name: time.time()}, nx=True)
+        await redis.zadd(keys.BATCHES, {self.name: time.time()}, nx=True)
 
     async def load(self) -> Batch:
         """Read the batch's ids and retry links from Redis."""
         redis = self.client.redis
         async with redis.pipeline(transaction=False) as pipe:
             pipe.zrange(self.ids_key, 0, -1)
-            pipe.hgetall(self.key + ":retries")
+            pipe.hgetall(keys.batch_retries(self.name))
             pipe.hget(self.key, "function")
             raw_ids, retries, function = await pipe.execute()
         if not raw_ids and function is None:
-            from mediaq.errors import ConfigError
-
             raise ConfigError(f"no batch named {self.name!r} in Redis; `await client.batches()` lists them")
         self._ids = [i.decode() for i in raw_ids]
         self._retries = {k.decode(): v.decode() for k, v in retries.items()}
         self.function = function.decode() if function else None
         return self
 
-    async def _ensure(self) -> None:
-        if self._ids is None:
-            await self.load()
+    def set_ids(self, ids: list[str]) -> None:
+        """Take ``ids`` as the batch's (its enqueue wrote exactly these), without reading them back."""
+        self._ids = ids
 
     @property
     def ids(self) -> list[str]:
@@ -133,14 +126,12 @@ class Batch:
     async def status(self) -> dict[str, int]:
         """Counts by state, computed on the server over the batch's ids (one script call per 10k jobs)."""
         counts, unknown = await batch_counts(self.client.redis, self.client.settings.queue_name, self.ids_key,
-                                             self.key + ":retries", int(time.time() * 1000))
+                                             keys.batch_retries(self.name), int(time.time() * 1000))
         out = dict(zip(STATES, counts, strict=True))
         if unknown:  # pickle mode: read the success flag in Python
             for _, result, _ in await fetch_records(self.client.redis, unknown, self.client.loads):
                 out["complete" if result and result.get("s") else "failed"] += 1
         if self._ids is None and not any(out.values()) and not await self.client.redis.exists(self.key):
-            from mediaq.errors import ConfigError
-
             raise ConfigError(f"no batch named {self.name!r} in Redis; `await client.batches()` lists them")
         return {state: out[state] for state in STATES[1:] + STATES[:1]}
 
@@ -152,19 +143,15 @@ class Batch:
         (Ctrl-C, the kernel's stop button) stops waiting only: the batch keeps running in Redis.
         A job that vanished (``not_found``: expired, or its result expired) counts as done.
         """
-        bar = None
+        view = self.client.views.progress(None, self.name) if progress else None
         start = time.monotonic()
         try:
             while True:
                 counts = await self.status()
                 done = counts["complete"] + counts["failed"] + counts["not_found"]
                 total = sum(counts.values())
-                if progress and bar is None:
-                    bar = progress_bar(total=total, desc=self.name)
-                if bar is not None:
-                    bar.total = total
-                    bar.set_postfix(failed=counts["failed"], running=counts["in_progress"], refresh=False)
-                    bar.update(done - bar.n)  # redraws unless it drew less than mininterval ago
+                if view is not None:
+                    view.show(done, total, failed=counts["failed"], running=counts["in_progress"])
                 if done >= total:
                     return counts
                 if timeout is not None and time.monotonic() - start > timeout:
@@ -172,8 +159,8 @@ class Batch:
                                        "It keeps running; wait again, or check workers with `mediaq doctor`.")
                 await asyncio.sleep(poll_interval)
         finally:
-            if bar is not None:
-                bar.close()
+            if view is not None:
+                view.close()
 
     # -- results ----------------------------------------------------------------------------
     async def results(self, *, all_attempts: bool = False) -> pd.DataFrame:
@@ -207,9 +194,7 @@ class Batch:
             wanted = set(job_ids)
             unknown = wanted - set(states)
             if unknown:
-                from mediaq.errors import ConfigError
-
-                raise ConfigError(f"not in batch {self.name!r}: {sorted(unknown)[:5]}")
+                    raise ConfigError(f"not in batch {self.name!r}: {sorted(unknown)[:5]}")
             failed = [i for i in failed if i in wanted]
         records = await fetch_records(self.client.redis, failed, self.client.loads)
         entries, links = [], {}
@@ -225,7 +210,7 @@ class Batch:
         if entries:
             # ids that exist already (a rerun of retry_failed) are skipped, and still linked
             await enqueue_chunk(self.client.redis, self.client.settings.queue_name, entries, self.ids_key)
-            await self.client.redis.hset(self.key + ":retries", mapping=links)
+            await self.client.redis.hset(keys.batch_retries(self.name), mapping=links)
         await self.load()
         return new_ids
 
@@ -237,7 +222,7 @@ class Batch:
         if pending:
             now = int(time.time() * 1000)
             for start in range(0, len(pending), 5000):
-                await self.client.redis.zadd(abort_jobs_ss, {i: now for i in pending[start:start + 5000]})
+                await self.client.redis.zadd(keys.ABORT_SET, {i: now for i in pending[start:start + 5000]})
         return len(pending)
 
     def __bool__(self) -> bool:  # a batch is a handle, truthy even before its ids are loaded
@@ -245,12 +230,12 @@ class Batch:
 
     def dashboard(self, interval: float = 1.0, local_worker: Any = None, **options: Any) -> Any:
         """A live dashboard of this batch (see :func:`mediaq.dashboard`)."""
-        from mediaq.faces.widgets import Dashboard
-
-        return Dashboard(self.client, self, interval, local_worker, **options)
+        return self.client.views.dashboard(self.client, self, interval=interval, local_worker=local_worker,
+                                           **options)
 
     async def delete(self) -> None:
         """Forget the batch (its jobs and results stay until they expire)."""
-        await self.client.redis.delete(self.key, self.ids_key, self.key + ":retries", self.key + ":counts")
-        await self.client.redis.zrem("mediaq:batches", self.name)
+        await self.client.redis.delete(self.key, self.ids_key, keys.batch_retries(self.name),
+                                       keys.batch_counts(self.name))
+        await self.client.redis.zrem(keys.BATCHES, self.name)
 

@@ -11,9 +11,8 @@ import time
 from collections import Counter
 from typing import Any
 
-from arq.constants import job_key_prefix, result_key_prefix, retry_key_prefix
-
 from mediaq.errors import MediaqError
+from mediaq.runtime import keys
 from mediaq.runtime.heartbeat import read_health, read_workers
 from mediaq.runtime.settings import Settings, redact_url
 
@@ -78,12 +77,12 @@ async def diagnose(settings: Settings) -> list[tuple[str, str, str]]:
 
 async def _retrying(client: Any) -> list[tuple[str, str, str]]:
     redis = client.redis
-    keys = [k async for k in redis.scan_iter(match=retry_key_prefix + "*", count=1000)]
-    if not keys:
+    found = [k async for k in redis.scan_iter(match=keys.RETRY_PREFIX + "*", count=1000)]
+    if not found:
         return [("ok", "no job is being retried", "")]
-    tries = await redis.mget(keys)
-    ids = [k.decode()[len(retry_key_prefix):] for k in keys]
-    jobs = await redis.mget([job_key_prefix + i for i in ids])
+    tries = await redis.mget(found)
+    ids = [k.decode()[len(keys.RETRY_PREFIX):] for k in found]
+    jobs = await redis.mget([keys.JOB_PREFIX + i for i in ids])
     stuck = []
     for job_id, n, raw in zip(ids, tries, jobs, strict=True):
         if n and int(n) >= 2:
@@ -101,14 +100,14 @@ async def _retrying(client: Any) -> list[tuple[str, str, str]]:
 
 async def _recent_failures(client: Any, sample: int = 5000) -> list[tuple[str, str, str]]:
     redis = client.redis
-    keys = []
-    async for k in redis.scan_iter(match=result_key_prefix + "*", count=1000):
-        keys.append(k)
-        if len(keys) >= sample:
+    found = []
+    async for k in redis.scan_iter(match=keys.RESULT_PREFIX + "*", count=1000):
+        found.append(k)
+        if len(found) >= sample:
             break
     reasons: Counter[str] = Counter()
-    for start in range(0, len(keys), 1000):
-        for raw in await redis.mget(keys[start:start + 1000]):
+    for start in range(0, len(found), 1000):
+        for raw in await redis.mget(found[start:start + 1000]):
             try:
                 record = client.loads(raw) if raw else None
             except Exception:
@@ -119,9 +118,9 @@ async def _recent_failures(client: Any, sample: int = 5000) -> list[tuple[str, s
                 reasons[f"{record.get('f')}: {getattr(err, 'type', type(err).__name__)}"
                         f"{' [' + err.code + ']' if getattr(err, 'code', None) else ''}"] += 1
     if not reasons:
-        return [("ok", f"no failed job among {len(keys)} result(s)", "")]
+        return [("ok", f"no failed job among {len(found)} result(s)", "")]
     top = ", ".join(f"{reason} x{n}" for reason, n in reasons.most_common(5))
-    return [("warn", f"{sum(reasons.values())} failed job(s) among {len(keys)} result(s): {top}",
+    return [("warn", f"{sum(reasons.values())} failed job(s) among {len(found)} result(s): {top}",
              "`await batch.failed()` shows each file and error; fix or skip them, then `batch.retry_failed()`")]
 
 

@@ -30,9 +30,9 @@ from itertools import chain
 from typing import Any
 
 import pandas as pd
-from arq.constants import job_key_prefix, result_key_prefix
 
 from mediaq.errors import JobError
+from mediaq.runtime.keys import JOB_PREFIX, RESULT_PREFIX
 
 __all__ = ["BASE_COLUMNS", "FrameBuilder", "fetch_records", "gc_paused", "iter_records", "records_frame"]
 
@@ -85,7 +85,7 @@ async def _fetch_trip(redis: Any, part: Sequence[str], chunk: int,
     if results:
         async with redis.pipeline(transaction=False) as pipe:
             for start in range(0, len(part), chunk):
-                pipe.mget([result_key_prefix + i for i in part[start:start + chunk]])
+                pipe.mget([RESULT_PREFIX + i for i in part[start:start + chunk]])
             raw_results = [raw for reply in await pipe.execute() for raw in reply]
     else:
         raw_results = [None] * len(part)
@@ -94,7 +94,7 @@ async def _fetch_trip(redis: Any, part: Sequence[str], chunk: int,
     if missing:
         async with redis.pipeline(transaction=False) as pipe:
             for start in range(0, len(missing), chunk):
-                pipe.mget([job_key_prefix + i for i in missing[start:start + chunk]])
+                pipe.mget([JOB_PREFIX + i for i in missing[start:start + chunk]])
             raw_jobs = dict(zip(missing, (raw for reply in await pipe.execute() for raw in reply), strict=True))
     return raw_results, raw_jobs
 

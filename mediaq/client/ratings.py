@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from mediaq.errors import ConfigError
+from mediaq.runtime import keys
 
 if TYPE_CHECKING:
     from mediaq.client.batch import Batch
@@ -65,7 +66,6 @@ async def enqueue_library(
     first so the run starts from the current ratings.
     """
     from mediaq.client.batch import new_batch_name
-    from mediaq.jobs.ratings import prior_cache_key
     from mediaq.pure.ratings_input import clean_ids
     from mediaq.runtime.ratings_store import RatingsStore
 
@@ -88,7 +88,7 @@ async def enqueue_library(
         check_prior(C, m)
         extra = {"C": float(C), "m": float(m)}
     if refresh_prior:
-        await client.cache.delete(prior_cache_key(url))
+        await client.cache.delete(keys.ratings_prior(url))
     if chunk_size is None:
         chunk_size = min(MAX_AUTO_CHUNK, max(1000, -(-len(ids) // client.settings.max_jobs)))
     name = batch or new_batch_name("recalculate_ratings")

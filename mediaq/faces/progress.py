@@ -34,3 +34,28 @@ def progress_bar(total: int | None = None, desc: str = "", unit: str = "job", **
     if not _in_notebook() and not getattr(sys.stderr, "isatty", lambda: False)():
         options.setdefault("mininterval", LOG_INTERVAL)
     return tqdm(total=total, desc=desc, unit=unit, **options)
+
+
+class TqdmProgress:
+    """A :class:`~mediaq.client.base.ProgressView` drawn by a ``tqdm.auto`` bar (see :func:`progress_bar`).
+
+    >>> view = TqdmProgress(progress_bar(desc="demo", disable=True))
+    >>> view.show(3, 10, failed=1, running=2); view.close()
+    """
+
+    def __init__(self, bar: Any) -> None:
+        self.bar = bar
+
+    def show(self, done: int, total: int | None, **info: Any) -> None:
+        bar = self.bar
+        if total is not None:
+            bar.total = total
+        if info:
+            bar.set_postfix(refresh=False, **info)
+        bar.update(done - bar.n)  # redraws unless it drew less than mininterval ago
+
+    def note(self, text: str | None) -> None:
+        self.bar.set_description_str(self.bar.desc.split(" · ")[0] + (f" · {text}" if text else ""))
+
+    def close(self) -> None:
+        self.bar.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mediaq.runtime import keys
 from mediaq.runtime.jobspec import job
 
 __all__ = ["reindex_image"]
@@ -31,5 +32,5 @@ async def reindex_image(ctx: dict[str, Any], image_id: str, source_path: str, *,
         entry = job_entry(redis.job_serializer, follow_up, "add_to_iqdb", [image_id, result["thumbnail"]["path"]],
                           {}, batch)
         # atomic: the job and its place in the batch; skipped if it exists (a retried parent)
-        await enqueue_chunk(redis, ctx["settings"].queue_name, [entry], f"mediaq:batch:{batch}:ids" if batch else "")
+        await enqueue_chunk(redis, ctx["settings"].queue_name, [entry], keys.batch_ids(batch) if batch else "")
     return {**result, "iqdb_job": follow_up}

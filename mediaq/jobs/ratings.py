@@ -6,7 +6,8 @@
   library in such chunks.
 
 Both use the seed prior ``(C, m)``, cached in Redis db ``cache_db`` (``ctx['cache']``) for
-``settings.rating_cache_ttl`` seconds (300) under :func:`prior_cache_key`, or an explicit ``C``/``m``.
+``settings.rating_cache_ttl`` seconds (300) under :func:`mediaq.runtime.keys.ratings_prior`, or an
+explicit ``C``/``m``.
 An unknown image id is reported in the result (``"unknown": [...]``), never raised. A locked or
 unreachable database raises :class:`~mediaq.errors.TransientJobError` (``ratings_db_unavailable``,
 retried with the seed backoff); bad arguments :class:`~mediaq.errors.PermanentJobError`
@@ -26,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -36,25 +36,16 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from mediaq.errors import ConfigError, PermanentJobError, TransientJobError
-from mediaq.runtime.jobspec import job
+from mediaq.runtime import keys
+from mediaq.runtime.jobspec import job, resources
 from mediaq.runtime.settings import redact_url
 
-__all__ = ["close_stores", "get_prior", "prior_cache_key", "recalculate_rating", "recalculate_ratings"]
+__all__ = ["close_stores", "get_prior", "recalculate_rating", "recalculate_ratings"]
 
 logger = logging.getLogger("mediaq.jobs.ratings")
 
 STORE_KEY = "mediaq_ratings_stores"  # {url: RatingsStore} (an engine and its pool), per process
 LOCK_KEY = "mediaq_ratings_locks"  # {event loop: lock}: single flight for opening stores and the prior
-
-
-def prior_cache_key(ratings_url: str) -> str:
-    """The Redis key (cache db) of the cached prior of one ratings database (the URL is hashed, so a
-    password never lands in Redis).
-
-    >>> prior_cache_key("sqlite:////tmp/r.db")
-    'mediaq:ratings:prior:acd2bebc95d645ba'
-    """
-    return "mediaq:ratings:prior:" + hashlib.sha256(ratings_url.encode()).hexdigest()[:16]
 
 
 async def get_prior(
@@ -168,23 +159,12 @@ def _given_prior(C: Any, m: Any) -> tuple[float, float, str] | None:
     return float(C), float(m), "given"
 
 
-#: Per-process resources when the worker offers no shared ``ctx['resources']`` dict. arq hands every
-#: job a *copy* of the worker's ctx (``{**worker.ctx, **job_ctx}``), so a key a job sets in ctx is
-#: gone for the next job; only objects *inside* ctx are shared.
-_PROCESS_RESOURCES: dict[str, Any] = {}
-
-
-def _resources(ctx: dict[str, Any]) -> dict[str, Any]:
-    shared = ctx.get("resources")
-    return shared if isinstance(shared, dict) else _PROCESS_RESOURCES
-
-
 async def _store(ctx: dict[str, Any]) -> Any:
     """This process's :class:`~mediaq.runtime.ratings_store.RatingsStore` for the settings' URL, opened once."""
     from mediaq.runtime.ratings_store import RatingsStore
 
     url = ctx["settings"].resolved_ratings_url
-    stores = _resources(ctx).setdefault(STORE_KEY, {})
+    stores = resources(ctx).setdefault(STORE_KEY, {})
     store = stores.get(url)
     if store is not None:
         return store
@@ -207,7 +187,7 @@ async def _store(ctx: dict[str, Any]) -> Any:
 def close_stores(ctx: dict[str, Any] | None = None) -> None:
     """Dispose of the stores this process opened (for ``ctx``'s resources, else the process-wide ones).
     Runs at exit for the process-wide ones, so SQLite checkpoints its WAL when a worker stops."""
-    stores = _resources(ctx or {}).pop(STORE_KEY, {})
+    stores = resources(ctx or {}).pop(STORE_KEY, {})
     for store in stores.values():
         with contextlib.suppress(Exception):
             store.close()
@@ -218,7 +198,7 @@ atexit.register(close_stores)
 
 def _lock(ctx: dict[str, Any]) -> asyncio.Lock:
     """One lock per event loop (an asyncio lock cannot be shared between loops)."""
-    locks = _resources(ctx).setdefault(LOCK_KEY, weakref.WeakKeyDictionary())
+    locks = resources(ctx).setdefault(LOCK_KEY, weakref.WeakKeyDictionary())
     loop = asyncio.get_running_loop()
     lock = locks.get(loop)
     if lock is None:
@@ -232,7 +212,7 @@ async def _cached_prior(ctx: dict[str, Any], store: Any) -> tuple[float, float, 
             return await asyncio.to_thread(store.prior)
 
     ttl = float(ctx["settings"].rating_cache_ttl)
-    return await get_prior(ctx.get("cache"), prior_cache_key(store.url), compute, ttl, _lock(ctx))
+    return await get_prior(ctx.get("cache"), keys.ratings_prior(store.url), compute, ttl, _lock(ctx))
 
 
 @contextlib.contextmanager

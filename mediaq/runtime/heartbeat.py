@@ -12,10 +12,10 @@ import json
 import re
 from typing import Any
 
-__all__ = ["HEARTBEAT_PREFIX", "WORKERS_KEY", "parse_health_check", "read_health", "read_workers"]
+from mediaq.runtime import keys
 
-HEARTBEAT_PREFIX = "mediaq:worker:"
-WORKERS_KEY = "mediaq:workers"  # sorted set: heartbeat key -> time of last beat
+__all__ = ["parse_health_check", "read_health", "read_workers"]
+
 _FIELD = re.compile(r"(\w+)=(\d+)")
 
 
@@ -31,9 +31,7 @@ def parse_health_check(value: bytes | str | None) -> dict[str, Any] | None:
 
 async def read_health(redis: Any, queue_name: str) -> dict[str, Any] | None:
     """The queue's arq health-check record, or ``None`` when no worker wrote one recently."""
-    from arq.constants import health_check_key_suffix
-
-    return parse_health_check(await redis.get(queue_name + health_check_key_suffix))
+    return parse_health_check(await redis.get(keys.health_check(queue_name)))
 
 
 async def read_workers(redis: Any) -> list[dict[str, Any]]:
@@ -41,12 +39,12 @@ async def read_workers(redis: Any) -> list[dict[str, Any]]:
     import time
 
     # heartbeats expire by themselves; the set only says where to look (two round trips in all)
-    keys = await redis.zrangebyscore(WORKERS_KEY, time.time() - 3600, "+inf")
-    if not keys:
+    beats = await redis.zrangebyscore(keys.WORKERS, time.time() - 3600, "+inf")
+    if not beats:
         return []
     out = []
     stale = []
-    for key, raw in zip(keys, await redis.mget(keys), strict=True):
+    for key, raw in zip(beats, await redis.mget(beats), strict=True):
         if not raw:
             stale.append(key)
             continue
@@ -55,5 +53,5 @@ async def read_workers(redis: Any) -> list[dict[str, Any]]:
         except ValueError:
             continue
     if stale:
-        await redis.zrem(WORKERS_KEY, *stale)
+        await redis.zrem(keys.WORKERS, *stale)
     return sorted(out, key=lambda w: (w.get("host", ""), w.get("pid", 0)))

@@ -34,11 +34,11 @@ from mediaq.errors import ConfigError, InvalidHashError
 from mediaq.pure.iqdb.compute import ImageInput, as_signature
 from mediaq.pure.iqdb.scoring import ImageId, LocalIndex, Match
 from mediaq.pure.iqdb.signature import PACKED_SIZE, Signature, pack_signature, parse_hash, unpack_signature
+from mediaq.runtime.keys import IQDB_PREFIX
 from mediaq.runtime.settings import Settings
 
-__all__ = ["DEFAULT_PREFIX", "IqdbIndex", "SyncIqdbIndex", "as_signature"]
+__all__ = ["IqdbIndex", "SyncIqdbIndex"]
 
-DEFAULT_PREFIX = "mediaq:iqdb:"
 SYNC_CHUNK = 5000
 WRITE_CHUNK = 1000
 _INT_RE = re.compile(r"-?(0|[1-9][0-9]*)")
@@ -113,7 +113,7 @@ def _pairs_frame(pairs: list[tuple[ImageId, ImageId, float]]) -> pd.DataFrame:
 class _IndexBase:
     """I/O-free logic shared by the async and sync faces."""
 
-    def __init__(self, redis: Any, *, prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(self, redis: Any, *, prefix: str = IQDB_PREFIX) -> None:
         _check_client(redis)
         self.redis = redis
         self.prefix = prefix
@@ -207,7 +207,7 @@ class IqdbIndex(_IndexBase):
     """
 
     @classmethod
-    def from_settings(cls, settings: Settings | None = None, *, prefix: str = DEFAULT_PREFIX) -> IqdbIndex:
+    def from_settings(cls, settings: Settings | None = None, *, prefix: str = IQDB_PREFIX) -> IqdbIndex:
         """An index on its own connection to the queue database of ``settings`` (close with :meth:`aclose`)."""
         import redis.asyncio as aioredis
 
@@ -289,7 +289,7 @@ class SyncIqdbIndex(_IndexBase):
     """The same index on a synchronous ``redis.Redis`` client, method for method."""
 
     @classmethod
-    def from_settings(cls, settings: Settings | None = None, *, prefix: str = DEFAULT_PREFIX) -> SyncIqdbIndex:
+    def from_settings(cls, settings: Settings | None = None, *, prefix: str = IQDB_PREFIX) -> SyncIqdbIndex:
         import redis
 
         index = cls(redis.Redis.from_url(_queue_url(settings)), prefix=prefix)

@@ -53,12 +53,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mediaq.runtime import keys
 from mediaq.runtime.storage import sweep_abandoned
 
 __all__ = [
-    "CLAIMANTS_KEY",
-    "CLAIMS_PREFIX",
-    "RECOVERIES_KEY",
     "Claims",
     "Janitor",
     "WorkerIdentity",
@@ -67,12 +65,7 @@ __all__ = [
 
 logger = logging.getLogger("arq.mediaq.runtime.recovery")
 
-CLAIMS_PREFIX = "mediaq:claims:"
-CLAIMANTS_KEY = "mediaq:claimants"
-RECOVERIES_KEY = "mediaq:recoveries"
 MAX_RECOVERIES = 100
-_IN_PROGRESS = "arq:in-progress:"  # arq.constants.in_progress_key_prefix (kept literal: no arq import here)
-_HEARTBEAT = "mediaq:worker:"  # mediaq.runtime.heartbeat.HEARTBEAT_PREFIX
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,7 +152,7 @@ class Claims:
     def __init__(self, redis: Any, identity: WorkerIdentity, *, delay: float = 0.05) -> None:
         self.redis = redis
         self.identity = identity
-        self.key = CLAIMS_PREFIX + identity.name
+        self.key = keys.claims(identity.name)
         self.delay = delay
         self.running: dict[str, asyncio.Task[Any] | None] = {}
         self._add: set[str] = set()
@@ -172,7 +165,7 @@ class Claims:
         with contextlib.suppress(Exception):
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.delete(self.key)
-                pipe.hset(CLAIMANTS_KEY, self.identity.name, self.identity.to_json())
+                pipe.hset(keys.CLAIMANTS, self.identity.name, self.identity.to_json())
                 await pipe.execute()
 
     def claim(self, job_id: str) -> None:
@@ -239,7 +232,7 @@ class Claims:
                     pipe.delete(self.key)
                     if self.running:
                         pipe.sadd(self.key, *self.running)
-                    pipe.hset(CLAIMANTS_KEY, self.identity.name, self.identity.to_json())
+                    pipe.hset(keys.CLAIMANTS, self.identity.name, self.identity.to_json())
                     await pipe.execute()
             except Exception:
                 logger.debug("claims sync failed", exc_info=True)
@@ -252,7 +245,7 @@ class Claims:
         with contextlib.suppress(Exception):
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.delete(self.key)
-                pipe.hdel(CLAIMANTS_KEY, self.identity.name)
+                pipe.hdel(keys.CLAIMANTS, self.identity.name)
                 await pipe.execute()
 
 
@@ -265,10 +258,10 @@ for _, id in ipairs(redis.call('SMEMBERS', claims)) do
   for j = 4, 3 + nlive do
     if redis.call('SISMEMBER', ARGV[j], id) == 1 then taken = true; break end
   end
-  if not taken and redis.call('DEL', '{_IN_PROGRESS}' .. id) == 1 then freed[#freed + 1] = id end
+  if not taken and redis.call('DEL', '{keys.IN_PROGRESS_PREFIX}' .. id) == 1 then freed[#freed + 1] = id end
 end
 redis.call('DEL', claims)
-redis.call('HDEL', '{CLAIMANTS_KEY}', name)
+redis.call('HDEL', '{keys.CLAIMANTS}', name)
 return freed
 """
 
@@ -282,7 +275,7 @@ for i = 2 + nlive, #ARGV do
     if redis.call('SISMEMBER', ARGV[j], id) == 1 then taken = true; break end
   end
   if not taken then
-    local ttl = redis.call('PTTL', '{_IN_PROGRESS}' .. id)
+    local ttl = redis.call('PTTL', '{keys.IN_PROGRESS_PREFIX}' .. id)
     if ttl > 0 then out[#out + 1] = id; out[#out + 1] = ttl end
   end
 end
@@ -298,7 +291,7 @@ for i = 2 + nlive, #ARGV, 2 do
   for j = 2, 1 + nlive do
     if redis.call('SISMEMBER', ARGV[j], id) == 1 then taken = true; break end
   end
-  local key = '{_IN_PROGRESS}' .. id
+  local key = '{keys.IN_PROGRESS_PREFIX}' .. id
   local ttl = redis.call('PTTL', key)
   if not taken and ttl > 0 and ttl <= most then
     redis.call('DEL', key)
@@ -339,7 +332,7 @@ class Janitor:
 
     # -- who is alive ----------------------------------------------------------------------------------
     async def claimants(self) -> dict[str, WorkerIdentity | None]:
-        raw = await self.redis.hgetall(CLAIMANTS_KEY)
+        raw = await self.redis.hgetall(keys.CLAIMANTS)
         return {k.decode(): WorkerIdentity.from_json(v) for k, v in raw.items()}
 
     async def _split(self) -> tuple[list[str], dict[str, WorkerIdentity | None]]:
@@ -350,7 +343,7 @@ class Janitor:
         if remote:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for name in remote:
-                    pipe.exists(_HEARTBEAT + name)
+                    pipe.exists(keys.HEARTBEAT_PREFIX + name)
                 beating = {n for n, e in zip(remote, await pipe.execute(), strict=True) if e}
         now = time.time()
         live, dead = [], {}
@@ -384,11 +377,11 @@ class Janitor:
         """Free the jobs claimed by dead workers; ``{dead worker: [freed job ids]}``."""
         live, dead = await self._split()
         out: dict[str, list[str]] = {}
-        live_keys = [CLAIMS_PREFIX + n for n in live]
+        live_keys = [keys.claims(n) for n in live]
         self._dead_identities.update(dead)
         for name in dead:
             freed = await self._script("free_dead", FREE_DEAD_LUA)(
-                args=[CLAIMS_PREFIX + name, name, len(live_keys), *live_keys])
+                args=[keys.claims(name), name, len(live_keys), *live_keys])
             out[name] = [i.decode() if isinstance(i, bytes) else i for i in freed]
             logger.warning("worker %s is dead: %d of its jobs freed to run again", name, len(out[name]))
             await self._record("dead_worker", name, out[name])
@@ -397,7 +390,7 @@ class Janitor:
     async def free_orphans(self, *, chunk: int = 1000) -> list[str]:
         """Free in-progress keys that no live worker claims, now and ``grace`` seconds later."""
         live, _ = await self._split()
-        live_keys = [CLAIMS_PREFIX + n for n in live]
+        live_keys = [keys.claims(n) for n in live]
         seen: list[tuple[str, int, float]] = []  # (id, PTTL, when read)
         batch: list[str] = []
         unclaimed = self._script("unclaimed", UNCLAIMED_LUA)
@@ -408,8 +401,8 @@ class Janitor:
             seen.extend((flat[i].decode(), int(flat[i + 1]), now) for i in range(0, len(flat), 2))
             batch.clear()
 
-        async for key in self.redis.scan_iter(match=_IN_PROGRESS + "*", count=chunk):
-            batch.append(key.decode()[len(_IN_PROGRESS):])
+        async for key in self.redis.scan_iter(match=keys.IN_PROGRESS_PREFIX + "*", count=chunk):
+            batch.append(key.decode()[len(keys.IN_PROGRESS_PREFIX):])
             if len(batch) >= chunk:
                 await check()
         if batch:
@@ -418,7 +411,7 @@ class Janitor:
             return []
         await asyncio.sleep(self.grace)
         live, _ = await self._split()
-        live_keys = [CLAIMS_PREFIX + n for n in live]
+        live_keys = [keys.claims(n) for n in live]
         freed: list[str] = []
         free = self._script("free_orphans", FREE_ORPHANS_LUA)
         for start in range(0, len(seen), chunk):
@@ -438,8 +431,8 @@ class Janitor:
                  "jobs": len(ids), "ids": ids[:20]}
         with contextlib.suppress(Exception):
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.lpush(RECOVERIES_KEY, json.dumps(entry))
-                pipe.ltrim(RECOVERIES_KEY, 0, MAX_RECOVERIES - 1)
+                pipe.lpush(keys.RECOVERIES, json.dumps(entry))
+                pipe.ltrim(keys.RECOVERIES, 0, MAX_RECOVERIES - 1)
                 await pipe.execute()
 
     # -- the loop --------------------------------------------------------------------------------------
@@ -490,4 +483,4 @@ class Janitor:
 
 async def read_recoveries(redis: Any, n: int = 20) -> list[dict[str, Any]]:
     """The last ``n`` recoveries, newest first: time, by, reason (``dead_worker``/``orphans``), worker, jobs, ids."""
-    return [json.loads(raw) for raw in await redis.lrange(RECOVERIES_KEY, 0, n - 1)]
+    return [json.loads(raw) for raw in await redis.lrange(keys.RECOVERIES, 0, n - 1)]

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
+from mediaq.runtime.keys import IN_PROGRESS_PREFIX, JOB_PREFIX, RESULT_PREFIX
 
 __all__ = ["DAY_MS", "STATES", "ChunkSender", "batch_counts", "enqueue_chunk", "job_entry", "status_codes"]
 
@@ -49,10 +49,10 @@ if idset ~= '' then
 end
 for i = 3, #ARGV, 4 do
   local id = ARGV[i]
-  if redis.call('EXISTS', '{job_key_prefix}' .. id, '{result_key_prefix}' .. id) > 0 then
+  if redis.call('EXISTS', '{JOB_PREFIX}' .. id, '{RESULT_PREFIX}' .. id) > 0 then
     skipped[#skipped + 1] = id
   else
-    redis.call('PSETEX', '{job_key_prefix}' .. id, ARGV[i + 2], ARGV[i + 3])
+    redis.call('PSETEX', '{JOB_PREFIX}' .. id, ARGV[i + 2], ARGV[i + 3])
     queued[#queued + 1] = ARGV[i + 1]
     queued[#queued + 1] = id
   end
@@ -93,17 +93,17 @@ local function classify_many(ids, queue, now)
       local id, code = sub[j], nil
       if scores[j] then
         waiting[#waiting + 1] = j
-        pkeys[#pkeys + 1] = '{in_progress_key_prefix}' .. id
+        pkeys[#pkeys + 1] = '{IN_PROGRESS_PREFIX}' .. id
       else
-        local head = redis.call('GETRANGE', '{result_key_prefix}' .. id, 0, 3)
+        local head = redis.call('GETRANGE', '{RESULT_PREFIX}' .. id, 0, 3)
         if head ~= '' then
           code = -1
           if string.sub(head, 2, 3) == '\\161s' then
             local b = string.byte(head, 4)
             if b == 195 then code = 4 elseif b == 194 then code = 5 end
           end
-        elseif redis.call('EXISTS', '{in_progress_key_prefix}' .. id) == 1 then code = 3
-        elseif redis.call('EXISTS', '{job_key_prefix}' .. id) == 1 then code = 1
+        elseif redis.call('EXISTS', '{IN_PROGRESS_PREFIX}' .. id) == 1 then code = 3
+        elseif redis.call('EXISTS', '{JOB_PREFIX}' .. id) == 1 then code = 1
         else code = 0
         end
       end

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from mediaq.errors import ConfigError
+from mediaq.runtime import keys
 
 __all__ = ["ENV_PREFIX", "Settings", "redact_url"]
 
@@ -49,7 +50,7 @@ class Settings:
     #: Redis database of the arq queue, and of the cache (the seed keeps them apart).
     queue_db: int = 1
     cache_db: int = 0
-    queue_name: str = "arq:queue"
+    queue_name: str = keys.DEFAULT_QUEUE
 
     #: Worker settings from the seed.
     max_tries: int = 3

@@ -23,12 +23,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["FAILURES_KEY", "STATS_KEY", "WorkerStats", "read_batch_counts", "read_failures", "read_queue_stats",
+from mediaq.runtime import keys
+
+__all__ = ["WorkerStats", "read_batch_counts", "read_failures", "read_queue_stats",
            "read_throughput"]
 
-STATS_KEY = "mediaq:stats"
-FAILURES_KEY = "mediaq:failures"
-THROUGHPUT_KEY = "mediaq:throughput"
 MAX_FAILURES = 50
 _batch_of_current_job: contextvars.ContextVar[str | None] = contextvars.ContextVar("mediaq_batch", default=None)
 
@@ -80,17 +79,17 @@ class WorkerStats:
         try:
             async with redis.pipeline(transaction=False) as pipe:
                 for (batch, function, outcome), n in counts.items():
-                    pipe.hincrby(STATS_KEY, f"{function}:{outcome}", n)
+                    pipe.hincrby(keys.STATS, f"{function}:{outcome}", n)
                     if batch:
-                        key = f"mediaq:batch:{batch}:counts"
+                        key = keys.batch_counts(batch)
                         pipe.hincrby(key, outcome, n)
                         pipe.hincrby(key, f"{function}:{outcome}", n)
                 for failure in failures:
-                    pipe.lpush(FAILURES_KEY, json.dumps(failure))
+                    pipe.lpush(keys.FAILURES, json.dumps(failure))
                 if failures:
-                    pipe.ltrim(FAILURES_KEY, 0, MAX_FAILURES - 1)
+                    pipe.ltrim(keys.FAILURES, 0, MAX_FAILURES - 1)
                 for (second, outcome), n in per_second.items():
-                    key = _throughput_key(second)
+                    key = keys.throughput(second)
                     pipe.hincrby(key, f"{second}:{outcome}", n)
                     pipe.expire(key, 3600)
                 await pipe.execute()
@@ -104,7 +103,7 @@ class WorkerStats:
 async def read_queue_stats(redis: Any) -> dict[str, dict[str, int]]:
     """``{function: {"complete": n, "failed": n}}`` for the whole queue (one HGETALL)."""
     out: dict[str, dict[str, int]] = {}
-    for key, value in (await redis.hgetall(STATS_KEY)).items():
+    for key, value in (await redis.hgetall(keys.STATS)).items():
         function, _, outcome = key.decode().rpartition(":")
         out.setdefault(function, {"complete": 0, "failed": 0})[outcome] = int(value)
     return out
@@ -113,9 +112,9 @@ async def read_queue_stats(redis: Any) -> dict[str, dict[str, int]]:
 async def read_batch_counts(redis: Any, name: str) -> dict[str, Any]:
     """``{"total", "complete", "failed", "by_function": {...}}`` for a batch (one pipeline)."""
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.zcard(f"mediaq:batch:{name}:ids")
-        pipe.hlen(f"mediaq:batch:{name}:retries")
-        pipe.hgetall(f"mediaq:batch:{name}:counts")
+        pipe.zcard(keys.batch_ids(name))
+        pipe.hlen(keys.batch_retries(name))
+        pipe.hgetall(keys.batch_counts(name))
         total, retried, raw = await pipe.execute()
     counts = {k.decode(): int(v) for k, v in raw.items()}
     by_function: dict[str, dict[str, int]] = {}
@@ -130,7 +129,7 @@ async def read_batch_counts(redis: Any, name: str) -> dict[str, Any]:
 
 async def read_failures(redis: Any, n: int = 10) -> list[dict[str, Any]]:
     """The last ``n`` failures, newest first."""
-    return [json.loads(raw) for raw in await redis.lrange(FAILURES_KEY, 0, n - 1)]
+    return [json.loads(raw) for raw in await redis.lrange(keys.FAILURES, 0, n - 1)]
 
 
 async def read_throughput(redis: Any, seconds: int = 300) -> dict[int, dict[str, int]]:
@@ -139,7 +138,7 @@ async def read_throughput(redis: Any, seconds: int = 300) -> dict[int, dict[str,
     by_key: dict[str, list[str]] = {}
     for second in range(now - seconds, now + 1):
         for outcome in ("complete", "failed"):
-            by_key.setdefault(_throughput_key(second), []).append(f"{second}:{outcome}")
+            by_key.setdefault(keys.throughput(second), []).append(f"{second}:{outcome}")
     async with redis.pipeline(transaction=False) as pipe:
         for key, fields in by_key.items():
             pipe.hmget(key, fields)
@@ -152,6 +151,3 @@ async def read_throughput(redis: Any, seconds: int = 300) -> dict[int, dict[str,
                 out.setdefault(int(second), {"complete": 0, "failed": 0})[outcome] = int(value)
     return out
 
-
-def _throughput_key(second: int) -> str:
-    return f"{THROUGHPUT_KEY}:{second // 600}"

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mediaq.runtime import keys
 from mediaq.runtime.connections import redis_settings_for, worker_retry
 from mediaq.runtime.jobspec import JobSpec
 from mediaq.runtime.settings import Settings
@@ -87,10 +88,8 @@ async def _shutdown(ctx: dict[str, Any]) -> None:
     with contextlib.suppress(Exception):
         await ctx["worker_stats"].flush(ctx["redis"])
     with contextlib.suppress(Exception):
-        from mediaq.runtime.heartbeat import WORKERS_KEY
-
         await ctx["redis"].delete(_heartbeat_key())
-        await ctx["redis"].zrem(WORKERS_KEY, _heartbeat_key())
+        await ctx["redis"].zrem(keys.WORKERS, _heartbeat_key())
     if "claims" in ctx:
         await ctx["claims"].unregister()
     pool = ctx.pop("pool", None)
@@ -125,9 +124,7 @@ async def _close_resources(resources: dict[str, Any]) -> None:
 def _heartbeat_key() -> str:
     import socket
 
-    from mediaq.runtime.heartbeat import HEARTBEAT_PREFIX
-
-    return f"{HEARTBEAT_PREFIX}{socket.gethostname()}:{os.getpid()}"
+    return keys.heartbeat(socket.gethostname(), os.getpid())
 
 
 async def _heartbeat(ctx: dict[str, Any]) -> None:
@@ -142,11 +139,9 @@ async def _heartbeat(ctx: dict[str, Any]) -> None:
         record = {"host": socket.gethostname(), "pid": os.getpid(), "started": started, "last": time.time(),
                   "max_jobs": settings.max_jobs, "processes": settings.processes, **ctx["stats"]}
         try:
-            from mediaq.runtime.heartbeat import WORKERS_KEY
-
             async with ctx["redis"].pipeline(transaction=False) as pipe:
                 pipe.set(key, json.dumps(record), px=int(settings.health_check_interval * 3000))
-                pipe.zadd(WORKERS_KEY, {key: time.time()})
+                pipe.zadd(keys.WORKERS, {key: time.time()})
                 await pipe.execute()
         except Exception:  # Redis away: the next beat will tell
             logger.debug("heartbeat failed", exc_info=True)

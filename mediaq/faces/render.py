@@ -1,0 +1,192 @@
+"""Pure rendering of a queue :class:`~mediaq.client.snapshot.Snapshot`: HTML for notebooks and the
+dashboard's panels, text for terminals and logs. No I/O, no widgets: every face draws through this.
+
+>>> from mediaq.client.snapshot import Snapshot
+>>> print(format_text(Snapshot(time=0.0)).splitlines()[1])
+  queue: 0 queued, 0 deferred, 0 in progress, 0 complete, 0 failed; 0.0 jobs/s
+"""
+
+from __future__ import annotations
+
+import html
+import time
+
+from mediaq.client.snapshot import BatchCounts, Snapshot
+
+__all__ = [
+    "batch_summary",
+    "format_duration",
+    "format_html",
+    "format_text",
+    "html_batches",
+    "html_counts",
+    "html_failures",
+    "html_functions",
+    "html_workers",
+    "sparkline_svg",
+]
+
+
+def format_duration(seconds: float | None) -> str:
+    """``None`` -> ``"?"``, 42.3 -> ``"42 s"``, 125 -> ``"2:05"``, 3725 -> ``"1:02:05"``.
+
+    >>> [format_duration(s) for s in (None, 0.4, 42.3, 125, 3725)]
+    ['?', '0 s', '42 s', '2:05', '1:02:05']
+    """
+    if seconds is None:
+        return "?"
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    h, rest = divmod(s, 3600)
+    m, sec = divmod(rest, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
+
+
+def _clock(t: float | None) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(t)) if t else "?"
+
+
+def batch_summary(b: BatchCounts, rate: float | None = None, eta: float | None = None) -> str:
+    """``"38/40 done (95.0%) · 2 failed · 12.5 jobs/s · ETA 1 s"`` (plain text)."""
+    parts = [f"{b.done}/{b.total} done ({100 * b.fraction:.1f}%)"]
+    if b.failed:
+        parts.append(f"{b.failed} failed")
+    if b.finished:
+        parts.append("finished")
+    else:
+        if rate is not None:
+            parts.append(f"{rate:.1f} jobs/s")
+        parts.append(f"ETA {format_duration(eta)}")
+    return " · ".join(parts)
+
+
+def format_text(snap: Snapshot, rates: dict[str, tuple[float | None, float | None]] | None = None) -> str:
+    """A few lines of plain text (terminals, logs). ``rates``: ``{batch: (jobs/s, eta s)}``."""
+    rates = rates or {}
+    lines = [f"mediaq queue {snap.queue_name} at {_clock(snap.time)}"]
+    if snap.error:
+        lines.append(f"  ! {snap.error}")
+    lines.append(f"  queue: {snap.queued} queued, {snap.deferred} deferred, {snap.in_progress} in progress, "
+                 f"{snap.complete} complete, {snap.failed} failed; {snap.rate():.1f} jobs/s")
+    for b in snap.batches:
+        lines.append(f"  batch {b.name}: {batch_summary(b, *rates.get(b.name, (None, None)))}")
+    for fn, c in sorted(snap.by_function.items()):
+        lines.append(f"  {fn}: {c.get('complete', 0)} complete, {c.get('failed', 0)} failed")
+    workers = ", ".join(f"{w.host}:{w.pid} ({w.ongoing} running, beat {w.age:.0f} s ago)" for w in snap.workers)
+    lines.append(f"  workers: {workers or 'none alive'}")
+    if snap.local_worker is not None:
+        lw = snap.local_worker
+        lines.append(f"  local worker: pid {lw.pid} {'alive' if lw.alive else 'stopped'}")
+    if snap.failures:
+        lines.append("  last failures:")
+        for f in snap.failures:
+            lines.append(f"    {_clock(f.time)} {f.job_id} {f.function} {f.short_type}: {f.message[:100]}")
+    return "\n".join(lines)
+
+
+_E = html.escape
+_TABLE = 'style="border-collapse:collapse;font-size:12px;margin:2px 12px 2px 0"'
+_TD = 'style="padding:1px 8px;text-align:right"'
+_TDL = 'style="padding:1px 8px;text-align:left"'
+_GREEN, _RED, _GREY = "#2e7d32", "#c62828", "#888"
+
+
+def _table(head: list[str], rows: list[list[str]], left: int = 1) -> str:
+    """Cells are HTML already (escape before)."""
+    th = "".join(f"<th {_TDL if i < left else _TD}>{h}</th>" for i, h in enumerate(head))
+    body = "".join("<tr>" + "".join(f"<td {_TDL if i < left else _TD}>{c}</td>" for i, c in enumerate(r)) + "</tr>"
+                   for r in rows)
+    return f"<table {_TABLE}><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def html_counts(snap: Snapshot) -> str:
+    """Counts by state: the whole queue, then each batch (whose queued, deferred and running jobs are
+    one figure: telling them apart would cost a lookup per job)."""
+    q = snap.counts()
+    head = "".join(f"<th {_TD}>{h}</th>" for h in ("queued", "deferred", "in progress", "complete", "failed", "total"))
+    rows = ["<tr><td {}><b>queue</b></td>{}<td {}></td></tr>".format(
+        _TDL, "".join(f"<td {_TD}>{q[k]}</td>" for k in ("queued", "deferred", "in_progress", "complete", "failed")),
+        _TD)]
+    for b in snap.batches:
+        failed = f'<span style="color:{_RED}">{b.failed}</span>' if b.failed else "0"
+        rows.append(f"<tr><td {_TDL}>batch <code>{_E(b.name)}</code></td>"
+                    f'<td colspan="3" style="padding:1px 8px;text-align:center">{b.pending} pending</td>'
+                    f"<td {_TD}>{b.complete}</td><td {_TD}>{failed}</td><td {_TD}>{b.total}</td></tr>")
+    return f"<table {_TABLE}><thead><tr><th></th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def html_functions(snap: Snapshot) -> str:
+    """Finished jobs by function (the batch's when exactly one batch is shown, else the whole queue's)."""
+    one = len(snap.batches) == 1
+    source = snap.batches[0].by_function if one else snap.by_function
+    if not source:
+        return f'<span style="color:{_GREY}">no finished jobs {"in this batch " if one else ""}yet</span>'
+    rows = [[f"<code>{_E(fn)}</code>", str(c.get("complete", 0)), str(c.get("failed", 0))]
+            for fn, c in sorted(source.items())]
+    return _table(["function", "complete", "failed"], rows)
+
+
+def html_batches(snap: Snapshot, rates: dict[str, tuple[float | None, float | None]] | None = None) -> str:
+    """One static progress bar per batch (HTML only; the widget dashboard uses real progress bars)."""
+    rates = rates or {}
+    out = []
+    for b in snap.batches:
+        pct = 100 * b.fraction
+        colour = _RED if b.failed else _GREEN
+        out.append(
+            f'<div style="margin:2px 0"><code>{_E(b.name)}</code> '
+            f'<span style="display:inline-block;width:200px;height:10px;background:#ddd;vertical-align:middle">'
+            f'<span style="display:block;width:{pct:.1f}%;height:10px;background:{colour}"></span></span> '
+            f'{_E(batch_summary(b, *rates.get(b.name, (None, None))))}</div>')
+    return "".join(out)
+
+
+def html_workers(snap: Snapshot) -> str:
+    rows = [[_E(w.host), str(w.pid), f"{w.age:.0f} s ago", f"{w.ongoing}/{w.max_jobs or '?'}", str(w.finished)]
+            for w in snap.workers]
+    if not rows:
+        return f'<span style="color:{_RED}">no live workers</span>'
+    return _table(["host", "pid", "heartbeat", "running", "finished"], rows)
+
+
+def html_failures(snap: Snapshot) -> str:
+    if not snap.failures:
+        return f'<span style="color:{_GREY}">no failures</span>'
+    rows = [[_clock(f.time), f"<code>{_E(f.job_id)}</code>", _E(f.function),
+             f'<span title="{_E(f.type)}" style="color:{_RED}">{_E(f.short_type)}</span>'
+             + (f" <code>{_E(f.code)}</code>" if f.code else ""),
+             _E(f.message[:200])] for f in snap.failures]
+    return _table(["time", "job", "function", "error", "message"], rows, left=5)
+
+
+def sparkline_svg(throughput: tuple[tuple[int, int, int], ...], width: int = 260, height: int = 50) -> str:
+    """Completions (green) and failures (red) per second as an inline SVG chart."""
+    n = len(throughput)
+    peak = max((max(c, f) for _, c, f in throughput), default=0)
+    scale = (height - 4) / peak if peak else 0.0
+    step = width / max(1, n - 1)
+
+    def line(index: int, colour: str) -> str:
+        pts = " ".join(f"{i * step:.1f},{height - 2 - v[index] * scale:.1f}" for i, v in enumerate(throughput))
+        return f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{pts}"/>'
+
+    span = f"last {n} s" if n else "no data"
+    return (f'<div style="font-size:11px;color:{_GREY}">throughput, {span} · peak {peak}/s · '
+            f'<span style="color:{_GREEN}">complete</span> <span style="color:{_RED}">failed</span></div>'
+            f'<svg class="mediaq-sparkline" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+            f'style="border:1px solid #ccc;background:rgba(127,127,127,0.05)">'
+            f'{line(1, _GREEN) if n > 1 else ""}{line(2, _RED) if n > 1 else ""}</svg>')
+
+
+def format_html(snap: Snapshot, rates: dict[str, tuple[float | None, float | None]] | None = None) -> str:
+    """The whole snapshot as static HTML (``_repr_html_``, nbconvert)."""
+    error = (f'<div style="color:{_RED};font-weight:bold">{_E(snap.error)}</div>' if snap.error else "")
+    lw = snap.local_worker
+    local = (f"<div>local worker: pid {lw.pid} {'alive' if lw.alive else 'stopped'}</div>" if lw is not None else "")
+    return (f'<div class="mediaq-snapshot" style="font-size:12px">'
+            f"<div><b>mediaq</b> queue <code>{_E(snap.queue_name)}</code> at {_clock(snap.time)} · "
+            f"{snap.rate():.1f} jobs/s</div>{error}"
+            f"{html_batches(snap, rates)}{html_counts(snap)}{html_functions(snap)}"
+            f"{sparkline_svg(snap.throughput)}<div><b>workers</b></div>{html_workers(snap)}{local}"
+            f"<div><b>last failures</b></div>{html_failures(snap)}</div>")

@@ -1,0 +1,140 @@
+"""Every Redis key mediaq reads or writes, in one place (as arq keeps its own in ``arq/constants.py``).
+
+No other module spells a key: ``tests/test_keys.py`` checks that no string literal elsewhere starts with
+``arq:`` or ``mediaq:``, and that arq's names here equal arq's own.
+
+arq's keys (arq 0.28), in the queue database:
+
+=============================  =========================================================================
+``arq:queue``                  sorted set: job id -> run-at epoch ms (the default queue name)
+``arq:job:<id>``               the serialized job record ``{t, f, a, k, et}`` (PSETEX)
+``arq:result:<id>``            the result record (adds ``s, r, st, ft, q, id``)
+``arq:in-progress:<id>``       set while a worker runs the job (TTL: the longest timeout + 10 s)
+``arq:retry:<id>``             the try counter
+``arq:abort``                  sorted set of job ids to abort
+``<queue>:health-check``       a worker's health line (the last worker to write wins)
+=============================  =========================================================================
+
+mediaq's keys, in the queue database unless noted:
+
+=====================================  ==================================================================
+``mediaq:batches``                     sorted set: batch name -> creation time
+``mediaq:batch:<name>``                hash: function, created
+``mediaq:batch:<name>:ids``            sorted set: every job id, scored by enqueue order
+``mediaq:batch:<name>:retries``        hash: original id -> retry id
+``mediaq:batch:<name>:counts``         hash: complete/failed, ``<function>:<outcome>`` (worker counters)
+``mediaq:stats``                       hash: ``<function>:<outcome>`` for the whole queue
+``mediaq:failures``                    list: the last failures, newest first (JSON)
+``mediaq:throughput:<epoch // 600>``   hash: ``<epoch second>:<outcome>`` -> n (expires after an hour)
+``mediaq:workers``                     sorted set: heartbeat key -> time of its last beat
+``mediaq:worker:<host>:<pid>``         a worker's heartbeat (JSON, expires after three intervals)
+``mediaq:claims:<host>:<pid>``         set: the ids of the jobs a worker runs
+``mediaq:claimants``                   hash: worker name -> identity (JSON)
+``mediaq:recoveries``                  list: the last recoveries, newest first (JSON)
+``mediaq:iqdb:{seq,sigs,log,epoch}``   the embedded IQDB index
+``mediaq:ratings:prior:<hash of url>`` the cached rating prior (cache database)
+=====================================  ==================================================================
+
+>>> batch_ids("thumbs-1"), heartbeat("host", 42)
+('mediaq:batch:thumbs-1:ids', 'mediaq:worker:host:42')
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ABORT_SET",
+    "BATCHES",
+    "CLAIMANTS",
+    "CLAIMS_PREFIX",
+    "DEFAULT_QUEUE",
+    "FAILURES",
+    "HEALTH_CHECK_SUFFIX",
+    "HEARTBEAT_PREFIX",
+    "IN_PROGRESS_PREFIX",
+    "IQDB_PREFIX",
+    "JOB_PREFIX",
+    "RATINGS_PRIOR_PREFIX",
+    "RECOVERIES",
+    "RESULT_PREFIX",
+    "RETRY_PREFIX",
+    "STATS",
+    "THROUGHPUT_PREFIX",
+    "WORKERS",
+    "batch",
+    "batch_counts",
+    "batch_ids",
+    "batch_retries",
+    "claims",
+    "health_check",
+    "heartbeat",
+    "ratings_prior",
+    "throughput",
+]
+
+# -- arq's (equal to arq.constants, checked by the tests) ------------------------------------------------
+DEFAULT_QUEUE = "arq:queue"
+JOB_PREFIX = "arq:job:"
+RESULT_PREFIX = "arq:result:"
+IN_PROGRESS_PREFIX = "arq:in-progress:"
+RETRY_PREFIX = "arq:retry:"
+ABORT_SET = "arq:abort"
+HEALTH_CHECK_SUFFIX = ":health-check"
+
+# -- mediaq's --------------------------------------------------------------------------------------------
+BATCHES = "mediaq:batches"
+STATS = "mediaq:stats"
+FAILURES = "mediaq:failures"
+THROUGHPUT_PREFIX = "mediaq:throughput:"
+WORKERS = "mediaq:workers"
+HEARTBEAT_PREFIX = "mediaq:worker:"
+CLAIMS_PREFIX = "mediaq:claims:"
+CLAIMANTS = "mediaq:claimants"
+RECOVERIES = "mediaq:recoveries"
+IQDB_PREFIX = "mediaq:iqdb:"
+RATINGS_PRIOR_PREFIX = "mediaq:ratings:prior:"
+
+
+def health_check(queue_name: str) -> str:
+    return queue_name + HEALTH_CHECK_SUFFIX
+
+
+def batch(name: str) -> str:
+    return f"mediaq:batch:{name}"
+
+
+def batch_ids(name: str) -> str:
+    return f"mediaq:batch:{name}:ids"
+
+
+def batch_retries(name: str) -> str:
+    return f"mediaq:batch:{name}:retries"
+
+
+def batch_counts(name: str) -> str:
+    return f"mediaq:batch:{name}:counts"
+
+
+def throughput(second: int) -> str:
+    """The hash holding ``second``'s counts (one hash per ten minutes)."""
+    return f"{THROUGHPUT_PREFIX}{second // 600}"
+
+
+def heartbeat(host: str, pid: int) -> str:
+    return f"{HEARTBEAT_PREFIX}{host}:{pid}"
+
+
+def ratings_prior(ratings_url: str) -> str:
+    """The cached rating prior of one ratings database (cache db); the URL is hashed, so a password
+    never lands in Redis.
+
+    >>> ratings_prior("sqlite:////tmp/r.db")
+    'mediaq:ratings:prior:acd2bebc95d645ba'
+    """
+    import hashlib
+
+    return RATINGS_PRIOR_PREFIX + hashlib.sha256(ratings_url.encode()).hexdigest()[:16]
+
+
+def claims(worker: str) -> str:
+    """The claims set of worker ``<host>:<pid>``."""
+    return CLAIMS_PREFIX + worker
