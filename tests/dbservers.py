@@ -22,17 +22,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from helpers import eventually_sync, free_port
+
 __all__ = ["ServerUnavailable", "mariadb_server", "postgres_server"]
 
 
 class ServerUnavailable(RuntimeError):
     """The server's binaries are not installed (the message says what to install)."""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _as(user: str) -> dict[str, str]:
@@ -56,14 +52,18 @@ def _folder(prefix: str, user: str) -> Iterator[Path]:
 
 
 def _wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def listening() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"the server exited with {proc.returncode}: {log.read_text()[-2000:]}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"the server did not listen on {port} within {timeout} s: {log.read_text()[-2000:]}")
+            return True
+        return False
+
+    try:
+        eventually_sync(listening, timeout=timeout, interval=0.1, what=f"the server listening on {port}")
+    except AssertionError:
+        raise RuntimeError(f"the server did not listen on {port} within {timeout} s: "
+                           f"{log.read_text()[-2000:]}") from None
 
 
 def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
@@ -87,7 +87,7 @@ def postgres_server() -> Iterator[str]:
 
 
 def _run_postgres(bin_dir: Path, folder: Path) -> Iterator[str]:
-    data, log, port = folder / "data", folder / "log.txt", _free_port()
+    data, log, port = folder / "data", folder / "log.txt", free_port()
     subprocess.run([bin_dir / "initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync"],
                    check=True, capture_output=True, **_as("postgres"))
     with open(log, "wb") as out:
@@ -120,7 +120,7 @@ def mariadb_server() -> Iterator[str]:
 
 
 def _run_mariadb(server: str, install: str, folder: Path) -> Iterator[str]:
-    data, log, sock, port = folder / "data", folder / "log.txt", folder / "sock", _free_port()
+    data, log, sock, port = folder / "data", folder / "log.txt", folder / "sock", free_port()
     user = ["--user=mysql"] if os.geteuid() == 0 else []
     subprocess.run([install, "--no-defaults", *user, f"--datadir={data}", "--auth-root-authentication-method=normal",
                     "--skip-test-db"], check=True, capture_output=True)

@@ -17,7 +17,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from helpers import eventually_sync, free_port
 
 from mediaq.runtime import keys
 from mediaq.runtime.connections import with_db
@@ -37,12 +37,6 @@ HERE = Path(__file__).parent
 ARTIFACTS = HERE / "artifacts"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _write_json(path: Path, data: object) -> None:
@@ -83,7 +77,7 @@ def lab(settings, tmp_path: Path) -> Iterator[Lab]:
                          ("IPYTHONDIR", "ipython")):
         env[name] = str(tmp_path / folder)
     env["JUPYTERLAB_SETTINGS_DIR"] = str(lab_settings)
-    port, token = _free_port(), secrets.token_hex(16)
+    port, token = free_port(), secrets.token_hex(16)
     log = tmp_path / "jupyter.log"
     cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
            "--ServerApp.port_retries=0", f"--ServerApp.token={token}", "--allow-root",
@@ -147,14 +141,17 @@ def test_dashboard_in_jupyterlab(lab: Lab, settings, redis_server) -> None:
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
             page.goto(f"{lab.base}/lab/tree/dashboard.ipynb?token={lab.token}")
             page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=45_000)
-            _wait_for_idle_kernel(lab)
+            eventually_sync(lambda: lab.api("/api/sessions"),
+                            lambda sessions: sessions and all(s["kernel"]["execution_state"] == "idle"
+                                                              for s in sessions),
+                            timeout=45, interval=0.2, what="an idle kernel")
 
             page.locator(".lm-MenuBar-item", has_text="Run").first.click()
             page.locator('.lm-Menu-item[data-command="runmenu:run-all"]').click()  # Run > Run All Cells
 
             dash = page.locator(".mediaq-dashboard")
             dash.wait_for(timeout=45_000)
-            _wait_for_text(dash, "40/40 done (100.0%) · 2 failed · finished", timeout=45)
+            _shows(dash, "40/40 done (100.0%) · 2 failed · finished", timeout=45)
             text = dash.inner_text()
             assert "batch browser-demo" in text and "nb38" in text and "nb39" in text
             assert "ConfigError" in text and "seconds must be a number" in text
@@ -169,9 +166,9 @@ def test_dashboard_in_jupyterlab(lab: Lab, settings, redis_server) -> None:
 
             # a click in the page reaches the kernel: the failed jobs are retried (and fail again)
             dash.locator(".jupyter-button", has_text="Retry failed").click()
-            _wait_for_text(dash, "retried 2 failed job(s)", timeout=30)
-            _wait_for_text(dash, "nb39~r1", timeout=30)
-            _wait_for_text(dash, "40/40 done", timeout=30)
+            _shows(dash, "retried 2 failed job(s)", timeout=30)
+            _shows(dash, "nb39~r1", timeout=30)
+            _shows(dash, "40/40 done", timeout=30)
             dash.screenshot(path=str(ARTIFACTS / "dashboard.png"))
         finally:
             browser.close()
@@ -185,21 +182,7 @@ def test_dashboard_in_jupyterlab(lab: Lab, settings, redis_server) -> None:
     assert not stuck, f"the notebook's worker {stuck} outlived its kernel"
 
 
-def _wait_for_idle_kernel(lab: Lab, timeout: float = 45) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        sessions = lab.api("/api/sessions")
-        if sessions and all(s["kernel"]["execution_state"] == "idle" for s in sessions):  # type: ignore[union-attr]
-            return
-        assert time.monotonic() < deadline, f"no idle kernel within {timeout} s: {sessions}\n{lab.log_tail()}"
-        time.sleep(0.2)
-
-
-def _wait_for_text(locator, needle: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        text = locator.inner_text()
-        if needle in text:
-            return
-        assert time.monotonic() < deadline, f"{needle!r} never showed; the dashboard says:\n{text}"
-        time.sleep(0.25)
+def _shows(locator, needle: str, timeout: float) -> str:
+    """Wait until the element's text contains ``needle``; returns the text."""
+    return eventually_sync(locator.inner_text, lambda text: needle in text, timeout=timeout, interval=0.25,
+                           what=f"the dashboard showing {needle!r}")

@@ -3,33 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 from arq.constants import abort_jobs_ss
+from helpers import eventually
 
 import mediaq
 from mediaq.faces.widgets import Dashboard
 from mediaq.runtime.server import EmbeddedServer
 
 ipywidgets = pytest.importorskip("ipywidgets")
-
-
-async def _until(predicate, timeout: float = 30.0, delay: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what} not met within {timeout} s"
-        await asyncio.sleep(delay)
-
-
-async def _refresh_until(dash: Dashboard, predicate, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        snap = await dash.refresh()
-        if predicate(snap):
-            return snap
-        assert time.monotonic() < deadline, f"dashboard never showed it; last snapshot {snap!r}"
-        await asyncio.sleep(0.1)
 
 
 async def test_widget_state_after_a_known_batch(client, start_worker):
@@ -39,7 +22,7 @@ async def test_widget_state_after_a_known_batch(client, start_worker):
     dash = Dashboard(client, batch, local_worker=worker, autostart=False)
     assert not dash.running and dash.snapshot is None
     await batch.wait(progress=False, timeout=60)
-    await _refresh_until(dash, lambda s: s.batches[0].finished and len(s.failures) == 2)
+    await eventually(dash.refresh, lambda s: s.batches[0].finished and len(s.failures) == 2)
 
     bar, label, _ = dash._bars["known"]
     assert bar.value == 1.0 and bar.bar_style == "warning"  # finished, with failures
@@ -71,7 +54,7 @@ async def test_widget_state_after_a_known_batch(client, start_worker):
     assert {k.decode(): v.decode() for k, v in retries.items()} == {"k8": "k8~r1", "k9": "k9~r1"}
     assert await client.redis.exists("arq:job:k8~r1", "arq:result:k8~r1") >= 1
     await batch.wait(progress=False, timeout=60)
-    snap = await _refresh_until(dash, lambda s: {f.job_id for f in s.failures} >= {"k8~r1", "k9~r1"}
+    snap = await eventually(dash.refresh, lambda s: {f.job_id for f in s.failures} >= {"k8~r1", "k9~r1"}
                                 and s.batches[0].finished)
     assert "<code>k9~r1</code>" in dash.failures.value
     # the batch counts each item once (its latest attempt); the whole queue counts every attempt
@@ -90,7 +73,7 @@ async def test_widget_state_after_a_known_batch(client, start_worker):
         assert new is not worker and new.alive and new.settings == client.settings
         assert dash.action_label.value == f"started worker {new.pid}"
         assert f"pid {new.pid} <b>alive</b>" in dash.local_label.value and dash.buttons["start"].disabled
-        await _refresh_until(dash, lambda s: [w.pid for w in s.workers] == [new.pid])
+        await eventually(dash.refresh, lambda s: [w.pid for w in s.workers] == [new.pid])
     finally:
         dash.local_worker.stop()
     await dash.aclose()
@@ -129,10 +112,10 @@ async def test_whole_queue_dashboard(client):
 async def test_background_refresh_and_close(client):
     dash = Dashboard(client, interval=0.05)
     assert dash.running
-    await _until(lambda: dash.refreshes >= 3, what="three refreshes")
+    await eventually(lambda: dash.refreshes >= 3, what="three refreshes")
     assert "every 0.05 s" in dash.header.value
     await client.enqueue_many("noop", range(7))
-    await _until(lambda: dash.snapshot.queued == 7, what="the new jobs")
+    await eventually(lambda: dash.snapshot.queued == 7, what="the new jobs")
     dash.close()
     await asyncio.sleep(0.1)
     assert not dash.running and "(stopped)" in dash.header.value
@@ -158,14 +141,14 @@ async def test_redis_outage_shows_and_recovers(settings, tmp_path):
     dash = Dashboard(client, interval=0.1, timeout=1.0)
     try:
         await client.enqueue_many("noop", range(3))
-        await _until(lambda: dash.snapshot is not None and dash.snapshot.queued == 3, what="a first snapshot")
+        await eventually(lambda: dash.snapshot is not None and dash.snapshot.queued == 3, what="a first snapshot")
         server.stop()
-        await _until(lambda: dash.error is not None, what="the outage", timeout=20)
+        await eventually(lambda: dash.error is not None, what="the outage", timeout=20)
         assert dash.error.startswith("Redis unreachable") and dash.running
         assert "Redis unreachable" in dash.status.value and "retrying every 0.1 s" in dash.status.value
         assert "<td style=\"padding:1px 8px;text-align:right\">3</td>" in dash.counts.value  # last good figures
         server.ensure_running()
-        await _until(lambda: dash.error is None and dash.status.value == "", what="the recovery", timeout=30)
+        await eventually(lambda: dash.error is None and dash.status.value == "", what="the recovery", timeout=30)
         assert dash.running and dash.snapshot.queued == 3
     finally:
         await dash.aclose()
@@ -182,7 +165,7 @@ async def test_a_failing_refresh_does_not_end_the_task(client, monkeypatch):
 
     monkeypatch.setattr("mediaq.client.monitor.queue_snapshot", broken)
     dash = Dashboard(client, interval=0.05)
-    await _until(lambda: len(calls) >= 3, what="three attempts")
+    await eventually(lambda: len(calls) >= 3, what="three attempts")
     assert dash.running and "refresh failed: ValueError: bad &lt;data&gt;" in dash.status.value
     await dash.aclose()
     assert not dash.running

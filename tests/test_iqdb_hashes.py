@@ -113,22 +113,3 @@ def test_not_a_string():
 def test_uppercase_is_accepted_but_written_lowercase():
     text = format_hash(_random_signature(1))
     assert parse_hash("iqdb_" + text[5:].upper()).hash == text
-
-
-def test_pure_modules_import_neither_redis_nor_arq():
-    """Signatures, hashes and the in-memory index are pure (the package itself imports arq through
-    ``mediaq/__init__``, so this reads the modules' own imports)."""
-    import re
-    from pathlib import Path
-
-    import mediaq.pure.iqdb.compute
-    import mediaq.pure.iqdb.scoring
-    import mediaq.pure.iqdb.signature
-
-    # import statements read line by line, lazy ones inside functions included (ast.parse of these
-    # files hit a CPython 3.11.7 "AST constructor recursion depth mismatch" flake in CI)
-    for module in (mediaq.pure.iqdb.compute, mediaq.pure.iqdb.signature, mediaq.pure.iqdb.scoring):
-        text = Path(module.__file__).read_text()
-        names = {m.split(".")[0] for m in re.findall(r"^\s*(?:from|import)\s+([A-Za-z_][\w.]*)", text, re.M)}
-        assert "numpy" in names  # the pattern does see the imports
-        assert not names & {"redis", "arq", "httpx", "pandas"}, module.__name__

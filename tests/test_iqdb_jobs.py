@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import io
-import socket
 import time
 
 import numpy as np
 import pytest
+from helpers import free_port
 from iqdb_server import IqdbTestServer
 from PIL import Image
 
@@ -27,12 +27,6 @@ def _write_thumb(settings, name: str, seed: int, fmt: str = "JPEG") -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path, fmt)
     return str(path)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # -- direct calls (no worker): arguments and error codes ------------------------------------------------
@@ -68,7 +62,7 @@ async def test_direct_permanent_errors(settings, client, image_id, path, code):
 
 async def test_direct_server_errors(settings):
     path = _write_thumb(settings, "1.jpg", 1)
-    ctx = {"settings": settings.replace(iqdb_url=f"http://127.0.0.1:{_free_port()}"), "job_try": 3}
+    ctx = {"settings": settings.replace(iqdb_url=f"http://127.0.0.1:{free_port()}"), "job_try": 3}
     with pytest.raises(TransientJobError) as info:  # last try: the real error, not a Retry
         await add_to_iqdb(ctx, 1, path)
     assert info.value.code == "iqdb_unreachable"
@@ -101,7 +95,7 @@ async def test_worker_embedded_index(client, settings, start_worker):
 
 
 async def test_worker_server_backend_and_transient_outage(client, settings, start_worker):
-    port = _free_port()
+    port = free_port()
     start_worker(iqdb_url=f"http://127.0.0.1:{port}", retry_backoff=0.5, max_tries=5)
     path = _write_thumb(settings, "5.jpg", 5)
     # the server is down: the job is retried (transient) until it comes up, then succeeds

@@ -4,10 +4,10 @@ loopback socket)."""
 from __future__ import annotations
 
 import io
-import socket
 
 import numpy as np
 import pytest
+from helpers import free_port
 from iqdb_server import IqdbTestServer
 from PIL import Image
 
@@ -30,12 +30,6 @@ def _image(seed: int, fmt: str = "JPEG", flip: bool = False) -> bytes:
 def server():
     with IqdbTestServer() as s:
         yield s
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def test_add_query_remove_status(server):
@@ -119,7 +113,7 @@ async def test_server_errors_are_clear_500(server):
 
 
 async def test_unreachable_server():
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(IqdbUnavailable, match="unreachable"):
         await RemoteIqdb(url, timeout=2).status()
     with pytest.raises(IqdbUnavailable):

@@ -97,38 +97,31 @@ def _ref_resize(rgb: np.ndarray) -> list[list[list[int]]]:
     return out
 
 
+def _ref_haar_pass(a: list[float], start: int, step: int, n: int = 128) -> None:
+    """In place: the server's 1-D pass over the ``n`` values ``a[start], a[start + step], ...``."""
+    scale = 1.0
+    h = n
+    while h > 1:
+        h1 = h >> 1
+        scale *= 0.7071
+        t = []
+        for k in range(h1):
+            j2 = start + 2 * k * step
+            t.append((a[j2] - a[j2 + step]) * scale)
+            a[start + k * step] = a[j2] + a[j2 + step]
+        for k in range(h1):
+            a[start + (h1 + k) * step] = t[k]
+        h = h1
+    a[start] *= scale
+
+
 def _ref_haar(a: list[float]) -> None:
     """In place on a flat list of 128*128 doubles: rows, then columns, as the server's haar2D."""
     n = 128
     for i in range(0, n * n, n):
-        scale = 1.0
-        h = n
-        while h > 1:
-            h1 = h >> 1
-            scale *= 0.7071
-            t = []
-            for k in range(h1):
-                j2 = i + 2 * k
-                t.append((a[j2] - a[j2 + 1]) * scale)
-                a[i + k] = a[j2] + a[j2 + 1]
-            a[i + h1:i + h] = t
-            h = h1
-        a[i] *= scale
+        _ref_haar_pass(a, i, 1)
     for i in range(n):
-        scale = 1.0
-        h = n
-        while h > 1:
-            h1 = h >> 1
-            scale *= 0.7071
-            t = []
-            for k in range(h1):
-                j2 = i + 2 * k * n
-                t.append((a[j2] - a[j2 + n]) * scale)
-                a[i + k * n] = a[j2] + a[j2 + n]
-            for k in range(h1):
-                a[i + (h1 + k) * n] = t[k]
-            h = h1
-        a[i] *= scale
+        _ref_haar_pass(a, i, n)
 
 
 class _PriorityQueue:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import math
 import sqlite3
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import pandas as pd
 import pytest
 import redis.asyncio as aioredis
 from arq.worker import Retry
+from helpers import eventually, random_ratings
 
 import mediaq
 from mediaq.client.ratings import chunk_job_id, enqueue_library
@@ -26,27 +26,6 @@ from mediaq.runtime.connections import with_db
 from mediaq.runtime.ratings_store import RatingsStore
 
 DATA = Path(__file__).resolve().parent.parent / "data"
-
-
-def some_ratings(seed: int, images: int = 80, rows: int = 600, prefix: str = "s") -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    weights = rng.pareto(1.2, images) + 0.05
-    frame = pd.DataFrame({
-        "image_id": [f"{prefix}{i:03d}" for i in rng.choice(images, size=rows, p=weights / weights.sum())],
-        "user_id": rng.integers(1, 3000, rows),
-        "score": rng.integers(1, 11, rows),
-    })
-    return frame.drop_duplicates(["image_id", "user_id"]).reset_index(drop=True)
-
-
-async def wait_for(condition: Any, timeout: float = 15.0, interval: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await condition()
-        if value:
-            return value
-        await asyncio.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s")
 
 
 # -- the prior cache, pure logic (fakeredis) ---------------------------------------------------------
@@ -176,7 +155,7 @@ async def test_chunked_and_per_image_jobs_agree_through_a_worker(client: mediaq.
     url = f"sqlite:///{tmp_path}/r.db"
     store = RatingsStore(url)
     store.load_csv(DATA / "ratings.csv")
-    store.load_frame(some_ratings(11))
+    store.load_frame(random_ratings(11, 80, 600, id_format="s{:03d}", keep="first"))
     store.add_images(["lonely"])  # known, never rated: 0 as in the seed
     ids = [*store.image_ids(), "ghost-1"]
     start_worker(ratings_url=url)
@@ -243,7 +222,7 @@ async def test_prior_cache_expires_through_a_worker(client: mediaq.Client, start
     store.load_frame(pd.DataFrame({"image_id": ["c"] * 3, "user_id": [1, 2, 3], "score": [1, 1, 1]}))
     stale = await run()  # within the TTL the seed keeps using the cached prior
     assert (stale["C"], stale["m"], stale["prior_source"]) == (1.5, 7.0, "cache")
-    await wait_for(lambda: _gone(client, key), timeout=10)
+    await eventually(lambda: _gone(client, key), timeout=10)
     fresh = await run()
     assert fresh["prior_source"] == "db"
     assert (fresh["C"], fresh["m"]) == (2.0, 4.0)  # 6 ratings of 3 images, mean 24 / 6
@@ -270,7 +249,7 @@ async def test_locked_database_is_retried_then_succeeds_through_a_worker(client:
         async def second_try_started() -> bool:
             return int(await client.redis.get(f"arq:retry:{job_id}") or 0) >= 2
 
-        await wait_for(second_try_started, timeout=20)
+        await eventually(second_try_started, timeout=20)
     finally:
         holder.execute("ROLLBACK")
         holder.close()

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import random_ratings
 
 from mediaq.errors import ConfigError, InvalidRatingsError
 from mediaq.pure.ratings import bayesian_ratings
@@ -19,17 +20,6 @@ from mediaq.runtime.ratings_store import RatingsStore
 from mediaq.runtime.settings import Settings
 
 DATA = Path(__file__).resolve().parent.parent / "data"
-
-
-def random_ratings(seed: int, images: int = 300, rows: int = 3000) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    weights = rng.pareto(1.2, images) + 0.02
-    frame = pd.DataFrame({
-        "image_id": [f"p{i:04d}" for i in rng.choice(images, size=rows, p=weights / weights.sum())],
-        "user_id": rng.integers(1, 5000, rows),
-        "score": rng.integers(1, 11, rows),
-    })
-    return frame.drop_duplicates(["image_id", "user_id"], keep="last").reset_index(drop=True)
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import eventually
 from PIL import Image
 
 from mediaq.pure.imaging import fit_size
@@ -52,17 +53,6 @@ def temp_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob(".*.tmp"))
 
 
-async def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        await asyncio.sleep(interval)
-
-
 async def test_worker_killed_mid_batch_loses_nothing(settings, client, start_worker, tmp_path):
     sources = make_sources(tmp_path / "src")
     n = 2000
@@ -76,7 +66,7 @@ async def test_worker_killed_mid_batch_loses_nothing(settings, client, start_wor
         if (await batch.status())["complete"] < 300:
             return False
         return len([k async for k in client.redis.scan_iter(match="arq:in-progress:*", count=1000)]) >= 5
-    await wait_until(busy, 90, "300 thumbnails done and at least 5 running")
+    await eventually(busy, timeout=90, what="300 thumbnails done and at least 5 running")
 
     first.kill()  # SIGKILL the worker and its pool: no cleanup of any kind runs
     killed_at = time.time()
@@ -175,7 +165,7 @@ async def test_worker_killed_mid_write_leaves_no_temporary_file(settings, start_
 
         async def stalled():
             return marker.exists()
-        await wait_until(stalled, 30, "the job stalls mid-write")
+        await eventually(stalled, timeout=30, what="the job stalls mid-write")
         (leftover,) = temp_files(s.storage)
         assert leftover.stat().st_size == 1000  # a partial temporary file, no target
         assert not (s.storage / "thumbs" / "x1.jpg").exists()
@@ -186,7 +176,7 @@ async def test_worker_killed_mid_write_leaves_no_temporary_file(settings, start_
 
         async def swept():
             return not temp_files(s.storage)
-        await wait_until(swept, 30, "the dead writer's temporary file is removed")
+        await eventually(swept, timeout=30, what="the dead writer's temporary file is removed")
     finally:
         await client.close()
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
+from helpers import eventually
 from redis.asyncio.connection import AbstractConnection
 
 import mediaq
@@ -15,25 +15,14 @@ from mediaq.faces.render import format_duration, format_html, format_text, spark
 from mediaq.runtime.server import EmbeddedServer
 
 
-async def _until(predicate, read, timeout: float = 30.0, delay: float = 0.1):
-    """Read until ``predicate(value)``; returns the value (fails with the last one)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await read()
-        if predicate(value):
-            return value
-        assert time.monotonic() < deadline, f"condition not met within {timeout} s; last value: {value!r}"
-        await asyncio.sleep(delay)
-
-
 async def test_snapshot_of_a_finished_batch(client, start_worker):
     worker = start_worker()
     items = [{"seconds": 0}] * 10 + [{"seconds": -1}, {"seconds": "x"}]
     batch = await client.enqueue_many("sleep", items, job_id="s{index}", batch="known")
     await batch.wait(progress=False, timeout=60)
     # workers flush their counters every second: wait for them, not for a fixed time
-    snap = await _until(lambda s: s.batches and s.batches[0].finished and len(s.failures) == 2,
-                        lambda: queue_snapshot(client, batch, worker))
+    snap = await eventually(lambda: queue_snapshot(client, batch, worker),
+                            lambda s: s.batches and s.batches[0].finished and len(s.failures) == 2)
     assert snap.error is None and snap.ok
     (b,) = snap.batches
     assert (b.name, b.function, b.total, b.complete, b.failed, b.pending) == ("known", "sleep", 12, 10, 2, 0)
@@ -54,7 +43,7 @@ async def test_snapshot_of_a_finished_batch(client, start_worker):
     # another batch's failures are not this batch's
     other = await client.enqueue_many("sleep", [{"seconds": -2}], batch="other")
     await other.wait(progress=False, timeout=60)
-    snap = await _until(lambda s: s.failed == 3, lambda: queue_snapshot(client, batch))
+    snap = await eventually(lambda: queue_snapshot(client, batch), lambda s: s.failed == 3)
     assert {f.job_id for f in snap.failures} == {"s10", "s11"}
     whole = await queue_snapshot(client)  # the whole queue: newest batches first, every failure
     assert [x.name for x in whole.batches] == ["other", "known"]
@@ -76,7 +65,7 @@ async def test_queued_deferred_and_in_progress(client, start_worker):
     slow = await client.enqueue_many("sleep", [{"seconds": 30}] * 3)
     start_worker()
     # running jobs stay in arq's queue until they finish: they count as in progress, not queued
-    snap = await _until(lambda s: s.in_progress == 3, lambda: queue_snapshot(client, slow))
+    snap = await eventually(lambda: queue_snapshot(client, slow), lambda s: s.in_progress == 3)
     assert snap.queued == 0 and snap.workers[0].ongoing == 3
     assert await slow.abort() == 3
 
@@ -139,7 +128,7 @@ async def test_fixed_round_trips_whatever_the_queue_length(client, start_worker,
     start_worker()
     done = await client.enqueue_many("sleep", [{"seconds": -1}] * 3 + [{"seconds": 0}] * 3)
     await done.wait(progress=False, timeout=60)
-    await _until(lambda s: s.workers and s.failed == 3, lambda: queue_snapshot(client))
+    await eventually(lambda: queue_snapshot(client), lambda s: s.workers and s.failed == 3)
     await client.redis.zadd("mediaq:batches", {f"old{i}": 0 for i in range(3)})  # a whole-queue view shows 3
     wire = _Wire(monkeypatch)
     costs = {}

@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
+from helpers import eventually
 
 from mediaq.runtime.heartbeat import read_workers
 from mediaq.runtime.stats import read_batch_counts, read_failures, read_queue_stats, read_throughput
-
-
-async def _until(predicate, timeout=20.0):
-    for _ in range(int(timeout / 0.05)):
-        if await predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return False
 
 
 async def test_counters_match_exact_batch_status(client, start_worker):
@@ -25,7 +17,7 @@ async def test_counters_match_exact_batch_status(client, start_worker):
         c = await read_batch_counts(client.redis, "counted")
         return c["complete"] + c["failed"] == 10
 
-    assert await _until(flushed)
+    await eventually(flushed, timeout=20, what="counters flushed")
     counts = await read_batch_counts(client.redis, "counted")
     assert (counts["total"], counts["complete"], counts["failed"]) == (10, exact["complete"], exact["failed"])
     assert counts["by_function"] == {"sleep": {"complete": 7, "failed": 3}}
@@ -53,6 +45,6 @@ async def test_retried_failure_is_not_counted_twice(client, start_worker):
         return c["complete"] + c["failed"] >= 2 and (await client.redis.hget(
             "mediaq:batch:retry-count:counts", "failed")) == b"2"
 
-    assert await _until(flushed)
+    await eventually(flushed, timeout=20, what="counters flushed")
     c = await read_batch_counts(client.redis, "retry-count")
     assert c["total"] == 2 and c["failed"] == 1  # original failure superseded by its (failed) retry

@@ -1,13 +1,13 @@
-"""``mediaq status`` and ``mediaq doctor``: what the queue is doing, and what to do about it.
+"""What ``mediaq status`` and ``mediaq doctor`` report, as data: what the queue is doing, and what to do.
 
 The doctor walks the seed application's troubleshooting list: is Redis reachable with these
 settings, is a worker alive, are jobs waiting with no worker, which jobs keep retrying and why.
-Each check prints ``ok``, ``warn`` or ``FAIL`` and, when not ok, what to do.
+Each check is ``ok``, ``warn`` or ``FAIL`` and, when not ok, says what to do; the command line
+(:mod:`mediaq.faces.console`) prints them.
 """
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from typing import Any
 
@@ -16,12 +16,7 @@ from mediaq.runtime import keys
 from mediaq.runtime.heartbeat import read_health, read_workers
 from mediaq.runtime.settings import Settings, redact_url
 
-__all__ = ["diagnose", "print_status", "run_doctor"]
-
-
-def _line(level: str, text: str, todo: str = "") -> str:
-    out = f"[{level:>4}] {text}"
-    return out + (f"\n       -> {todo}" if todo else "")
+__all__ = ["diagnose", "queue_status"]
 
 
 async def diagnose(settings: Settings) -> list[tuple[str, str, str]]:
@@ -124,26 +119,15 @@ async def _recent_failures(client: Any, sample: int = 5000) -> list[tuple[str, s
              "`await batch.failed()` shows each file and error; fix or skip them, then `batch.retry_failed()`")]
 
 
-async def run_doctor(settings: Settings) -> int:
-    """Print the checks; exit code 1 if any failed."""
-    print(f"mediaq doctor: {time.strftime('%Y-%m-%d %H:%M:%S')}")
-    checks = await diagnose(settings)
-    for level, text, todo in checks:
-        print(_line(level, text, todo))
-    return 1 if any(level == "FAIL" for level, _, _ in checks) else 0
-
-
-async def print_status(settings: Settings) -> None:
-    """Queue counts, live workers, and the last batches with their counts."""
+async def queue_status(settings: Settings) -> dict[str, Any]:
+    """What ``mediaq status`` shows, as data: ``counts`` (queued, deferred), ``workers`` (heartbeats),
+    ``in_progress``, and ``batches``: the last ten batches' counts by state, oldest first."""
     from mediaq.client.connection import connect
 
     async with await connect(settings=settings) as client:
         counts = await client.queue_counts()
         workers = await read_workers(client.redis)
-        ongoing = sum(w.get("ongoing", 0) for w in workers)
-        print(f"queue {settings.queue_name!r}: {counts['queued']} queued, {counts['deferred']} deferred, "
-              f"{ongoing} in progress; {len(workers)} worker(s) alive")
         batches = await client.batches()
-        for name in list(batches["batch"])[-10:]:
-            c = await client.batch(name).status()
-            print(f"  batch {name}: " + ", ".join(f"{k} {v}" for k, v in c.items() if v))
+        recent = {name: await client.batch(name).status() for name in list(batches["batch"])[-10:]}
+    return {"counts": counts, "workers": workers, "in_progress": sum(w.get("ongoing", 0) for w in workers),
+            "batches": recent}

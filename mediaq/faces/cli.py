@@ -112,7 +112,7 @@ def redis_url(ctx: click.Context, show_password: bool) -> None:
 @click.pass_context
 def status(ctx: click.Context) -> None:
     """Queue counts by state, live workers and recent batches."""
-    from mediaq.client.doctor import print_status
+    from mediaq.faces.console import print_status
 
     asyncio.run(print_status(_settings(ctx)))
 
@@ -121,7 +121,7 @@ def status(ctx: click.Context) -> None:
 @click.pass_context
 def doctor(ctx: click.Context) -> None:
     """Walk the troubleshooting list: Redis, workers, waiting and retrying jobs; say what to do."""
-    from mediaq.client.doctor import run_doctor
+    from mediaq.faces.console import run_doctor
 
     sys.exit(asyncio.run(run_doctor(_settings(ctx))))
 

@@ -1,7 +1,8 @@
 """Notebook display helpers: image grids and near-duplicate pairs as self-contained HTML.
 
-Pictures are downscaled with Pillow and inlined as base64 ``data:`` URIs, so a saved notebook shows
-them on GitHub or nbviewer with no files beside it. Nothing here needs ipywidgets, and IPython is
+Pictures are made as the thumbnail job makes thumbnails (:mod:`mediaq.pure.imaging`, one decoding
+path for both) and inlined as base64 ``data:`` URIs, so a saved notebook shows them on GitHub or
+nbviewer with no files beside it. Nothing here needs ipywidgets, and IPython is
 imported only inside the two functions that build a display object: the HTML builders
 (:func:`grid_html`, :func:`pairs_html`) are plain functions that return a string.
 
@@ -15,12 +16,14 @@ from __future__ import annotations
 
 import base64
 import html as _html
-import io
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from mediaq.errors import JobFailure
+from mediaq.runtime.storage import FOLDERS, Storage
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -42,44 +45,25 @@ _MISSING = ("display:flex;align-items:center;justify-content:center;width:{size}
 def image_data_uri(path: PathLike, size: int = 160, quality: int = 85) -> str:
     """A ``data:image/...;base64,...`` URI of the picture at ``path`` fitted within ``size`` x ``size``.
 
-    The first frame, upright (EXIF orientation applied), as JPEG (PNG when it has transparency).
-    Raises ``OSError`` or ``ValueError`` (Pillow's errors) when the file cannot be read as an image.
+    Made exactly as the thumbnail job makes a thumbnail (:mod:`mediaq.pure.imaging`: first frame,
+    upright, sRGB, deep images to 8-bit by the same rule), encoded as JPEG, or PNG when it has
+    transparency. A file that cannot be shown raises the job's error
+    (:class:`~mediaq.errors.PermanentJobError` with ``missing_file``, ``corrupt_image``...).
 
     >>> image_data_uri("data/chelsea.png", size=32)[:23]
     'data:image/jpeg;base64,'
     """
-    from PIL import Image, ImageOps
+    from mediaq.pure import imaging
 
-    if not isinstance(size, int) or size < 1:
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"size={size!r} must be an integer >= 1")
-    with Image.open(path) as im:
-        im.seek(0)
-        im = ImageOps.exif_transpose(im)
-        im.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, far faster for big photos
-        if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-            im = _to_8bit(im)
-        alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
-        im = im.convert("RGBA" if alpha else "RGB")
-        im.thumbnail((size, size), Image.Resampling.LANCZOS)
-        buf = io.BytesIO()
-        if alpha:
-            im.save(buf, "PNG", optimize=True)
-            kind = "png"
-        else:
-            im.save(buf, "JPEG", quality=quality, optimize=True)
-            kind = "jpeg"
-    return f"data:image/{kind};base64,{base64.b64encode(buf.getvalue()).decode('ascii')}"
-
-
-def _to_8bit(im: Any) -> Any:
-    """Stretch a 16-bit, 32-bit or float image to 8-bit grey (min..max -> 0..255)."""
-    import numpy as np
-    from PIL import Image
-
-    arr = np.asarray(im, dtype=np.float64)
-    lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
-    scaled = np.zeros_like(arr) if hi <= lo else (arr - lo) * (255.0 / (hi - lo))
-    return Image.fromarray(np.nan_to_num(scaled).clip(0, 255).astype(np.uint8), "L")
+    box = (size, size)
+    with imaging.open_source(path) as f:
+        source = imaging.decode(f, [box], name=str(path))
+    im = imaging.render(source, box)
+    kind = "png" if im.mode in ("LA", "RGBA") else "jpeg"
+    data = imaging.encode(im, kind, quality)
+    return f"data:image/{kind};base64,{base64.b64encode(data).decode('ascii')}"
 
 
 def _figure(path: PathLike | None, caption: str | None, size: int) -> str:
@@ -87,13 +71,11 @@ def _figure(path: PathLike | None, caption: str | None, size: int) -> str:
     cap = f'<div style="{_CAPTION.format(size=size)}">{_breakable(caption)}</div>' if caption else ""
     reason = "no file"
     if path is not None:
-        from PIL import Image
-
         try:
             uri = image_data_uri(path, size)
             return f'<img src="{uri}" style="max-width:{size}px;max-height:{size}px" alt="">{cap}'
-        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:  # bad files
-            reason = type(exc).__name__
+        except JobFailure as exc:  # a file the thumbnail job could not read either: say why, as it would
+            reason = exc.code
     box = _MISSING.format(size=size, h=max(24, size * 2 // 3))
     return f'<div style="{box}">cannot show ({_html.escape(reason)})</div>{cap}'
 
@@ -201,8 +183,15 @@ def _path_finder(storage: StorageLike, folder: str, ext: str) -> Callable[[Any],
     if not isinstance(root, (str, os.PathLike)):
         raise TypeError("storage must be a folder, Settings, Storage, a mapping image_id -> path or a function, "
                         f"not {type(storage).__name__}")
-    base = Path(root) / folder
-    return lambda image_id: base / f"{image_id}.{ext}"
+    store = Storage(root)
+
+    def find(image_id: Any) -> PathLike | None:
+        try:
+            return store.path(folder, image_id, ext)
+        except JobFailure:  # an id that names no file in the layout
+            return None
+
+    return find
 
 
 def pairs_html(
@@ -211,7 +200,7 @@ def pairs_html(
     n: int = 10,
     size: int = 160,
     *,
-    folder: str = "thumbs",
+    folder: str = FOLDERS["thumbnail"],
     ext: str = "jpg",
 ) -> str:
     """HTML of the ``n`` best pairs of ``duplicates`` (columns ``image_id``, ``match_id``, ``score``),
@@ -241,7 +230,7 @@ def pairs_side_by_side(
     n: int = 10,
     size: int = 160,
     *,
-    folder: str = "thumbs",
+    folder: str = FOLDERS["thumbnail"],
     ext: str = "jpg",
 ) -> HTML:
     """Show near-duplicate pairs side by side with their scores (:func:`pairs_html` as ``HTML``).

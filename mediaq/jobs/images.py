@@ -47,7 +47,7 @@ from mediaq.pure.imaging import (
 )
 from mediaq.runtime.jobspec import job, job_settings, run_cpu
 from mediaq.runtime.settings import Settings
-from mediaq.runtime.storage import Storage, validate_image_id
+from mediaq.runtime.storage import FOLDERS, Storage, validate_image_id
 
 __all__ = [
     "VARIANTS",
@@ -58,7 +58,6 @@ __all__ = [
     "store_outputs",
 ]
 
-THUMBS = "thumbs"
 VARIANTS = ("medium", "large")
 
 
@@ -185,7 +184,7 @@ def store_outputs(root: str, image_id: str | int, info: dict[str, Any], outputs:
     storage = Storage(root)
     results = {}
     for name, out in outputs.items():
-        folder = THUMBS if name == "thumbnail" else name
+        folder = FOLDERS[name]
         if isinstance(out, str):
             storage.remove(folder, image_id, OUTPUT_FORMATS[specs[name].format][1])
             results[name] = {"image_id": image_id, "variant": name, "path": None, "width": None, "height": None,

@@ -31,7 +31,6 @@ logged as a warning.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from mediaq.errors import (
@@ -46,6 +45,7 @@ from mediaq.pure.iqdb.compute import compute_signature, to_jpeg_bytes
 from mediaq.pure.iqdb.signature import parse_hash
 from mediaq.runtime.jobspec import job, job_settings, resources, run_cpu
 from mediaq.runtime.settings import Settings
+from mediaq.runtime.storage import Storage
 
 __all__ = ["add_to_iqdb", "prepare_thumbnail", "remove_from_iqdb"]
 
@@ -73,8 +73,7 @@ def _resolve(settings: Settings, thumb_path: Any) -> str:
     if not isinstance(thumb_path, str) or not thumb_path or "\x00" in thumb_path:
         raise PermanentJobError("bad_argument", f"thumb_path={thumb_path!r} must be a non-empty path string",
                                 argument="thumb_path", value=repr(thumb_path)[:200])
-    path = Path(thumb_path)
-    return str(path if path.is_absolute() else settings.storage / path)
+    return str(Storage(settings.storage).locate(thumb_path))
 
 
 def _check_image_id(image_id: Any, remote: bool) -> int | str:

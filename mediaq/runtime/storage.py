@@ -1,6 +1,8 @@
 """Output files under a storage root: safe names, atomic writes, clear errors.
 
-Layout: ``{root}/{folder}/{image_id}.{ext}`` with folders such as ``thumbs``, ``medium``, ``large``.
+Layout, the one place it is written down: ``{root}/{folder}/{image_id}.{ext}``, the folder of each
+output in :data:`FOLDERS` (``thumbs``, ``medium``, ``large``); :meth:`Storage.output_path` builds it and
+:meth:`Storage.locate` resolves a path relative to the root (what jobs and the display helpers use).
 
 * **Safe paths**: an image id matches ``[A-Za-z0-9][A-Za-z0-9._-]{0,127}`` and holds no ``..``, so it
   can never name another folder or an absolute path; the folder, after resolving symlinks, must
@@ -42,8 +44,10 @@ from typing import Any
 
 from mediaq.errors import PermanentJobError, TransientJobError
 
-__all__ = ["IMAGE_ID_PATTERN", "Storage", "validate_image_id"]
+__all__ = ["FOLDERS", "IMAGE_ID_PATTERN", "Storage", "validate_image_id"]
 
+#: The folder of each output kind under a storage root.
+FOLDERS = {"thumbnail": "thumbs", "medium": "medium", "large": "large"}
 IMAGE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _FOLDER_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _EXT_PATTERN = re.compile(r"[a-z0-9]{1,8}")
@@ -94,6 +98,26 @@ class Storage:
         '/srv/media/thumbs/42.jpg'
         """
         return self.root / _check_folder(folder) / _file_name(image_id, ext)
+
+    def output_path(self, kind: str, image_id: str | int, ext: str) -> Path:
+        """Where output ``kind`` (a key of :data:`FOLDERS`) of ``image_id`` goes (validated; touches no file).
+
+        >>> Storage("/srv/media").output_path("thumbnail", 42, "jpg").as_posix()
+        '/srv/media/thumbs/42.jpg'
+        """
+        if kind not in FOLDERS:
+            raise PermanentJobError("bad_argument", f"output kind {kind!r} is not one of {sorted(FOLDERS)}",
+                                    argument="kind", value=repr(kind))
+        return self.path(FOLDERS[kind], image_id, ext)
+
+    def locate(self, path: str | os.PathLike[str]) -> Path:
+        """``path`` as an absolute path: as given when absolute, else under the root.
+
+        >>> Storage("/srv/media").locate("thumbs/42.jpg").as_posix()
+        '/srv/media/thumbs/42.jpg'
+        """
+        given = Path(path)
+        return given if given.is_absolute() else self.root / given
 
     def folder(self, folder: str) -> Path:
         """The resolved folder, created if missing; ``unsafe_path`` if it resolves outside the root."""

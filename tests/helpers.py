@@ -1,0 +1,73 @@
+"""The tests' shared helpers, one copy each: a free loopback port, and waiting for a condition.
+
+``eventually`` is the only way the tests wait: it polls until a condition holds and returns at once
+when it does, so a slow (busy) machine only makes a test slower, never wrong; the timeout is a bound
+for a broken run, never a sleep a test relies on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["eventually", "eventually_sync", "free_port", "random_ratings"]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` right now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+async def eventually(read: Callable[[], Any], until: Callable[[Any], Any] = bool, *, timeout: float = 30.0,
+                     interval: float = 0.05, what: str = "condition") -> Any:
+    """Call ``read()`` (sync or async) every ``interval`` s until ``until(value)`` holds; return the value.
+
+    After ``timeout`` s it fails with ``what`` and the last value read.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = read()
+        if inspect.isawaitable(value):
+            value = await value
+        if until(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout:g} s; last value: {value!r:.2000}")
+        await asyncio.sleep(interval)
+
+
+def eventually_sync(read: Callable[[], Any], until: Callable[[Any], Any] = bool, *, timeout: float = 30.0,
+                    interval: float = 0.05, what: str = "condition") -> Any:
+    """:func:`eventually` for code without an event loop (the browser tests)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = read()
+        if until(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout:g} s; last value: {value!r:.2000}")
+        time.sleep(interval)
+
+
+def random_ratings(seed: int, images: int = 300, rows: int = 3000, *, id_format: str = "p{:04d}",
+                   keep: str = "last") -> pd.DataFrame:
+    """Ratings as an image board has them: a few images get most ratings (Pareto weights), scores
+    1..10, one rating per (image, user) (``keep`` decides which of a repeated pair stays)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    weights = rng.pareto(1.2, images) + 0.02
+    frame = pd.DataFrame({
+        "image_id": [id_format.format(i) for i in rng.choice(images, size=rows, p=weights / weights.sum())],
+        "user_id": rng.integers(1, 5000, rows),
+        "score": rng.integers(1, 11, rows),
+    })
+    return frame.drop_duplicates(["image_id", "user_id"], keep=keep).reset_index(drop=True)
