@@ -6,8 +6,6 @@ import re
 import tomllib
 from pathlib import Path
 
-import mediaq
-
 ROOT = Path(__file__).resolve().parents[1]
 CONDA_NAMES = {"redis-py": "redis", "msgpack-python": "msgpack", "matplotlib-base": "matplotlib"}
 NOT_PACKAGES = {"python", "pip"}
