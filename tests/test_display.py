@@ -19,7 +19,7 @@ from mediaq.errors import PermanentJobError
 from mediaq.faces.display import grid_html, image_data_uri, pairs_html, pairs_side_by_side, thumbnail_grid
 from mediaq.pure import imaging
 from mediaq.runtime.settings import Settings
-from mediaq.runtime.storage import Storage
+from mediaq.runtime.storage.local import LocalStore
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 URI = re.compile(r'src="data:image/(jpeg|png);base64,([A-Za-z0-9+/=]+)"')
@@ -143,13 +143,13 @@ def test_thumbnail_grid_is_ipython_html() -> None:
 # -- near-duplicate pairs --------------------------------------------------------------------------
 @pytest.fixture
 def thumbs(tmp_path: Path) -> Path:
-    store = Storage(tmp_path)
+    store = LocalStore(tmp_path)
     for name in ("coffee", "rocket", "astronaut"):
         with Image.open(DATA / f"{name}.jpg") as im:
             im.thumbnail((100, 100))
             buf = io.BytesIO()
             im.save(buf, "JPEG")
-        store.write("thumbs", name, "jpg", buf.getvalue())
+        store.write(f"thumbs/{name}.jpg", buf.getvalue())
     return tmp_path
 
 
@@ -168,7 +168,7 @@ def test_pairs_best_first_with_scores(thumbs: Path) -> None:
 def test_pairs_storage_kinds_agree(thumbs: Path) -> None:
     by_root = pairs_html(DUPS, thumbs)
     assert by_root == pairs_html(DUPS, str(thumbs))
-    assert by_root == pairs_html(DUPS, Storage(thumbs))
+    assert by_root == pairs_html(DUPS, LocalStore(thumbs))
     assert by_root == pairs_html(DUPS, Settings.load(env={}, storage=thumbs))
     paths = {i: thumbs / "thumbs" / f"{i}.jpg" for i in ("coffee", "rocket", "astronaut")}
     assert by_root == pairs_html(DUPS, paths)

@@ -200,7 +200,7 @@ async def test_hostile_corpus_through_a_real_worker(client, start_worker, tmp_pa
                 problems.append(f"{case.name}: expected a thumbnail, got {row['error_code']}: {row['error_message']}")
                 continue
             path = Path(row["path"])
-            assert path.parent == settings.storage / "thumbs"
+            assert path.parent == Path(Path(settings.storage)) / "thumbs"
             with Image.open(path) as im:
                 im.load()
                 want = fit_size(case.size, BOX)
@@ -222,7 +222,7 @@ async def test_hostile_corpus_through_a_real_worker(client, start_worker, tmp_pa
     assert not problems, "\n".join(problems)
     assert (df["tries"] == 1).all()  # nothing was retried: no pool process died on the way
     # no failed file left a thumbnail (or a temporary file) behind
-    made = sorted(p.name for p in (settings.storage / "thumbs").iterdir())
+    made = sorted(p.name for p in (Path(settings.storage) / "thumbs").iterdir())
     wanted = [f"{image_id(c)}.jpg" for c in cases if c.expect == "ok"] + [f"warm-{i}.jpg" for i in range(8)]
     assert made == sorted(wanted)
 

@@ -16,11 +16,11 @@ import mediaq
 from mediaq.errors import PermanentJobError
 from mediaq.jobs.images import create_image_set, create_thumbnail, create_variant, render_task, store_outputs
 from mediaq.pure.imaging import OutputSpec
-from mediaq.runtime import storage as storage_module
+from mediaq.runtime.storage import local as storage_module
 from mediaq.runtime.settings import Settings
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-KEYS = {"image_id", "variant", "path", "width", "height", "bytes", "format", "skipped", "reason",
+KEYS = {"image_id", "variant", "path", "key", "width", "height", "bytes", "format", "skipped", "reason",
         "source_width", "source_height", "source_format", "source_bytes"}
 
 
@@ -219,7 +219,7 @@ async def test_jobs_through_a_real_worker(client, start_worker, settings, photo)
         "set": await client.enqueue_job("create_image_set", "photo", photo),
     }
     results = {name: await client.result(job_id, timeout=60) for name, job_id in ids.items()}
-    media = settings.storage
+    media = Path(settings.storage)
     assert results["thumb"]["path"] == str(media / "thumbs" / "cat.jpg")
     assert results["thumb_int"]["path"] == str(media / "thumbs" / "42.png") and results["thumb_int"]["image_id"] == 42
     assert (results["medium"]["width"], results["medium"]["skipped"]) == (1280, False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ from mediaq.runtime.iqdb_index import IqdbIndex
 def _write_thumb(settings, name: str, seed: int, fmt: str = "JPEG") -> str:
     rng = np.random.default_rng(seed)
     img = Image.fromarray(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)).resize((250, 200), Image.BILINEAR)
-    path = settings.storage / "thumbs" / name
+    path = Path(Path(settings.storage)) / "thumbs" / name
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path, fmt)
     return str(path)
@@ -37,7 +38,7 @@ async def test_direct_embedded(settings, client):
     assert result == {"image_id": 1, "hash": compute_signature(path).hash, "grayscale": False,
                       "backend": "embedded", "server_hash_matches": None}
     _write_thumb(settings, "p.png", 2, "PNG")
-    assert (await add_to_iqdb(ctx, "p", str(settings.storage / "thumbs/p.png")))["hash"].startswith("iqdb_")
+    assert (await add_to_iqdb(ctx, "p", str(Path(settings.storage) / "thumbs/p.png")))["hash"].startswith("iqdb_")
     assert await remove_from_iqdb(ctx, "p") == {"image_id": "p", "backend": "embedded", "removed": True}
     assert (await remove_from_iqdb(ctx, "p"))["removed"] is False
 
@@ -50,8 +51,8 @@ async def test_direct_embedded(settings, client):
     ("", "thumbs/ok.jpg", "bad_argument"),
 ])
 async def test_direct_permanent_errors(settings, client, image_id, path, code):
-    (settings.storage / "thumbs").mkdir(parents=True, exist_ok=True)
-    (settings.storage / "thumbs" / "garbage.jpg").write_bytes(b"\xff\xd8 this is not a JPEG")
+    (Path(settings.storage) / "thumbs").mkdir(parents=True, exist_ok=True)
+    (Path(settings.storage) / "thumbs" / "garbage.jpg").write_bytes(b"\xff\xd8 this is not a JPEG")
     _write_thumb(settings, "ok.jpg", 3)
     ctx = {"settings": settings, "redis": client.redis}
     with pytest.raises(PermanentJobError) as info:
@@ -84,7 +85,7 @@ async def test_worker_embedded_index(client, settings, start_worker):
         top = await index.query(p, limit=1)
         assert top[0].image_id == i and top[0].score == pytest.approx(100, abs=1e-4)
     # a bad image fails at once with its code, and leaves the index as it was
-    (settings.storage / "thumbs" / "bad.jpg").write_bytes(b"not an image")
+    (Path(settings.storage) / "thumbs" / "bad.jpg").write_bytes(b"not an image")
     with pytest.raises(mediaq.JobError) as info:
         await client.result(await client.enqueue_job("add_to_iqdb", 99, "thumbs/bad.jpg"), timeout=60)
     assert info.value.code == "bad_image"
@@ -122,7 +123,7 @@ async def test_worker_server_backend_and_transient_outage(client, settings, star
         assert (await client.result(job_id, timeout=60))["hash"]
         assert (await client.job(job_id).result_info()).job_try == 2
         # a GIF is converted to JPEG before sending
-        (settings.storage / "thumbs" / "gif.jpg").write_bytes(_gif())
+        (Path(settings.storage) / "thumbs" / "gif.jpg").write_bytes(_gif())
         ok = await client.result(await client.enqueue_job("add_to_iqdb", 6, "thumbs/gif.jpg"), timeout=60)
         assert ok["hash"].startswith("iqdb_") and ok["server_hash_matches"] is True
         removed = await client.result(await client.enqueue_job("remove_from_iqdb", 5), timeout=60)

@@ -84,13 +84,13 @@ async def test_worker_killed_mid_batch_loses_nothing(settings, client, start_wor
     assert counts["complete"] == n and counts["failed"] == 0 and counts["not_found"] == 0, counts
 
     # every output is there and is a valid image of the expected size
-    media = settings.storage / "thumbs"
+    media = Path(Path(settings.storage)) / "thumbs"
     for image_id, size in expected.items():
         with Image.open(media / f"{image_id}.jpg") as im:
             assert im.format == "JPEG" and im.size == size, image_id
             im.load()  # decodes fully: a truncated file would raise
     assert sorted(p.name for p in media.iterdir()) == sorted(f"{i}.jpg" for i in expected)
-    assert temp_files(settings.storage) == []
+    assert temp_files(Path(settings.storage)) == []
 
     # the new worker found the dead one and freed its jobs: those it had claimed at once, the others
     # (started less than 50 ms before, or between arq's marking and the claim) as orphans 2 s later
@@ -115,7 +115,7 @@ STALL_JOBS = textwrap.dedent('''
     import asyncio, os, threading, time
     from pathlib import Path
     from mediaq import job
-    from mediaq.runtime import storage as storage_module
+    from mediaq.runtime.storage import local as storage_module
 
     _local = threading.local()
 
@@ -134,11 +134,11 @@ STALL_JOBS = textwrap.dedent('''
 
     @job(timeout=60)
     async def stalling_write(ctx, image_id, marker):
-        storage = storage_module.Storage(ctx["settings"].storage)
+        storage = storage_module.LocalStore(ctx["settings"].storage)
 
         def write():
             _local.stall = marker if ctx["job_try"] == 1 else None
-            return str(storage.write("thumbs", image_id, "jpg", b"J" * 100_000))
+            return storage.write(f"thumbs/{image_id}.jpg", b"J" * 100_000)
         return await asyncio.to_thread(write)
 ''')
 
@@ -166,16 +166,16 @@ async def test_worker_killed_mid_write_leaves_no_temporary_file(settings, start_
         async def stalled():
             return marker.exists()
         await eventually(stalled, timeout=30, what="the job stalls mid-write")
-        (leftover,) = temp_files(s.storage)
+        (leftover,) = temp_files(Path(s.storage))
         assert leftover.stat().st_size == 1000  # a partial temporary file, no target
-        assert not (s.storage / "thumbs" / "x1.jpg").exists()
+        assert not (Path(s.storage) / "thumbs" / "x1.jpg").exists()
         first.kill()
         start_worker(job_modules=(stall_jobs,))
         path = await client.result(job_id, timeout=60)
         assert Path(path).read_bytes() == b"J" * 100_000
 
         async def swept():
-            return not temp_files(s.storage)
+            return not temp_files(Path(s.storage))
         await eventually(swept, timeout=30, what="the dead writer's temporary file is removed")
     finally:
         await client.close()

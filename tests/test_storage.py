@@ -1,4 +1,4 @@
-"""Storage: safe names and folders, atomic writes, leftovers of killed writers, full/read-only disks."""
+"""The local store: safe names and folders, atomic writes, leftovers of killed writers, full/read-only disks."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from mediaq.errors import PermanentJobError, TransientJobError
-from mediaq.runtime import storage as storage_module
-from mediaq.runtime.storage import Storage, sweep_abandoned, validate_image_id
+from mediaq.runtime.storage import local as storage_module
+from mediaq.runtime.storage.layout import validate_image_id
+from mediaq.runtime.storage.local import LocalStore, sweep_abandoned
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -31,7 +32,7 @@ def test_good_ids(image_id):
 
 def test_int_ids_are_accepted_as_in_the_seed():
     assert validate_image_id(42) == "42"
-    assert Storage("/srv/m").path("thumbs", 42, "jpg") == Path("/srv/m/thumbs/42.jpg")
+    assert LocalStore("/srv/m").output_location("thumbnail", 42, "jpg") == "/srv/m/thumbs/42.jpg"
 
 
 @pytest.mark.parametrize("image_id", [
@@ -48,34 +49,34 @@ def test_bad_ids_are_refused(image_id):
                                              ("thumbs", "../jpg"), ("thumbs", "j/g"), ("thumbs", "")])
 def test_bad_folders_and_extensions_are_refused(tmp_path, folder, ext):
     with pytest.raises(PermanentJobError) as info:
-        Storage(tmp_path).write(folder, "x", ext, b"data")
+        LocalStore(tmp_path).write(f"{folder}/x.{ext}", b"data")
     assert info.value.code == "bad_argument"
     assert list(tmp_path.rglob("*")) == [] or all(p.is_dir() for p in tmp_path.rglob("*"))
 
 
 # -- writing ----------------------------------------------------------------------------------------
 def test_write_creates_folders_and_leaves_no_temporary_file(tmp_path):
-    store = Storage(tmp_path / "media")
-    path = store.write("thumbs", "img1", "jpg", b"hello")
+    store = LocalStore(tmp_path / "media")
+    path = Path(store.write("thumbs/img1.jpg", b"hello"))
     assert path == tmp_path / "media" / "thumbs" / "img1.jpg"
     assert path.read_bytes() == b"hello"
     assert leftovers(path.parent) == []
 
 
 def test_rewrite_replaces_and_same_bytes_give_the_same_file(tmp_path):
-    store = Storage(tmp_path)
-    store.write("thumbs", "a", "jpg", b"one")
-    path = store.write("thumbs", "a", "jpg", b"two")
+    store = LocalStore(tmp_path)
+    store.write("thumbs/a.jpg", b"one")
+    path = Path(store.write("thumbs/a.jpg", b"two"))
     assert path.read_bytes() == b"two"
-    again = store.write("thumbs", "a", "jpg", b"two")
+    again = Path(store.write("thumbs/a.jpg", b"two"))
     assert again == path and again.read_bytes() == b"two"
     assert sorted(p.name for p in path.parent.iterdir()) == ["a.jpg"]
 
 
 def test_readers_never_see_a_partial_file(tmp_path):
-    store = Storage(tmp_path)
+    store = LocalStore(tmp_path)
     contents = [b"a" * 300_000, b"b" * 300_000]
-    path = store.write("thumbs", "x", "bin", contents[0])
+    path = Path(store.write("thumbs/x.bin", contents[0]))
     seen: set[bytes] = set()
     stop = threading.Event()
 
@@ -88,7 +89,7 @@ def test_readers_never_see_a_partial_file(tmp_path):
     reader.start()
     try:
         for i in range(40):
-            store.write("thumbs", "x", "bin", contents[i % 2])
+            store.write("thumbs/x.bin", contents[i % 2])
     finally:
         stop.set()
         reader.join()
@@ -96,10 +97,10 @@ def test_readers_never_see_a_partial_file(tmp_path):
 
 
 def test_remove(tmp_path):
-    store = Storage(tmp_path)
-    store.write("medium", "x", "jpg", b"1")
-    assert store.remove("medium", "x", "jpg") is True
-    assert store.remove("medium", "x", "jpg") is False
+    store = LocalStore(tmp_path)
+    store.write("medium/x.jpg", b"1")
+    assert store.remove("medium/x.jpg") is True
+    assert store.remove("medium/x.jpg") is False
     assert not (tmp_path / "medium" / "x.jpg").exists()
 
 
@@ -111,7 +112,7 @@ def test_symlinked_folder_pointing_outside_is_refused(tmp_path):
     root.mkdir()
     (root / "thumbs").symlink_to(outside)
     with pytest.raises(PermanentJobError) as info:
-        Storage(root).write("thumbs", "x", "jpg", b"data")
+        LocalStore(root).write("thumbs/x.jpg", b"data")
     assert info.value.code == "unsafe_path" and "outside the storage root" in info.value.message
     assert list(outside.iterdir()) == []
 
@@ -122,7 +123,7 @@ def test_symlinked_folder_via_relative_dotdot_is_refused(tmp_path):
     (tmp_path / "elsewhere").mkdir()
     (root / "thumbs").symlink_to("../elsewhere")
     with pytest.raises(PermanentJobError) as info:
-        Storage(root).write("thumbs", "x", "jpg", b"data")
+        LocalStore(root).write("thumbs/x.jpg", b"data")
     assert info.value.code == "unsafe_path"
     assert list((tmp_path / "elsewhere").iterdir()) == []
 
@@ -131,14 +132,14 @@ def test_symlinked_folder_inside_the_root_is_fine(tmp_path):
     root = tmp_path / "media"
     (root / "disk2").mkdir(parents=True)
     (root / "thumbs").symlink_to(root / "disk2")
-    path = Storage(root).write("thumbs", "x", "jpg", b"data")
+    path = Path(LocalStore(root).write("thumbs/x.jpg", b"data"))
     assert (root / "disk2" / "x.jpg").read_bytes() == b"data" and path == root / "thumbs" / "x.jpg"
 
 
 def test_root_itself_may_be_a_symlink(tmp_path):
     (tmp_path / "real").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "real")
-    Storage(tmp_path / "link").write("thumbs", "x", "jpg", b"data")
+    LocalStore(tmp_path / "link").write("thumbs/x.jpg", b"data")
     assert (tmp_path / "real" / "thumbs" / "x.jpg").read_bytes() == b"data"
 
 
@@ -147,7 +148,7 @@ def test_dangling_folder_symlink_is_refused(tmp_path):
     root.mkdir()
     (root / "thumbs").symlink_to(tmp_path / "gone")
     with pytest.raises(PermanentJobError) as info:
-        Storage(root).write("thumbs", "x", "jpg", b"data")
+        LocalStore(root).write("thumbs/x.jpg", b"data")
     assert info.value.code == "unsafe_path"
     assert not (tmp_path / "gone").exists()
 
@@ -155,7 +156,7 @@ def test_dangling_folder_symlink_is_refused(tmp_path):
 def test_a_file_where_the_folder_should_be_is_refused(tmp_path):
     (tmp_path / "thumbs").write_text("not a folder")
     with pytest.raises(PermanentJobError) as info:
-        Storage(tmp_path).write("thumbs", "x", "jpg", b"data")
+        LocalStore(tmp_path).write("thumbs/x.jpg", b"data")
     assert info.value.code == "unsafe_path"
 
 
@@ -165,15 +166,15 @@ def test_target_symlink_is_replaced_not_followed(tmp_path):
     root = tmp_path / "media"
     (root / "thumbs").mkdir(parents=True)
     (root / "thumbs" / "x.jpg").symlink_to(secret)
-    path = Storage(root).write("thumbs", "x", "jpg", b"thumbnail")
+    path = Path(LocalStore(root).write("thumbs/x.jpg", b"thumbnail"))
     assert secret.read_text() == "keep me"
     assert not path.is_symlink() and path.read_bytes() == b"thumbnail"
 
 
 # -- failures mid-write -----------------------------------------------------------------------------
 def test_error_after_a_partial_write_leaves_old_file_and_no_temporary(tmp_path, monkeypatch):
-    store = Storage(tmp_path)
-    path = store.write("thumbs", "x", "jpg", b"old content")
+    store = LocalStore(tmp_path)
+    path = Path(store.write("thumbs/x.jpg", b"old content"))
     real_write = os.write
 
     def half_then_full(fd, data):
@@ -182,7 +183,7 @@ def test_error_after_a_partial_write_leaves_old_file_and_no_temporary(tmp_path, 
 
     monkeypatch.setattr(storage_module.os, "write", half_then_full)
     with pytest.raises(PermanentJobError) as info:
-        store.write("thumbs", "x", "jpg", b"n" * 100_000)
+        store.write("thumbs/x.jpg", b"n" * 100_000)
     monkeypatch.undo()
     assert info.value.code == "storage_full" and "no space" in info.value.message
     assert path.read_bytes() == b"old content"
@@ -190,14 +191,14 @@ def test_error_after_a_partial_write_leaves_old_file_and_no_temporary(tmp_path, 
 
 
 def test_fsync_failure_is_transient_and_cleans_up(tmp_path, monkeypatch):
-    store = Storage(tmp_path)
+    store = LocalStore(tmp_path)
 
     def eio(fd):
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(storage_module.os, "fsync", eio)
     with pytest.raises(TransientJobError) as info:
-        store.write("thumbs", "x", "jpg", b"data")
+        store.write("thumbs/x.jpg", b"data")
     monkeypatch.undo()
     assert info.value.code == "storage_io_error"
     assert list((tmp_path / "thumbs").iterdir()) == []
@@ -207,7 +208,7 @@ def test_fsync_failure_is_transient_and_cleans_up(tmp_path, monkeypatch):
                                                 (errno.EROFS, "storage_read_only"), (errno.EDQUOT, "storage_full")])
 def test_error_codes_by_errno(tmp_path, monkeypatch, code, expected):
     """Injected at the temporary file's creation (root ignores permissions, so EACCES cannot be real here)."""
-    store = Storage(tmp_path)
+    store = LocalStore(tmp_path)
     store.folder("thumbs")
     real_open = os.open
 
@@ -218,7 +219,7 @@ def test_error_codes_by_errno(tmp_path, monkeypatch, code, expected):
 
     monkeypatch.setattr(storage_module.os, "open", fake_open)
     with pytest.raises(PermanentJobError) as info:
-        store.write("thumbs", "x", "jpg", b"data")
+        store.write("thumbs/x.jpg", b"data")
     assert info.value.code == expected
 
 
@@ -229,82 +230,83 @@ def tmpfs(mount_tmpfs):
 
 
 def test_real_full_disk(tmpfs):
-    store = Storage(tmpfs / "media")
-    old = store.write("thumbs", "x", "jpg", b"old")
+    store = LocalStore(tmpfs / "media")
+    old = Path(store.write("thumbs/x.jpg", b"old"))
     with pytest.raises(PermanentJobError) as info:
-        store.write("thumbs", "x", "jpg", b"z" * 200_000)
+        store.write("thumbs/x.jpg", b"z" * 200_000)
     assert info.value.code == "storage_full"
     assert old.read_bytes() == b"old" and leftovers(old.parent) == []
 
 
 def test_real_read_only_disk(tmpfs):
-    store = Storage(tmpfs / "media")
+    store = LocalStore(tmpfs / "media")
     store.folder("thumbs")
     subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
     with pytest.raises(PermanentJobError) as info:
-        store.write("thumbs", "x", "jpg", b"data")
+        store.write("thumbs/x.jpg", b"data")
     assert info.value.code == "storage_read_only" and "read-only" in info.value.message
 
 
 KILLED_WRITER = textwrap.dedent("""
     import os, sys, time
-    from mediaq.runtime import storage
+    from mediaq.runtime.storage import local as storage
     real_write = os.write
     def stalled_write(fd, data):
         real_write(fd, bytes(data[:1000]))
         print("partial", flush=True)
         time.sleep(120)
     storage.os.write = stalled_write
-    storage.Storage(sys.argv[1]).write("thumbs", sys.argv[2] if len(sys.argv) > 2 else "x", "jpg", b"N" * 1_000_000)
+    name = sys.argv[2] if len(sys.argv) > 2 else "x"
+    storage.LocalStore(sys.argv[1]).write(f"thumbs/{name}.jpg", b"N" * 1_000_000)
 """)
 
 
 def test_writer_killed_mid_write_never_leaves_a_partial_target(tmp_path):
     root = tmp_path / "media"
-    store = Storage(root)
-    target = store.write("thumbs", "x", "jpg", b"old")
+    store = LocalStore(root)
+    target = Path(store.write("thumbs/x.jpg", b"old"))
     child = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(root)], stdout=subprocess.PIPE)
     try:
         assert child.stdout.readline() == b"partial\n"  # 1000 of 1,000,000 bytes are on disk
         (leftover,) = leftovers(target.parent)
-        assert store.sweep(older_than=0) == []  # its writer is alive and holds the lock: kept
+        assert store.sweep(min_age=0) == []  # its writer is alive and holds the lock: kept
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=10)
     assert target.read_bytes() == b"old"  # never the partial content
     assert (target.parent / leftover).stat().st_size == 1000
-    assert store.sweep(older_than=0) == [target.parent / leftover]  # dead writer: lock free, removed
-    store.write("thumbs", "x", "jpg", b"new")
+    assert store.sweep(min_age=0) == [str(target.parent / leftover)]  # dead writer: lock free, removed
+    store.write("thumbs/x.jpg", b"new")
     assert target.read_bytes() == b"new" and leftovers(target.parent) == []
 
 
 def test_sweep_keeps_recent_leftovers(tmp_path):
-    store = Storage(tmp_path, stale_after=900)
+    store = LocalStore(tmp_path, stale_after=900)
     folder = store.folder("thumbs")
     old, recent = folder / ".x.jpg.aaaa.tmp", folder / ".x.jpg.bbbb.tmp"
     old.write_bytes(b"1")
     recent.write_bytes(b"2")
     os.utime(old, (time.time() - 3600, time.time() - 3600))
-    assert store.sweep() == [old]
+    assert store.sweep() == [str(old)]
     assert leftovers(folder) == [recent.name]
 
 
 def test_sweep_clears_old_leftovers_in_every_folder(tmp_path):
-    store = Storage(tmp_path)
+    store = LocalStore(tmp_path)
     for folder in ("thumbs", "medium"):
         f = store.folder(folder)
         (f / ".a.jpg.0001.tmp").write_bytes(b"x")
         (f / "a.jpg").write_bytes(b"keep")
-    assert store.sweep(older_than=3600) == []
-    removed = store.sweep(older_than=0)
-    assert sorted(p.parent.name for p in removed) == ["medium", "thumbs"]
+    assert store.sweep(min_age=3600) == []
+    removed = store.sweep(min_age=0)
+    assert sorted(Path(p).parent.name for p in removed) == ["medium", "thumbs"]
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["a.jpg", "a.jpg"]
 
 
 def test_sweep_removes_only_files_whose_writer_died(tmp_path):
     """A live writer's temporary file (lock held) stays; a dead writer's one (lock free) goes."""
     root = tmp_path / "media"
-    Storage(root).write("thumbs", "a", "jpg", b"ok")
+    LocalStore(root).write("thumbs/a.jpg", b"ok")
     live = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(root), "live"], stdout=subprocess.PIPE)
     dead = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(root), "dead"], stdout=subprocess.PIPE)
     try:

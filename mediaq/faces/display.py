@@ -19,11 +19,11 @@ import html as _html
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mediaq.errors import JobFailure
-from mediaq.runtime.storage import FOLDERS, Storage
+from mediaq.runtime.storage.layout import FOLDERS, file_name
+from mediaq.runtime.storage.urls import open_source, open_store, source_name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -58,7 +58,7 @@ def image_data_uri(path: PathLike, size: int = 160, quality: int = 85) -> str:
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"size={size!r} must be an integer >= 1")
     box = (size, size)
-    with imaging.open_source(path) as f:
+    with open_source(path) as f:  # a path or a URL (s3://...), as the jobs read them
         source = imaging.decode(f, [box], name=str(path))
     im = imaging.render(source, box)
     kind = "png" if im.mode in ("LA", "RGBA") else "jpeg"
@@ -119,7 +119,8 @@ def _items(images: Any, path_column: str, caption: Any) -> list[tuple[PathLike |
         if _is_missing(value):
             out.append((None, None))
         else:
-            out.append((value, Path(value).name if caption is None else caption(value) if callable(caption) else None))
+            name = source_name(value) if caption is None else caption(value) if callable(caption) else None
+            out.append((value, name))
     return out
 
 
@@ -183,11 +184,11 @@ def _path_finder(storage: StorageLike, folder: str, ext: str) -> Callable[[Any],
     if not isinstance(root, (str, os.PathLike)):
         raise TypeError("storage must be a folder, Settings, Storage, a mapping image_id -> path or a function, "
                         f"not {type(storage).__name__}")
-    store = Storage(root)
+    store = open_store(root)
 
     def find(image_id: Any) -> PathLike | None:
         try:
-            return store.path(folder, image_id, ext)
+            return store.location(f"{folder}/{file_name(image_id, ext)}")
         except JobFailure:  # an id that names no file in the layout
             return None
 

@@ -1,7 +1,9 @@
 """Image jobs: thumbnails, medium/large variants, and all three from one decode.
 
-Outputs: ``{storage}/thumbs/{image_id}.{ext}``, ``{storage}/medium/{image_id}.{ext}``,
-``{storage}/large/{image_id}.{ext}`` (``ext`` from the format: jpg, png, webp).
+Sources and outputs go through the storage interface (:mod:`mediaq.runtime.storage`): a source is a
+local path or an object URL (``s3://bucket/originals/a.jpg``), outputs go to ``{storage}/thumbs/
+{image_id}.{ext}``, ``{storage}/medium/...``, ``{storage}/large/...`` under a local folder or an
+object-store prefix (``ext`` from the format: jpg, png, webp).
 
 Seed rules for variants: a variant is made only when the picture's longer side is larger than the
 variant's edge (else ``skipped``, reason ``"not_larger"``), and dropped when its encoded bytes are not
@@ -12,8 +14,11 @@ Each job validates its arguments on the event loop, reads, decodes and encodes i
 process pool (:func:`~mediaq.jobs.run_cpu`: one process per core), then writes the files from a
 thread, so a core never sits idle while a file is fsynced. Results are plain dicts::
 
-    {"image_id", "variant", "path", "width", "height", "bytes", "format", "skipped", "reason",
+    {"image_id", "variant", "path", "key", "width", "height", "bytes", "format", "skipped", "reason",
      "source_width", "source_height", "source_format", "source_bytes"}
+
+``path`` is where the output is (an absolute path, or a URL any host with credentials can read),
+``key`` where it is under the storage root (``thumbs/42.jpg``).
 
 Reruns write the same bytes to the same path. ``create_image_set`` decodes once for all three
 outputs; its thumbnail and medium can differ by a few levels from the separate jobs' (a JPEG may be
@@ -41,13 +46,13 @@ from mediaq.pure.imaging import (
     check_quality,
     check_size,
     decode,
-    open_source,
     probe,
     render_outputs,
 )
 from mediaq.runtime.jobspec import job, job_settings, run_cpu
 from mediaq.runtime.settings import Settings
-from mediaq.runtime.storage import FOLDERS, Storage, validate_image_id
+from mediaq.runtime.storage.layout import output_key, validate_image_id
+from mediaq.runtime.storage.urls import open_source, open_store
 
 __all__ = [
     "VARIANTS",
@@ -147,7 +152,7 @@ async def _run(ctx: dict[str, Any], s: Settings, image_id: str | int, source_pat
     """Pixels in the process pool, then the files in a thread: an fsync waiting on the disk never
     holds a pool process (a core) idle."""
     info, outputs = await run_cpu(ctx, render_task, source_path, specs, max_pixels=s.max_image_pixels)
-    return await asyncio.to_thread(store_outputs, str(s.storage), image_id, info, outputs, specs)
+    return await asyncio.to_thread(store_outputs, s.storage, image_id, info, outputs, specs)
 
 
 # -- pool side: pure functions of their arguments (importable by forkserver/spawn children) --------
@@ -159,7 +164,7 @@ def render_task(source_path: str, specs: dict[str, OutputSpec], *,
     per key, the encoded :class:`Output` or the reason it was skipped (``"not_larger"``,
     ``"not_smaller"``). With only variants that are not larger, the pixels are never decoded.
     """
-    with open_source(source_path) as f:
+    with open_source(source_path) as f:  # an object: its header first, the rest only if decoded
         info = probe(f, name=source_path, max_pixels=max_pixels)
         longest = max(info["width"], info["height"])
         results: dict[str, Output | str] = {}
@@ -179,22 +184,22 @@ def render_task(source_path: str, specs: dict[str, OutputSpec], *,
 
 def store_outputs(root: str, image_id: str | int, info: dict[str, Any], outputs: dict[str, Output | str],
                   specs: dict[str, OutputSpec]) -> dict[str, dict[str, Any]]:
-    """Write each output atomically (thumbnails to ``thumbs/``, variants to their own folder);
-    a skipped variant removes any earlier file of its name. Returns the result dict per key."""
-    storage = Storage(root)
+    """Write each output whole or not at all under the storage root ``root`` (a path or URL;
+    thumbnails to ``thumbs/``, variants to their own folder); a skipped variant removes any earlier
+    file of its name. Returns the result dict per key."""
+    store = open_store(root)
     results = {}
     for name, out in outputs.items():
-        folder = FOLDERS[name]
         if isinstance(out, str):
-            storage.remove(folder, image_id, OUTPUT_FORMATS[specs[name].format][1])
-            results[name] = {"image_id": image_id, "variant": name, "path": None, "width": None, "height": None,
-                             "bytes": None, "format": specs[name].format, "skipped": True, "reason": out,
-                             **_source_fields(info)}
+            store.remove_output(name, image_id, OUTPUT_FORMATS[specs[name].format][1])
+            results[name] = {"image_id": image_id, "variant": name, "path": None, "key": None, "width": None,
+                             "height": None, "bytes": None, "format": specs[name].format, "skipped": True,
+                             "reason": out, **_source_fields(info)}
         else:
-            path = storage.write(folder, image_id, out.ext, out.data)
-            results[name] = {"image_id": image_id, "variant": name, "path": str(path), "width": out.width,
-                             "height": out.height, "bytes": len(out.data), "format": out.format, "skipped": False,
-                             "reason": None, **_source_fields(info)}
+            key = output_key(name, image_id, out.ext)
+            results[name] = {"image_id": image_id, "variant": name, "path": store.write(key, out.data), "key": key,
+                             "width": out.width, "height": out.height, "bytes": len(out.data), "format": out.format,
+                             "skipped": False, "reason": None, **_source_fields(info)}
     return {name: results[name] for name in specs}
 
 
@@ -223,5 +228,5 @@ def _variant_spec(s: Settings, edge: Any, fmt: str | None, quality: int | None, 
 
 def _check_source_path(source_path: Any) -> None:
     if not isinstance(source_path, str) or not source_path or "\x00" in source_path:
-        raise PermanentJobError("bad_argument", f"source_path={source_path!r} must be a non-empty path string",
+        raise PermanentJobError("bad_argument", f"source_path={source_path!r} must be a non-empty path or URL",
                                 argument="source_path", value=repr(source_path)[:200])

@@ -31,6 +31,7 @@ logged as a warning.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from mediaq.errors import (
@@ -45,7 +46,7 @@ from mediaq.pure.iqdb.compute import compute_signature, to_jpeg_bytes
 from mediaq.pure.iqdb.signature import parse_hash
 from mediaq.runtime.jobspec import job, job_settings, resources, run_cpu
 from mediaq.runtime.settings import Settings
-from mediaq.runtime.storage import Storage
+from mediaq.runtime.storage.urls import is_url, open_store, read_source
 
 __all__ = ["add_to_iqdb", "prepare_thumbnail", "remove_from_iqdb"]
 
@@ -59,8 +60,6 @@ def prepare_thumbnail(path: str) -> tuple[bytes, str]:
     Returns ``(jpeg_bytes, hash)``; raises :class:`PermanentJobError` (``bad_image`` and the read
     errors of :func:`mediaq.pure.imaging.read_source`).
     """
-    from mediaq.pure.imaging import read_source
-
     data = read_source(path)
     try:
         jpeg = to_jpeg_bytes(data)
@@ -73,7 +72,9 @@ def _resolve(settings: Settings, thumb_path: Any) -> str:
     if not isinstance(thumb_path, str) or not thumb_path or "\x00" in thumb_path:
         raise PermanentJobError("bad_argument", f"thumb_path={thumb_path!r} must be a non-empty path string",
                                 argument="thumb_path", value=repr(thumb_path)[:200])
-    return str(Storage(settings.storage).locate(thumb_path))
+    if is_url(thumb_path) or os.path.isabs(thumb_path):
+        return thumb_path
+    return open_store(settings.storage).location(thumb_path)
 
 
 def _check_image_id(image_id: Any, remote: bool) -> int | str:
@@ -128,7 +129,8 @@ def _redis_failure(exc: Exception) -> Exception:
 
 @job(timeout=120)
 async def add_to_iqdb(ctx: dict[str, Any], image_id: int | str, thumb_path: str) -> dict[str, Any]:
-    """Index the thumbnail at ``thumb_path`` (absolute, or relative to ``settings.storage``) as
+    """Index the thumbnail at ``thumb_path`` (an absolute path, a URL, or a key under ``settings.storage``
+    such as ``thumbs/42.jpg``) as
     ``image_id``, replacing an earlier entry of that id. Returns its hash."""
     settings = job_settings(ctx)
     remote = bool(settings.iqdb_url)

@@ -29,7 +29,7 @@ async def reindex_image(ctx: dict[str, Any], image_id: str, source_path: str, *,
 
         follow_up = f"{ctx['job_id']}:iqdb"
         redis = ctx["redis"]
-        entry = job_entry(redis.job_serializer, follow_up, "add_to_iqdb", [image_id, result["thumbnail"]["path"]],
+        entry = job_entry(redis.job_serializer, follow_up, "add_to_iqdb", [image_id, result["thumbnail"]["key"]],
                           {}, batch)
         # atomic: the job and its place in the batch; skipped if it exists (a retried parent)
         await enqueue_chunk(redis, ctx["settings"].queue_name, [entry], keys.batch_ids(batch) if batch else "")

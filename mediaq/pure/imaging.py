@@ -37,7 +37,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image, ImageCms, UnidentifiedImageError
 
-from mediaq.errors import PermanentJobError, TransientJobError
+from mediaq.errors import JobFailure, PermanentJobError, TransientJobError
 
 __all__ = [
     "INPUT_FORMATS",
@@ -296,7 +296,7 @@ def _image_errors(fp: BinaryIO, size: int, name: str) -> Iterator[None]:
             warnings.simplefilter("ignore")  # Pillow's notes on odd metadata are not failures...
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # ...but its bomb guard is
             yield
-    except PermanentJobError:
+    except JobFailure:  # ours (a remote read that failed, say): already said what went wrong
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise PermanentJobError("too_large", f"{name} is too large to decode safely "

@@ -27,8 +27,8 @@ and runs a :class:`Janitor` at start and then every health-check interval, which
    is still unclaimed ``grace`` seconds later and its TTL ran down by all that time (it was not set
    again meanwhile). This scan (``SCAN arq:in-progress:*``) runs at start, after a death, after a Redis restart
    and after a job ended without its end hook, not on every tick;
-4. **sweeps temporary files** that dead writers left in the storage roots
-   (:func:`mediaq.runtime.storage.sweep_abandoned`).
+4. **sweeps temporary files** that dead writers left in the storage roots (``Store.sweep``: a local
+   folder's unlocked temporary files; object stores have none, an object exists only once written).
 
 Every recovery is logged and pushed to ``mediaq:recoveries`` (list of JSON, newest first, capped).
 
@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from mediaq.runtime import keys
-from mediaq.runtime.storage import sweep_abandoned
+from mediaq.runtime.storage.urls import open_store
 
 __all__ = [
     "Claims",
@@ -449,7 +449,7 @@ class Janitor:
         dead: dict[str, Any] = {**(dead_before or {}), **await self.free_dead()}
         ended = await self.claims.sync() if self.claims is not None else 0
         orphans: list[str] = []
-        swept: list[Path] = []
+        swept: list[str] = []
         # kept until a scan completes: a tick that fails half way (Redis away) must not forget it
         self._orphan_scan_due = self._orphan_scan_due or bool(look_for_orphans or dead or restarted or ended)
         if self._orphan_scan_due:
@@ -459,7 +459,7 @@ class Janitor:
             await asyncio.sleep(max(0.0, self.grace - (time.monotonic() - started)))
             roots = {self.identity.storage} | {w.storage for w in self._dead_identities.values() if w}
             for root in sorted(r for r in roots if r):
-                swept += await asyncio.to_thread(sweep_abandoned, root, min_age=self.grace)
+                swept += await asyncio.to_thread(open_store(root).sweep, self.grace)
             self._dead_identities.clear()
             if swept:
                 logger.warning("removed %d temporary file(s) left by dead writers", len(swept))

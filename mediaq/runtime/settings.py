@@ -21,6 +21,7 @@ from typing import Any, get_type_hints
 
 from mediaq.errors import ConfigError
 from mediaq.runtime import keys
+from mediaq.runtime.storage.urls import normalize_root
 
 __all__ = ["ENV_PREFIX", "Settings", "redact_url"]
 
@@ -69,8 +70,10 @@ class Settings:
     #: Extra modules whose ``@mediaq.job`` functions the worker registers (comma-separated in env).
     job_modules: tuple[str, ...] = ()
 
-    #: Where image outputs go: ``{storage}/thumbs``, ``/medium``, ``/large``.
-    storage: Path = field(default_factory=lambda: Path("media"))
+    #: Where image outputs go: ``{storage}/thumbs``, ``/medium``, ``/large``. A local folder, or an
+    #: object-store URL (``s3://bucket/prefix``, ``gs://``, ``az://``, ``memory://``): see
+    #: :mod:`mediaq.runtime.storage.urls`. Kept as an absolute path or a URL.
+    storage: str = "media"
     thumb_width: int = 250
     thumb_height: int = 200
     thumb_format: str = "jpeg"
@@ -101,7 +104,7 @@ class Settings:
         _check(self.worker_processes >= 0, "worker_processes", self.worker_processes, ">= 0")
         # paths are made absolute once, so a worker started elsewhere writes to the same place
         object.__setattr__(self, "state_dir", Path(self.state_dir).expanduser().absolute())
-        object.__setattr__(self, "storage", Path(self.storage).expanduser().absolute())
+        object.__setattr__(self, "storage", normalize_root(self.storage))
 
     # -- construction -------------------------------------------------------------------------
     @classmethod

@@ -1,8 +1,4 @@
-"""Output files under a storage root: safe names, atomic writes, clear errors.
-
-Layout, the one place it is written down: ``{root}/{folder}/{image_id}.{ext}``, the folder of each
-output in :data:`FOLDERS` (``thumbs``, ``medium``, ``large``); :meth:`Storage.output_path` builds it and
-:meth:`Storage.locate` resolves a path relative to the root (what jobs and the display helpers use).
+"""Outputs in a local folder: safe names, atomic writes, clear errors (a :class:`~mediaq.runtime.storage.base.Store`).
 
 * **Safe paths**: an image id matches ``[A-Za-z0-9][A-Za-z0-9._-]{0,127}`` and holds no ``..``, so it
   can never name another folder or an absolute path; the folder, after resolving symlinks, must
@@ -13,7 +9,7 @@ output in :data:`FOLDERS` (``thumbs``, ``medium``, ``large``); :meth:`Storage.ou
   part. Any error removes the temporary file. A process killed mid-write can leave a temporary
   file behind (never a partial target). The writer holds an ``flock`` on its temporary file until
   the rename, so the worker's janitor removes a dead writer's leftovers at once
-  (:func:`sweep_abandoned`); :meth:`Storage.sweep` does the same by hand. Writes
+  (:func:`sweep_abandoned`); :meth:`LocalStore.sweep` does the same by hand. Writes
   never list the folder themselves: with 100k thumbnails that would cost more than the write.
 * **Errors**: a full disk (``ENOSPC``, ``EDQUOT``) -> ``storage_full``, a read-only file system
   (``EROFS``) -> ``storage_read_only``, no permission (``EACCES``, ``EPERM``) -> ``storage_denied``,
@@ -23,9 +19,9 @@ output in :data:`FOLDERS` (``thumbs``, ``medium``, ``large``); :meth:`Storage.ou
   room. Any other ``OSError`` (EIO, a network file system hiccup) -> transient ``storage_io_error``.
 
 >>> import tempfile
->>> store = Storage(tempfile.mkdtemp())
->>> path = store.write("thumbs", "img-1", "jpg", b"...")
->>> path.relative_to(store.root).as_posix(), path.read_bytes()
+>>> store = LocalStore(tempfile.mkdtemp())
+>>> path = store.write("thumbs/img-1.jpg", b"...")
+>>> path[len(store.root) + 1:], store.read("thumbs/img-1.jpg")
 ('thumbs/img-1.jpg', b'...')
 """
 
@@ -34,94 +30,47 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import re
 import secrets
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
 from mediaq.errors import PermanentJobError, TransientJobError
+from mediaq.runtime.storage.base import Entry, Store
+from mediaq.runtime.storage.layout import FOLDER_PATTERN, check_folder, check_key
 
-__all__ = ["FOLDERS", "IMAGE_ID_PATTERN", "Storage", "validate_image_id"]
+__all__ = ["LocalStore", "sweep_abandoned"]
 
-#: The folder of each output kind under a storage root.
-FOLDERS = {"thumbnail": "thumbs", "medium": "medium", "large": "large"}
-IMAGE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_FOLDER_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
-_EXT_PATTERN = re.compile(r"[a-z0-9]{1,8}")
 _TMP_SUFFIX = ".tmp"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def validate_image_id(image_id: Any) -> str:
-    """``image_id`` as a safe file name stem (a non-negative int is accepted), else ``bad_argument``.
-
-    >>> validate_image_id("post-123_a.b"), validate_image_id(42)
-    ('post-123_a.b', '42')
-    >>> validate_image_id("../etc/passwd")  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    mediaq.errors.PermanentJobError: [bad_argument] image_id='../etc/passwd' is not allowed: ...
-    """
-    if isinstance(image_id, int) and not isinstance(image_id, bool) and image_id >= 0:
-        image_id = str(image_id)
-    if not isinstance(image_id, str) or not IMAGE_ID_PATTERN.fullmatch(image_id) or ".." in image_id:
-        raise PermanentJobError(
-            "bad_argument",
-            f"image_id={image_id!r} is not allowed: use 1 to 128 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit, without '..'",
-            argument="image_id", value=repr(image_id)[:200])
-    return image_id
-
-
-class Storage:
-    """The storage root of image outputs. Cheap to build; keeps no open files."""
+class LocalStore(Store):
+    """Outputs under a local folder. Cheap to build; keeps no open files."""
 
     def __init__(self, root: str | os.PathLike[str], *, stale_after: float = 2.0, fsync_dir: bool = False):
-        #: the root as given (absolute); outputs are checked against its resolved form
-        self.root = Path(os.path.abspath(root))
+        #: the root as given (absolute, as text); outputs are checked against its resolved form
+        self.root = os.path.abspath(os.path.expanduser(os.fspath(root)))
         #: :meth:`sweep` removes unlocked temporary files older than this (seconds)
         self.stale_after = stale_after
         #: also fsync the folder after the rename (survives power loss; costs a journal commit per file)
         self.fsync_dir = fsync_dir
 
-    def __repr__(self) -> str:
-        return f"Storage({str(self.root)!r})"
-
     # -- names ------------------------------------------------------------------------------------
-    def path(self, folder: str, image_id: str | int, ext: str) -> Path:
-        """Where ``image_id`` goes in ``folder`` (validated; touches no file).
+    def location(self, key: str) -> str:
+        """The absolute path of ``key`` (validated; touches no file).
 
-        >>> Storage("/srv/media").path("thumbs", "42", "jpg").as_posix()
+        >>> LocalStore("/srv/media").location("thumbs/42.jpg")
         '/srv/media/thumbs/42.jpg'
         """
-        return self.root / _check_folder(folder) / _file_name(image_id, ext)
-
-    def output_path(self, kind: str, image_id: str | int, ext: str) -> Path:
-        """Where output ``kind`` (a key of :data:`FOLDERS`) of ``image_id`` goes (validated; touches no file).
-
-        >>> Storage("/srv/media").output_path("thumbnail", 42, "jpg").as_posix()
-        '/srv/media/thumbs/42.jpg'
-        """
-        if kind not in FOLDERS:
-            raise PermanentJobError("bad_argument", f"output kind {kind!r} is not one of {sorted(FOLDERS)}",
-                                    argument="kind", value=repr(kind))
-        return self.path(FOLDERS[kind], image_id, ext)
-
-    def locate(self, path: str | os.PathLike[str]) -> Path:
-        """``path`` as an absolute path: as given when absolute, else under the root.
-
-        >>> Storage("/srv/media").locate("thumbs/42.jpg").as_posix()
-        '/srv/media/thumbs/42.jpg'
-        """
-        given = Path(path)
-        return given if given.is_absolute() else self.root / given
+        folder, name = check_key(key)
+        return os.path.join(self.root, folder, name)
 
     def folder(self, folder: str) -> Path:
         """The resolved folder, created if missing; ``unsafe_path`` if it resolves outside the root."""
-        name = _check_folder(folder)
+        name = check_folder(folder)
+        root = Path(self.root)
         try:
             os.makedirs(self.root, exist_ok=True)
             real_root = os.path.realpath(self.root)
@@ -132,22 +81,22 @@ class Storage:
                 pass
             real = os.path.realpath(wanted)
         except OSError as exc:
-            raise _storage_error(exc, self.root / name) from None
+            raise _storage_error(exc, root / name) from None
         if os.path.commonpath([real_root, real]) != real_root:
-            raise PermanentJobError("unsafe_path", f"{self.root / name} resolves to {real}, outside the storage "
-                                    f"root {real_root}; refusing to write there", path=str(self.root / name))
+            raise PermanentJobError("unsafe_path", f"{root / name} resolves to {real}, outside the storage "
+                                    f"root {real_root}; refusing to write there", path=str(root / name))
         if not os.path.isdir(real):
-            raise PermanentJobError("unsafe_path", f"{self.root / name} is not a folder", path=str(self.root / name))
+            raise PermanentJobError("unsafe_path", f"{root / name} is not a folder", path=str(root / name))
         return Path(real)
 
     # -- writing ----------------------------------------------------------------------------------
-    def write(self, folder: str, image_id: str | int, ext: str, data: bytes) -> Path:
-        """Atomically make ``{root}/{folder}/{image_id}.{ext}`` hold ``data``; returns its path.
+    def write(self, key: str, data: bytes) -> str:
+        """Atomically make ``{root}/{key}`` hold ``data``; returns its path.
 
         Rewriting the same bytes gives the same file (same name, same content).
         """
-        name = _file_name(image_id, ext)
-        target = self.root / _check_folder(folder) / name
+        folder, name = check_key(key)
+        target = Path(self.root, folder, name)
         dir_fd = self._open_folder(folder)
         tmp = f".{name}.{secrets.token_hex(6)}{_TMP_SUFFIX}"
         try:
@@ -171,11 +120,11 @@ class Storage:
             if tmp:
                 _unlink_quietly(tmp, dir_fd)
             os.close(dir_fd)
-        return target
+        return str(target)
 
-    def remove(self, folder: str, image_id: str | int, ext: str) -> bool:
+    def remove(self, key: str) -> bool:
         """Delete one output if it exists (a stale variant); True if a file was removed."""
-        name = _file_name(image_id, ext)
+        folder, name = check_key(key)
         dir_fd = self._open_folder(folder)
         try:
             os.unlink(name, dir_fd=dir_fd)
@@ -183,17 +132,58 @@ class Storage:
         except FileNotFoundError:
             return False
         except OSError as exc:
-            raise _storage_error(exc, self.root / folder / name) from None
+            raise _storage_error(exc, Path(self.root, folder, name)) from None
         finally:
             os.close(dir_fd)
 
-    def sweep(self, older_than: float | None = None) -> list[Path]:
+    def read(self, key: str) -> bytes:
+        """The bytes of ``{root}/{key}`` (opened relative to its folder, without following links)."""
+        folder, name = check_key(key)
+        path = Path(self.root, folder, name)
+        try:
+            dir_fd = os.open(Path(self.root, folder), _DIR_FLAGS)
+        except OSError as exc:
+            raise _read_error(exc, path) from None
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            with os.fdopen(fd, "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise _read_error(exc, path) from None
+        finally:
+            os.close(dir_fd)
+
+    def list(self, prefix: str = "") -> Iterator[list[Entry]]:
+        """Every file under the root whose relative path starts with ``prefix`` (sorted), 1,000 at a time;
+        hidden files (temporary ones included) are left out."""
+        batch: list[Entry] = []
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            rel_dir = os.path.relpath(dirpath, self.root)
+            for name in sorted(filenames):
+                if name.startswith("."):
+                    continue
+                key = name if rel_dir == "." else f"{rel_dir}/{name}".replace(os.sep, "/")
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    size = os.stat(os.path.join(dirpath, name)).st_size
+                except OSError:
+                    continue
+                batch.append(Entry(key, size))
+                if len(batch) >= 1000:
+                    yield batch
+                    batch = []
+        if batch:
+            yield batch
+
+    def sweep(self, min_age: float | None = None) -> list[str]:
         """Remove temporary files left by dead writers in every folder of the root; returns them.
 
-        A file is removed when it is older than ``older_than`` seconds (default ``stale_after``) and
+        A file is removed when it is older than ``min_age`` seconds (default ``stale_after``) and
         no live writer holds its lock (see :func:`sweep_abandoned`).
         """
-        return sweep_abandoned(self.root, min_age=self.stale_after if older_than is None else older_than)
+        return [str(p) for p in sweep_abandoned(self.root, min_age=self.stale_after if min_age is None else min_age)]
 
     # -- internals --------------------------------------------------------------------------------
     def _open_folder(self, folder: str) -> int:
@@ -202,21 +192,6 @@ class Storage:
             return os.open(real, _DIR_FLAGS)
         except OSError as exc:
             raise _storage_error(exc, real) from None
-
-
-def _check_folder(folder: Any) -> str:
-    if not isinstance(folder, str) or not _FOLDER_PATTERN.fullmatch(folder):
-        raise PermanentJobError("bad_argument", f"storage folder {folder!r} must be a simple lowercase name",
-                                argument="folder", value=repr(folder))
-    return folder
-
-
-def _file_name(image_id: str | int, ext: str) -> str:
-    stem = validate_image_id(image_id)
-    if not isinstance(ext, str) or not _EXT_PATTERN.fullmatch(ext):
-        raise PermanentJobError("bad_argument", f"file extension {ext!r} must be 1 to 8 lowercase letters or digits",
-                                argument="ext", value=repr(ext))
-    return f"{stem}.{ext}"
 
 
 def _is_temp(name: str) -> bool:
@@ -254,7 +229,7 @@ def sweep_abandoned(root: str | os.PathLike[str], *, min_age: float = 2.0,
     limit = time.time() - min_age
     subs = [base / f for f in folders] if folders is not None else sorted(base.iterdir())
     for sub in subs:
-        if not _FOLDER_PATTERN.fullmatch(sub.name) or sub.is_symlink() or not sub.is_dir():
+        if not FOLDER_PATTERN.fullmatch(sub.name) or sub.is_symlink() or not sub.is_dir():
             continue
         try:
             dir_fd = os.open(sub, _DIR_FLAGS)
@@ -298,6 +273,18 @@ def _unlink_quietly(name: str, dir_fd: int | None) -> None:
         os.unlink(name, dir_fd=dir_fd)
     except OSError:
         pass
+
+
+def _read_error(exc: OSError, path: Path) -> Exception:
+    where = str(path)
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        return PermanentJobError("missing_file", f"no such file: {where}", path=where)
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return PermanentJobError("storage_denied", f"cannot read {where}: permission denied", path=where,
+                                 errno=exc.errno)
+    if exc.errno == errno.ELOOP:
+        return PermanentJobError("unsafe_path", f"cannot read {where}: it is a symbolic link", path=where)
+    return TransientJobError("storage_io_error", f"reading {where} failed: {exc}", path=where, errno=exc.errno)
 
 
 def _storage_error(exc: OSError, path: Path) -> Exception:
