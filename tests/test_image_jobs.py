@@ -16,8 +16,8 @@ import mediaq
 from mediaq.errors import PermanentJobError
 from mediaq.jobs.images import create_image_set, create_thumbnail, create_variant, render_task, store_outputs
 from mediaq.pure.imaging import OutputSpec
-from mediaq.runtime.storage import local as storage_module
 from mediaq.runtime.settings import Settings
+from mediaq.runtime.storage import local as storage_module
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 KEYS = {"image_id", "variant", "path", "key", "width", "height", "bytes", "format", "skipped", "reason",

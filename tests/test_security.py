@@ -83,7 +83,7 @@ async def test_hostile_ids_and_arguments_never_write_outside_the_root(settings, 
         df = await b.results()
         assert set(df["error_code"]) == {"bad_argument"}, df[["error_code", "error_message"]]
     assert snapshot(tmp_path, (Path(settings.storage), settings.state_dir)) == before
-    assert not Path(Path(settings.storage)).exists() or not any(p.is_file() for p in Path(Path(settings.storage)).rglob("*"))
+    assert not Path(settings.storage).exists() or not any(p.is_file() for p in Path(settings.storage).rglob("*"))
 
 
 async def test_symlinks_cannot_redirect_outputs(settings, client, start_worker, photo, tmp_path):
@@ -91,7 +91,7 @@ async def test_symlinks_cannot_redirect_outputs(settings, client, start_worker, 
     outside.mkdir()
     victim = outside / "victim.jpg"
     victim.write_bytes(b"precious")
-    root = Path(Path(settings.storage))
+    root = Path(settings.storage)
     root.mkdir(parents=True)
     (root / "thumbs").symlink_to(outside)  # a folder pointing out of the root
     (root / "medium").symlink_to(Path("..") / ".." / "outside")  # the same, relative
