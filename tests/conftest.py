@@ -104,3 +104,24 @@ def start_worker(settings: Settings) -> Iterator[Callable[..., mediaq.LocalWorke
     yield start
     for worker in started:
         worker.stop(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[Any]:
+    """A real S3 API (moto's server) on loopback for this test session."""
+    from s3server import S3Server
+
+    server = S3Server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
+    """The session's S3 server, with the standard ``AWS_*`` variables set for this process and the
+    workers it starts (and no AWS config of the machine's in reach)."""
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    return s3_server

@@ -69,15 +69,28 @@ def split_url(url: str) -> tuple[str, str]:
     return f"{scheme}://{parts.netloc}", path
 
 
-@functools.lru_cache(maxsize=64)
+_CREDENTIAL_PREFIXES = ("AWS_", "GOOGLE_", "AZURE_")
+
+
 def _client(root: str) -> Any:
-    """One obstore client per store root and process (pool processes make their own)."""
+    """One obstore client per store root, process and credentials environment (pool processes make their own)."""
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_CREDENTIAL_PREFIXES)))
+    return _cached_client(root, env, os.environ.get("HOME", ""))
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_client(root: str, env: tuple[tuple[str, str], ...], home: str) -> Any:
     import obstore.store
 
     if root == "memory:///":
         return _memory_store()
+    options: dict[str, Any] = {"timeout": _TIMEOUT, "connect_timeout": _CONNECT_TIMEOUT}
+    values = dict(env)
+    endpoint = values.get("AWS_ENDPOINT_URL_S3") or values.get("AWS_ENDPOINT_URL") or ""
+    if endpoint.startswith("http://") or values.get("AWS_ALLOW_HTTP", "").lower() in ("1", "true", "yes"):
+        options["allow_http"] = True  # an S3-compatible server on plain HTTP (explicit options drop the env's)
     kwargs: dict[str, Any] = {
-        "client_options": {"timeout": _TIMEOUT, "connect_timeout": _CONNECT_TIMEOUT},
+        "client_options": options,
         "retry_config": {"max_retries": _RETRIES, "retry_timeout": _RETRY_TIMEOUT},
     }
     if root.startswith(("s3://", "s3a://")):
@@ -167,7 +180,7 @@ class ObjectStore(Store):
         where = self.location(key)
         try:
             obstore.head(self._client, self._path(key))
-        except NotFoundError:
+        except (NotFoundError, FileNotFoundError):  # obstore raises the builtin for a 404
             return False
         except Exception as exc:
             raise object_error(exc, "remove", where) from None
