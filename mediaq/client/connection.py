@@ -262,6 +262,8 @@ async def connect(url: str | None = None, *, settings: Settings | None = None, v
     except Exception as exc:
         await redis.aclose(close_connection_pool=True)
         await cache.aclose(close_connection_pool=True)
-        raise RedisUnavailable(f"cannot use Redis at {redact_url(server_url)}: {exc}. Check MEDIAQ_REDIS_URL, "
+        hint = (" The TLS handshake failed: check the URL's ssl_ca_certs (and ssl_certfile/ssl_keyfile if the "
+                "server asks for a client certificate)." if "SSL" in str(exc) or "certificate" in str(exc) else "")
+        raise RedisUnavailable(f"cannot use Redis at {redact_url(server_url)}: {exc}.{hint} Check MEDIAQ_REDIS_URL, "
                                "or run `mediaq doctor`.") from None
     return Client(settings, server_url, redis, cache, views)

@@ -1,23 +1,37 @@
 """Connections to Redis, made one way everywhere: URLs with a database, timeouts so nothing hangs,
 and retries that ride out a restart of the server.
 
-* :func:`with_db`, :func:`ping`;
+* :func:`with_db`, :func:`ping`, :func:`tls_options`;
 * :func:`redis_retry` and :func:`retrying_pool`: the retry policy and a pool whose connecting is retried too;
 * :func:`client_pool`: the pool of a notebook's client; :func:`redis_settings_for`: arq's
   ``RedisSettings`` for a worker.
+
+TLS: a ``rediss://`` URL, with redis-py's query parameters for the certificates, the same for the
+notebook, the workers, the CLI and the dashboard::
+
+    rediss://:PASSWORD@10.0.0.2:6380/?ssl_ca_certs=/etc/mediaq/ca.pem
+    rediss://:PASSWORD@redis.lan:6380/?ssl_ca_certs=ca.pem&ssl_certfile=client.pem&ssl_keyfile=client.key
+
+``ssl_cert_reqs`` (``required``, the default, or ``none``) and ``ssl_check_hostname`` (``true``/``false``)
+are read too.
 """
 
 from __future__ import annotations
 
 import contextvars
 import functools
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
-from mediaq.errors import RedisUnavailable
+from mediaq.errors import ConfigError, RedisUnavailable
 from mediaq.runtime.settings import Settings, redact_url
 
-__all__ = ["client_pool", "ping", "redis_retry", "redis_settings_for", "retrying_pool", "with_db", "worker_retry"]
+__all__ = ["client_pool", "ping", "redis_retry", "redis_settings_for", "retrying_pool", "tls_options", "with_db",
+           "worker_retry"]
+
+#: TLS parameters of a ``rediss://`` URL's query, as redis-py and arq's ``RedisSettings`` name them
+TLS_PARAMETERS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "ssl_check_hostname")
 
 
 def with_db(url: str, db: int, *, keep_explicit: bool = True) -> str:
@@ -28,10 +42,35 @@ def with_db(url: str, db: int, *, keep_explicit: bool = True) -> str:
     return parts._replace(path=f"/{db}").geturl()
 
 
+def tls_options(url: str) -> dict[str, Any]:
+    """The TLS settings of ``url`` (empty for ``redis://``); a certificate file that is not there is a
+    :class:`~mediaq.errors.ConfigError` now rather than a handshake failure later.
+
+    >>> tls_options("rediss://:pw@h:6380/1?ssl_ca_certs=/dev/null&ssl_check_hostname=true")
+    {'ssl': True, 'ssl_ca_certs': '/dev/null', 'ssl_check_hostname': True}
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "rediss":
+        return {}
+    out: dict[str, Any] = {"ssl": True}
+    for name, values in parse_qs(parts.query).items():
+        if name not in TLS_PARAMETERS:
+            continue
+        value: Any = values[-1]
+        if name == "ssl_check_hostname":
+            value = value.lower() in ("1", "true", "yes")
+        elif name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile") and not Path(value).is_file():
+            raise ConfigError(f"{name}={value!r} in the Redis URL is not a file (give the path of the PEM file "
+                              "on this machine)")
+        out[name] = value
+    return out
+
+
 def ping(url: str, timeout: float = 2.0) -> None:
     """PING ``url`` synchronously; :class:`RedisUnavailable` with a clear reason if it fails."""
     import redis
 
+    tls_options(url)  # a missing certificate file says so
     client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
     try:
         client.ping()
@@ -43,6 +82,10 @@ def ping(url: str, timeout: float = 2.0) -> None:
             raise RedisUnavailable(f"Redis at {redact_url(url)} needs a password ({exc})") from None
         raise RedisUnavailable(f"Redis at {redact_url(url)} answered with an error: {exc}") from None
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        if "SSL" in str(exc) or "certificate" in str(exc):
+            raise RedisUnavailable(f"TLS with Redis at {redact_url(url)} failed ({exc}); check the URL's "
+                                   "ssl_ca_certs (the CA that signed the server's certificate) and, if the "
+                                   "server asks for one, ssl_certfile/ssl_keyfile") from None
         raise RedisUnavailable(f"cannot reach Redis at {redact_url(url)} within {timeout:g} s ({exc}). "
                                "Is the server running? `mediaq redis status` tells for the embedded one; "
                                "for another server check MEDIAQ_REDIS_URL.") from None
@@ -132,6 +175,7 @@ def client_pool(url: str, timeout: float) -> Any:
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
+    tls_options(url)  # a missing certificate file says so now
     return retrying_pool(  # a ConnectionPool that also retries taking (reconnecting) a connection
         url, socket_connect_timeout=timeout, socket_timeout=max(30.0, timeout), health_check_interval=30,
         retry=redis_retry(8),  # also retries a refused reconnect; retries do not nest
@@ -146,6 +190,8 @@ def redis_settings_for(settings: Settings, url: str) -> Any:
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
     rs = RedisSettings.from_dsn(with_db(url, settings.queue_db))
+    for name, value in tls_options(url).items():  # arq's from_dsn reads the scheme, not the certificates
+        setattr(rs, name, value)
     rs.conn_timeout = int(max(1, settings.connect_timeout))
     rs.conn_retries = 5
     rs.conn_retry_delay = 1
