@@ -65,7 +65,7 @@ def test_status_and_doctor_over_tls(tls_settings, start_worker, tmp_path):
 async def test_tls_mistakes_get_clear_errors(tls, settings):
     with pytest.raises(RedisUnavailable, match="TLS handshake failed"):
         await mediaq.connect(settings=settings.replace(redis_url=tls.url(ca="other_ca"), connect_timeout=2))
-    with pytest.raises(ConfigError, match="ssl_ca_certs=.*not a file"):
+    with pytest.raises(ConfigError, match=r"ssl_ca_certs=.*not a file"):
         await mediaq.connect(settings=settings.replace(redis_url=tls.url().replace("ca.pem", "gone.pem")))
     plain = tls.url().replace("rediss://", "redis://")
     with pytest.raises(RedisUnavailable):
