@@ -51,3 +51,25 @@ def test_doctor_with_unreachable_redis_says_what_to_do(env, unused_tcp_port):
     out = mediaq("doctor", env=env)
     assert out.returncode == 1
     assert "FAIL" in out.stdout and "MEDIAQ_REDIS_URL" in out.stdout
+
+
+def test_redis_start_bind_listens_beyond_loopback_with_its_password_and_warns(env):
+    """127.0.0.5 is another address of this machine (all of 127/8 is loopback on Linux)."""
+    import redis
+
+    out = mediaq("redis", "start", "--bind", "127.0.0.5", env=env)
+    assert out.returncode == 0, out.stderr
+    line = next(x for x in out.stdout.splitlines() if x.startswith("other machines: MEDIAQ_REDIS_URL="))
+    url = line.split("=", 1)[1]
+    assert "@127.0.0.5:" in url
+    assert "WITHOUT encryption" in out.stderr and "TLS" in out.stderr
+    port = int(url.rsplit(":", 1)[1])
+    assert redis.Redis.from_url(url).ping()
+    with pytest.raises(redis.AuthenticationError):  # never without its password
+        redis.Redis(host="127.0.0.5", port=port).ping()
+    # a later plain start (a notebook's connect) keeps it listening there
+    assert "other machines" in mediaq("redis", "start", env=env).stdout
+    assert json.loads(mediaq("redis", "status", env=env).stdout)["bind"] == "127.0.0.5"
+    out = mediaq("redis", "start", "--bind", "10.255.255.254", env=env)
+    assert out.returncode != 0 and "not an address of this machine" in out.stderr
+    assert json.loads(mediaq("redis", "status", env=env).stdout)["running"]  # refused before stopping anything

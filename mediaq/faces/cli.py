@@ -66,20 +66,29 @@ def redis() -> None:
     """The embedded Redis server: start, stop, status, url."""
 
 
-def _server(ctx: click.Context) -> EmbeddedServer:
-
+def _server(ctx: click.Context, bind: str | None = None) -> EmbeddedServer:
     s = _settings(ctx)
-    return EmbeddedServer(s.state_dir, s.redis_server)
+    return EmbeddedServer(s.state_dir, s.redis_server, bind or s.redis_bind)
 
 
 @redis.command("start")
+@click.option("--bind", metavar="ADDRESS", default=None,
+              help="Also listen on this address of this machine, for workers on a trusted LAN (with the "
+                   "password; NOT encrypted). Setting: MEDIAQ_REDIS_BIND.")
 @click.pass_context
-def redis_start(ctx: click.Context) -> None:
+def redis_start(ctx: click.Context, bind: str | None) -> None:
     """Start the embedded server (or reuse the running one)."""
-    server = _server(ctx)
+    server = _server(ctx, bind)
     server.ensure_running()
     st = server.status()
     click.echo(f"embedded Redis running: {st['url']} (pid {st['pid']}, data in {st['folder']})")
+    others = server.url_for_others()
+    if others:
+        click.echo(f"other machines: MEDIAQ_REDIS_URL={others}")
+        click.secho(f"WARNING: Redis now listens on {st['bind']}:{st['port']} WITHOUT encryption (the embedded "
+                    "server has no TLS): anyone on that network can read the jobs, their results and the "
+                    "password. Use it on a trusted LAN only; elsewhere run a Redis with TLS "
+                    "(README, 'Workers on many machines').", err=True, fg="red", bold=True)
 
 
 @redis.command("stop")

@@ -17,6 +17,7 @@ True
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -61,18 +62,26 @@ def find_server_binary(explicit: str | None = None) -> str:
     raise ServerError(f"no Redis server binary found for the embedded server; {_INSTALL_HINT}")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+def _free_port(also: str | None = None) -> int:
+    for _ in range(20):
+        with socket.socket() as s:
+            s.bind((HOST, 0))
+            port = s.getsockname()[1]
+        if also is None or _port_free(port, also):
+            return port
+    raise ServerError(f"no port free on both {HOST} and {also}")
 
 
-def _port_free(port: int) -> bool:
+def _port_free(port: int, host: str | None = HOST) -> bool:
+    if host is None:
+        return True
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind((HOST, port))
-        except OSError:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise ServerError(f"cannot listen on {host}: it is not an address of this machine") from None
             return False
         return True
 
@@ -85,9 +94,12 @@ class EmbeddedServer:
     processes, so two notebooks starting at once share one server.
     """
 
-    def __init__(self, state_dir: str | os.PathLike[str], binary: str | None = None) -> None:
+    def __init__(self, state_dir: str | os.PathLike[str], binary: str | None = None, bind: str | None = None) -> None:
         self.folder = Path(state_dir).expanduser().absolute() / "redis"
         self._binary = binary
+        #: an address to listen on beside loopback (``None``: keep what the server runs with, loopback
+        #: when it starts for the first time). Never without the password; the traffic is not encrypted.
+        self.bind = bind
 
     def __repr__(self) -> str:
         info = self._read_state()
@@ -139,6 +151,14 @@ class EmbeddedServer:
         info = self._read_state()
         return self._url(info) if info else None
 
+    def url_for_others(self) -> str | None:
+        """The URL other machines use (``redis://:password@ADDRESS:port``) when the server listens beyond
+        loopback (``bind``), else ``None``."""
+        info = self._read_state()
+        if not info or not info.get("bind"):
+            return None
+        return f"redis://:{info['password']}@{info['bind']}:{info['port']}"
+
     def _pid_alive(self, info: dict[str, Any]) -> bool:
         import psutil
 
@@ -169,6 +189,7 @@ class EmbeddedServer:
             "pid": info.get("pid") if running else None,
             "port": info.get("port"),
             "url": redact_url(self._url(info)) if info else None,
+            "bind": info.get("bind"),
             "folder": str(self.folder),
             "binary": info.get("binary"),
         }
@@ -180,20 +201,30 @@ class EmbeddedServer:
         A dead server (killed, machine rebooted) is started again with the same port and password
         and reloads its AOF data; if something else now holds the port, a new port is chosen.
         """
+        if self.bind not in (None, "", HOST):
+            _port_free(0, self.bind)  # an address of this machine? (ServerError before anything is stopped)
         info = self._read_state()
-        if info and self._pid_alive(info) and self._answers(info):
+        if info and self._bound_as_asked(info) and self._pid_alive(info) and self._answers(info):
             return self._url(info)
         with self._lock():
             info = self._read_state()
             if info and self._pid_alive(info) and self._answers(info, timeout=2.0):
-                return self._url(info)  # another process started it while we waited
+                if self._bound_as_asked(info):
+                    return self._url(info)  # another process started it while we waited
+                self._kill(info["pid"])  # asked to listen elsewhere: restart it there (same port, password, data)
             return self._start(info, timeout)
+
+    def _bound_as_asked(self, info: dict[str, Any]) -> bool:
+        wanted = None if self.bind in (None, "", HOST) else self.bind
+        return self.bind is None or info.get("bind") == wanted
 
     def _start(self, previous: dict[str, Any] | None, timeout: float) -> str:
         binary = find_server_binary(self._binary)
         if previous and self._pid_alive(previous):  # alive but not answering: hung, replace it
             self._kill(previous["pid"])
-        port = previous["port"] if previous and _port_free(previous["port"]) else _free_port()
+        bind = (previous or {}).get("bind") if self.bind is None else (None if self.bind in ("", HOST) else self.bind)
+        port = previous["port"] if previous and _port_free(previous["port"]) and _port_free(previous["port"], bind) \
+            else _free_port(bind)
         password = previous["password"] if previous else secrets.token_urlsafe(24)
         data_dir = self.folder / "data"
         data_dir.mkdir(exist_ok=True, mode=0o700)
@@ -209,7 +240,8 @@ class EmbeddedServer:
         fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write("\n".join([
-                f"bind {HOST}", f"port {port}", "protected-mode yes", f'requirepass "{password}"',
+                f"bind {HOST}" + (f" {bind}" if bind else ""), f"port {port}", "protected-mode yes",
+                f'requirepass "{password}"',
                 f'dir "{data_dir}"', "appendonly yes", "appendfsync everysec", 'save ""',
                 # the server detaches itself (double fork): it is never our child, so it outlives us
                 # and never lingers as our zombie; it says where it went in the pid file
@@ -237,7 +269,7 @@ class EmbeddedServer:
             if info is None:
                 with contextlib.suppress(OSError, ValueError, psutil.Error):
                     pid = int(pidfile.read_text())
-                    info = {"pid": pid, "port": port, "password": password, "binary": binary,
+                    info = {"pid": pid, "port": port, "password": password, "binary": binary, "bind": bind,
                             "created": psutil.Process(pid).create_time(), "started": time.time()}
             if info is not None:
                 if not self._pid_alive(info):
@@ -293,7 +325,7 @@ def resolve_redis_url(settings: Settings | None = None, *, start: bool = True) -
             raise ConfigError(f"MEDIAQ_REDIS_URL={redact_url(settings.redis_url)!r}: expected a "
                               "redis://[:password@]host:port URL")
         return settings.redis_url
-    server = EmbeddedServer(settings.state_dir, settings.redis_server)
+    server = EmbeddedServer(settings.state_dir, settings.redis_server, settings.redis_bind)
     if start:
         return server.ensure_running()
     url = server.url()

@@ -45,6 +45,10 @@ class Settings:
     state_dir: Path = field(default_factory=_default_state_dir)
     #: Path to a ``valkey-server`` / ``redis-server`` binary for the embedded server (default: found).
     redis_server: str | None = None
+    #: An address the embedded server also listens on, for workers on other machines of a trusted LAN
+    #: (``None``: loopback only). Always with its password; the traffic is NOT encrypted (no TLS in the
+    #: embedded binary): on other networks run a Redis with TLS (README, "Workers on many machines").
+    redis_bind: str | None = None
     #: Seconds to wait when connecting to Redis before giving up with a clear error.
     connect_timeout: float = 3.0
 

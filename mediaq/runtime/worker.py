@@ -172,7 +172,7 @@ async def _job_end(ctx: dict[str, Any]) -> None:
 async def _watch_embedded(settings: Settings, interval: float = 1.0) -> None:
     from mediaq.runtime.server import EmbeddedServer
 
-    server = EmbeddedServer(settings.state_dir, settings.redis_server)
+    server = EmbeddedServer(settings.state_dir, settings.redis_server, settings.redis_bind)
     while True:
         await asyncio.sleep(interval)
         try:
