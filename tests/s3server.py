@@ -56,8 +56,7 @@ class S3Server:
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                          start_new_session=True)
-        if netns is None:
-            self.wait_ready()
+        self.wait_ready()
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         def listening() -> bool:
