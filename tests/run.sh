@@ -6,12 +6,14 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 # Debian packages the tests drive for real: chromium (the JupyterLab browser test; playwright cannot
 # download its own browser here), postgresql and mariadb-server (the ratings store on other databases),
-# redis-server (Redis 7 with TLS: the rediss:// and multi-host tests; the embedded Valkey has no TLS).
+# redis-server (Redis 7 with TLS: the rediss:// and multi-host tests; the embedded Valkey has no TLS),
+# docker-compose (validates deploy/compose.yaml; no container engine runs here).
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v mariadb-install-db >/dev/null 2>&1 || missing+=(mariadb-server)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing ${missing[*]} for the tests (apt-get)..."

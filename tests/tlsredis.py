@@ -1,11 +1,9 @@
 """A real Redis with TLS for the tests: Debian's ``redis-server`` 7.0 (built with TLS), a throwaway CA
-made by the test, a server certificate for the addresses it listens on, and a client certificate.
-(The embedded Valkey from the wheel has no TLS.)"""
+made by the README's recipe (``deploy/tls-certs.sh``), a server certificate for the addresses it
+listens on, and a client certificate. (The embedded Valkey from the wheel has no TLS.)"""
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import os
 import secrets
 import shutil
@@ -19,63 +17,14 @@ __all__ = ["TlsRedis", "make_certificates"]
 
 
 def make_certificates(folder: Path, addresses: list[str]) -> dict[str, Path]:
-    """A CA, a server certificate valid for ``addresses`` (IPs or names), a client certificate, and a
-    second CA that signed nothing of these (for "wrong CA" tests). Returns their PEM paths."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    folder.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.UTC)
-
-    def name(cn: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-    def save(path: Path, key: ec.EllipticCurvePrivateKey | None, cert: x509.Certificate) -> None:
-        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        if key is not None:
-            path.with_suffix(".key").write_bytes(key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-            os.chmod(path.with_suffix(".key"), 0o600)
-
-    def ca(cn: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(name(cn)).public_key(key.public_key())
-                .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(hours=1))
-                .not_valid_after(now + dt.timedelta(days=2))
-                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-                .sign(key, hashes.SHA256()))
-        return key, cert
-
-    def leaf(cn: str, issuer: tuple[ec.EllipticCurvePrivateKey, x509.Certificate],
-             sans: list[x509.GeneralName]) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        builder = (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(issuer[1].subject)
-                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=2)))
-        if sans:
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        return key, builder.sign(issuer[0], hashes.SHA256())
-
-    def san(address: str) -> x509.GeneralName:
-        try:
-            return x509.IPAddress(ipaddress.ip_address(address))
-        except ValueError:
-            return x509.DNSName(address)
-
-    authority = ca("mediaq test CA")
-    server = leaf("redis", authority, [san(a) for a in addresses])
-    client = leaf("mediaq worker", authority, [])
-    other = ca("some other CA")
-    paths = {"ca": folder / "ca.pem", "server": folder / "server.pem", "client": folder / "client.pem",
-             "other_ca": folder / "other-ca.pem"}
-    save(paths["ca"], None, authority[1])
-    save(paths["server"], server[0], server[1])
-    save(paths["client"], client[0], client[1])
-    save(paths["other_ca"], None, other[1])
-    paths["server_key"], paths["client_key"] = paths["server"].with_suffix(".key"), paths["client"].with_suffix(".key")
-    return paths
+    """A CA, a server certificate valid for ``addresses``, a client certificate (made by the README's
+    recipe, ``deploy/tls-certs.sh``), and a second CA that signed none of them (for "wrong CA" tests)."""
+    script = Path(__file__).resolve().parent.parent / "deploy" / "tls-certs.sh"
+    subprocess.run([str(script), str(folder), *addresses], check=True, capture_output=True, timeout=60)
+    subprocess.run([str(script), str(folder / "other"), "other"], check=True, capture_output=True, timeout=60)
+    return {"ca": folder / "ca.pem", "server": folder / "redis.pem", "server_key": folder / "redis.key",
+            "client": folder / "client.pem", "client_key": folder / "client.key",
+            "other_ca": folder / "other" / "ca.pem"}
 
 
 class TlsRedis:
