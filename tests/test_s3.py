@@ -247,3 +247,39 @@ def test_credentials_from_an_aws_profile_file(s3_auth, monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(other))
     with pytest.raises(PermanentJobError, match="storage_denied"):
         read_source(f"s3://{s3_auth.bucket}/a.jpg")
+
+
+def test_throttling_and_server_errors_are_transient(s3, monkeypatch):
+    """An endpoint that answers every request as S3 does when it throttles (503 SlowDown): obstore
+    retries, then the job error is transient (the job's own retries come next)."""
+    import http.server
+    import threading
+
+    calls = []
+
+    class SlowDown(http.server.BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            calls.append(self.command)
+            body = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+            self.send_response(503)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_PUT = do_HEAD = _answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowDown)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{server.server_address[1]}")
+        with pytest.raises(TransientJobError) as info:
+            read_source("s3://throttled/a.jpg")
+        assert info.value.code == "storage_io_error" and "503" in info.value.message
+        with pytest.raises(TransientJobError):
+            open_store("s3://throttled/media").write("thumbs/a.jpg", b"x")
+        assert len(calls) >= 2 * 4  # each request tried 1 + 3 times before giving up
+    finally:
+        server.shutdown()
