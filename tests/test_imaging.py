@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import struct
 import subprocess
 import sys
 import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import png_header
 from PIL import Image, ImageCms, features
 
 from mediaq.errors import PermanentJobError, TransientJobError
@@ -394,16 +393,6 @@ def code_of(data: bytes, **kw) -> str:
         imaging.thumbnail(data, **kw)
     assert info.value.message  # a readable sentence, not just a code
     return info.value.code
-
-
-def png_header(width: int, height: int) -> bytes:
-    """A small PNG file claiming ``width`` x ``height`` greyscale pixels (with almost no pixel data)."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + \
-        chunk(b"IEND", b"")
 
 
 def test_zero_byte_file():
