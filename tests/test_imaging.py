@@ -472,6 +472,19 @@ def test_read_errors(tmp_path, monkeypatch):
     assert info.value.code == "bad_argument"
 
 
+@pytest.mark.parametrize("path", ["/proc/self/status", "/proc/self/mem", "/proc/self/cmdline"])
+def test_kernel_files_are_unreadable_at_once(path):
+    """/proc files say they hold 0 bytes, cannot seek to their end, or fail to read: no retry can help."""
+    def probe(p: str) -> None:
+        with imaging.open_source(p) as f:
+            imaging.probe(f, name=p)
+
+    for read in (imaging.read_source, probe):
+        with pytest.raises(PermanentJobError) as info:
+            read(path)
+        assert info.value.code == "unreadable" and path in info.value.message
+
+
 def test_read_error_kinds_by_errno(tmp_path, monkeypatch):
     """Tests run as root, which reads anything: the permission and I/O cases are injected at os.open."""
     import errno
