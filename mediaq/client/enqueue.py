@@ -127,7 +127,8 @@ class BulkEnqueue:
     """One ``enqueue_many`` call (see the module doc). ``await BulkEnqueue(...).run()`` returns the batch."""
 
     def __init__(self, client: QueueClient, function: str, items: Iterable[Any], options: EnqueueOptions, *,
-                 batch: str | None = None, chunk_size: int = 1000, progress: ProgressView | None = None) -> None:
+                 batch: str | None = None, chunk_size: int = 1000, progress: ProgressView | None = None,
+                 force: bool = False) -> None:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise ConfigError(f"chunk_size={chunk_size!r} must be an integer >= 1")
         self.client = client
@@ -141,7 +142,7 @@ class BulkEnqueue:
         self.written = 0  # jobs in chunks the server confirmed
         self.chunks = 0
         self._entries = self.entries(items)
-        self._sender = ChunkSender(client.redis, client.settings.queue_name, self.batch.ids_key)
+        self._sender = ChunkSender(client.redis, client.settings.queue_name, self.batch.ids_key, force=force)
 
     # -- steps --------------------------------------------------------------------------------------
     def entries(self, items: Iterable[Any]) -> Iterator[Entry]:
