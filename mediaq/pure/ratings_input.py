@@ -57,8 +57,9 @@ def validate_ratings(frame: pd.DataFrame, *, columns: Mapping[str, str] | None =
     image_id = raw["image_id"].map(_id_text).astype(object)
     _reject(raw, image_id.isna(), "image_id must be text or an integer (not missing, a float or a bool: read a "
             "CSV with dtype=str, or use RatingsStore.load_csv, to keep ids exactly as written)", lines)
-    bad_text = image_id.map(lambda v: not 0 < len(v) <= 255 or bool(_CONTROL.search(v)))
-    _reject(raw, bad_text.astype(bool), "image_id must be 1 to 255 characters without control characters", lines)
+    text = image_id.astype(str)
+    bad_text = ~text.str.len().between(1, 255) | text.str.contains(_CONTROL)
+    _reject(raw, bad_text, "image_id must be 1 to 255 characters without control characters", lines)
     user = _numbers(raw["user_id"])
     bad_user = user.isna() | (user != np.floor(user)) | (user.abs() >= 2**63)
     _reject(raw, bad_user, "user_id must be an integer", lines)
@@ -77,8 +78,11 @@ def validate_ratings(frame: pd.DataFrame, *, columns: Mapping[str, str] | None =
 
 def _numbers(column: pd.Series) -> pd.Series:
     """Numbers as float64; bools and anything that is no number become NaN (so they are refused)."""
-    values = column.astype(object).map(lambda v: np.nan if isinstance(v, (bool, np.bool_)) else v)
-    return pd.to_numeric(values, errors="coerce").astype("float64")
+    if pd.api.types.is_bool_dtype(column):
+        return pd.Series(np.nan, index=column.index)
+    if column.dtype == object:
+        column = column.map(lambda v: np.nan if isinstance(v, (bool, np.bool_)) else v)
+    return pd.to_numeric(column, errors="coerce").astype("float64")
 
 
 def _reject(raw: pd.DataFrame, bad: pd.Series, reason: str, lines: bool, show: int = 10) -> None:
