@@ -134,7 +134,7 @@ async def test_worker_server_backend_and_transient_outage(client, settings, star
         assert (await client.job(job_id).result_info()).job_try >= 2  # it was retried
         server.requests.clear()
         # a server-side refusal (HTTP 500 JSON) is permanent, with the server's words
-        server.fail_next.append(("imgdb::image_error", "Could not read image.", 500))
+        server.fail_next.append(("iqdb::image_error", "Could not read image.", 500))
         with pytest.raises(mediaq.JobError) as info:
             await client.result(await client.enqueue_job("add_to_iqdb", 7, "thumbs/5.jpg"), timeout=60)
         assert info.value.code == "iqdb_rejected" and "Could not read image." in info.value.message
