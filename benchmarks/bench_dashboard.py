@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
+import sys
 import time
 
 import mediaq
@@ -110,7 +111,7 @@ async def _bench(ctx: BenchContext) -> list[dict]:
                             baseline_name=f"same, {label[small]} queued (target ratio >= 0.5)"))
         rows.append(row(f"batch dashboard refresh vs exact batch.status(), {label[mid]} queued", mid_ms,
                         status_ms, "ms", higher_is_better=False, baseline_name="batch.status() (per-job states)"))
-        print(f"# queues filled with pipelined ZADD of ids at {fill_rate:,.0f} ids/s", flush=True)
+        print(f"# queues filled with pipelined ZADD of ids at {fill_rate:,.0f} ids/s", file=sys.stderr, flush=True)
         for dash_pair in dashes.values():
             for d in dash_pair:
                 await d.aclose()

@@ -19,6 +19,7 @@ import asyncio
 import importlib.util
 import multiprocessing
 import os
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -295,7 +296,7 @@ def run(ctx: BenchContext) -> list[dict]:
         rows.append(row(f"thumbnail PSNR, mediaq vs {m}", mediaq_db, psnr[m], "dB", baseline_name=m))
     if "pyvips thumbnail" not in methods:
         print("# bench_images: pyvips rows left out (pyvips or libvips not importable; "
-              "`pip install pyvips pyvips-binary` adds them)")
+              "`pip install pyvips pyvips-binary` adds them)", file=sys.stderr)
 
     sets = asyncio.run(_set_part(ctx, paths, 1 if ctx.quick else 3))
     rows.append(row("thumbnail+medium+large per image, 1 pool process: one-decode job vs 3 separate jobs",

@@ -6,19 +6,24 @@
     python -m benchmarks --json          # rows as a JSON list: metric, mediaq, baseline, ratio, unit
 
 Columns: metric, mediaq, baseline, ratio (above 1 means mediaq is better), unit, baseline name.
+Progress and notes go to stderr; with ``--json`` stdout carries the JSON alone (whatever a benchmark,
+or a process it starts, writes to stdout goes to stderr).
 Not run by CI: timings belong here, never in tests.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
+import os
 import pkgutil
 import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 from benchmarks._harness import BenchContext
@@ -44,6 +49,22 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send stdout to stderr for the duration, at the file-descriptor level too, so that child
+    processes and C code cannot write to the real stdout either."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -54,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     names = args.only or discover()
     rows: list[dict] = []
     failed = False
-    with tempfile.TemporaryDirectory(prefix="mediaq-bench-") as tmp:
+    quiet = stdout_to_stderr() if args.json else contextlib.nullcontext()
+    with quiet, tempfile.TemporaryDirectory(prefix="mediaq-bench-") as tmp:
         state = Path(tmp) / "state"
         server = EmbeddedServer(state)
         try:

@@ -1,14 +1,20 @@
-"""Make ``data/ratings.csv``: a small, realistic ratings sample, deterministically from a seed.
+"""Make ``data/ratings.csv`` and ``data/movielens_sample.csv``: small, realistic ratings samples,
+deterministically from a seed.
 
-Images: the sample photos in this folder (ids = their file stems, e.g. ``astronaut`` for
-``astronaut.jpg``) plus synthetic ids ``synthetic-0001``... for volume. Each image has a latent
+Images: the sample photos in this folder (ids = their file names, as ``mediaq.image_frame`` names
+them, e.g. ``astronaut.jpg``) plus synthetic ids ``synthetic-0001``... for volume. Each image has a latent
 quality; each user rates it ``round(quality + user bias + noise)`` clipped to 1..10. Popularity is
 heavy tailed (Pareto): the photos and a few synthetic images get dozens of ratings, many get one.
 One user rates an image at most once.
 
+``movielens_sample.csv`` has MovieLens' layout and scale instead (``userId,movieId,rating,timestamp``,
+half stars 0.5..5, integer movie ids): the same generator, scores mapped to half stars. It is not
+MovieLens data: that cannot be fetched here (no PyPI, Debian or npm package ships it), and the
+notebooks and tests need only its shape.
+
 Usage::
 
-    python data/make_ratings.py                       # writes data/ratings.csv
+    python data/make_ratings.py                       # writes data/ratings.csv and data/movielens_sample.csv
     python data/make_ratings.py -o other.csv --seed 7 --synthetic 200 --users 800
 
 >>> frame = make_ratings(seed=1, synthetic=10, users=50, rows=80)
@@ -27,7 +33,8 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 
 #: The sample photos present in data/ when this file was written (their file stems are the image ids).
-SAMPLE_IMAGES = ("astronaut", "camera", "chelsea", "coffee", "hubble_deep_field", "retina", "rocket")
+SAMPLE_IMAGES = ("astronaut.jpg", "camera.png", "chelsea.png", "coffee.jpg", "hubble_deep_field.jpg", "retina.jpg",
+                 "rocket.jpg")
 
 
 def make_ratings(seed: int = 2024, synthetic: int = 60, users: int = 150, rows: int = 520) -> pd.DataFrame:
@@ -59,6 +66,24 @@ def _score(rng: np.random.Generator, quality: float, bias: float) -> int:
     return int(np.clip(np.rint(quality + bias + rng.normal(0.0, 1.2)), 1, 10))
 
 
+def make_movielens(seed: int = 1995, movies: int = 120, users: int = 90, rows: int = 600) -> pd.DataFrame:
+    """MovieLens-layout ratings (``userId``, ``movieId``, ``rating`` in half stars, ``timestamp``).
+
+    >>> frame = make_movielens(seed=1, movies=10, users=20, rows=40)
+    >>> list(frame.columns), sorted(set(frame["rating"]))[:3]
+    (['userId', 'movieId', 'rating', 'timestamp'], [0.5, 1.0, 1.5])
+    """
+    frame = make_ratings(seed, synthetic=movies - len(SAMPLE_IMAGES), users=users, rows=rows)
+    movie_ids = {image: 1 + 7 * k for k, image in enumerate(sorted(frame["image_id"].unique()))}
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({
+        "userId": frame["user_id"],
+        "movieId": frame["image_id"].map(movie_ids),
+        "rating": frame["score"] / 2.0,  # 1..10 -> 0.5..5: half stars
+        "timestamp": 1_260_000_000 + rng.integers(0, 300_000_000, len(frame)),
+    }).sort_values(["userId", "movieId"]).reset_index(drop=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-o", "--out", type=Path, default=HERE / "ratings.csv")
@@ -66,8 +91,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--synthetic", type=int, default=60)
     parser.add_argument("--users", type=int, default=150)
     parser.add_argument("--rows", type=int, default=520)
+    parser.add_argument("--movielens-out", type=Path, default=HERE / "movielens_sample.csv")
     args = parser.parse_args(argv)
-    missing = [s for s in SAMPLE_IMAGES if not any(HERE.glob(f"{s}.*"))]
+    missing = [s for s in SAMPLE_IMAGES if not (HERE / s).exists()]
     if missing:
         print(f"note: no file in {HERE} for sample image id(s) {missing}")
     frame = make_ratings(args.seed, args.synthetic, args.users, args.rows)
@@ -75,6 +101,10 @@ def main(argv: list[str] | None = None) -> None:
     counts = frame["image_id"].value_counts()
     print(f"wrote {args.out}: {len(frame)} ratings of {len(counts)} images by {frame['user_id'].nunique()} users "
           f"(ratings per image: min {counts.min()}, median {int(counts.median())}, max {counts.max()})")
+    movielens = make_movielens()
+    movielens.to_csv(args.movielens_out, index=False)
+    print(f"wrote {args.movielens_out}: {len(movielens)} ratings of {movielens['movieId'].nunique()} movies in "
+          "MovieLens' layout (half stars 0.5..5)")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ _EXPORTS = {
     "job": "mediaq.runtime.jobspec",
     "start_worker": "mediaq.runtime.localworker",
     # pure computation
+    "RatingScale": "mediaq.pure.ratings",
     "Signature": "mediaq.pure.iqdb.signature",
     "bayesian_ratings": "mediaq.pure.ratings",
     "compute_signature": "mediaq.pure.iqdb.compute",
@@ -45,6 +46,7 @@ _EXPORTS = {
     # errors
     "ConfigError": "mediaq.errors",
     "EnqueueError": "mediaq.errors",
+    "ImageTooLargeError": "mediaq.errors",
     "InvalidHashError": "mediaq.errors",
     "InvalidImageError": "mediaq.errors",
     "InvalidRatingsError": "mediaq.errors",
@@ -68,6 +70,7 @@ __all__ = [
     "ConfigError",
     "EmbeddedServer",
     "EnqueueError",
+    "ImageTooLargeError",
     "InvalidHashError",
     "InvalidImageError",
     "InvalidRatingsError",
@@ -79,6 +82,7 @@ __all__ = [
     "LocalWorker",
     "MediaqError",
     "PermanentJobError",
+    "RatingScale",
     "RatingsStore",
     "RedisUnavailable",
     "ServerError",
@@ -113,6 +117,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time each name is import
     from mediaq.errors import (
         ConfigError,
         EnqueueError,
+        ImageTooLargeError,
         InvalidHashError,
         InvalidImageError,
         InvalidRatingsError,
@@ -132,7 +137,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time each name is import
     from mediaq.faces.display import pairs_side_by_side, thumbnail_grid
     from mediaq.pure.iqdb.compute import compute_signature
     from mediaq.pure.iqdb.signature import Signature
-    from mediaq.pure.ratings import bayesian_ratings
+    from mediaq.pure.ratings import RatingScale, bayesian_ratings
     from mediaq.runtime.jobspec import job
     from mediaq.runtime.localworker import LocalWorker, start_worker
     from mediaq.runtime.ratings_store import RatingsStore

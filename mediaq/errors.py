@@ -13,6 +13,7 @@ Tree::
     ├── JobError                 a job failed; raised on the client with the worker's type, message, traceback
     ├── IqdbError                anything IQDB
     │   ├── InvalidImageError    the image cannot be decoded (also a ValueError)
+    │   │   └── ImageTooLargeError   more pixels than allowed (``MEDIAQ_MAX_IMAGE_PIXELS``): seen in the header
     │   ├── InvalidHashError     not a 533-character ``iqdb_...`` hash (also a ValueError)
     │   ├── IqdbUnavailable      the IQDB server cannot be reached (also a ConnectionError)
     │   └── IqdbServerError      the server answered with an error (HTTP 500 JSON, or another status)
@@ -28,6 +29,7 @@ from typing import Any
 __all__ = [
     "ConfigError",
     "EnqueueError",
+    "ImageTooLargeError",
     "InvalidHashError",
     "InvalidImageError",
     "InvalidRatingsError",
@@ -154,6 +156,13 @@ class IqdbError(MediaqError):
 
 class InvalidImageError(IqdbError, ValueError):
     """The image could not be decoded (not an image, truncated, unsupported)."""
+
+
+class ImageTooLargeError(InvalidImageError):
+    """The image has more pixels than allowed (``max_pixels``, ``MEDIAQ_MAX_IMAGE_PIXELS``); told from its
+    header, so nothing was decoded. ``code`` is the job error code it becomes, ``too_large``."""
+
+    code = "too_large"
 
 
 class InvalidHashError(IqdbError, ValueError):

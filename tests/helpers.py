@@ -1,4 +1,5 @@
-"""The tests' shared helpers, one copy each: a free loopback port, and waiting for a condition.
+"""The tests' shared helpers, one copy each: a free loopback port, waiting for a condition, and
+small generated inputs (random ratings, a PNG header claiming any size).
 
 ``eventually`` is the only way the tests wait: it polls until a condition holds and returns at once
 when it does, so a slow (busy) machine only makes a test slower, never wrong; the timeout is a bound
@@ -10,13 +11,15 @@ from __future__ import annotations
 import asyncio
 import inspect
 import socket
+import struct
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
 
-__all__ = ["eventually", "eventually_sync", "free_port", "random_ratings"]
+__all__ = ["eventually", "eventually_sync", "free_port", "png_header", "random_ratings"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -71,3 +74,13 @@ def random_ratings(seed: int, images: int = 300, rows: int = 3000, *, id_format:
         "score": rng.integers(1, 11, rows),
     })
     return frame.drop_duplicates(["image_id", "user_id"], keep=keep).reset_index(drop=True)
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A small PNG file claiming ``width`` x ``height`` greyscale pixels (with almost no pixel data)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + \
+        chunk(b"IEND", b"")

@@ -1,23 +1,57 @@
-"""A small IQDB HTTP server for tests, following the documented danbooru/iqdb API and its quirks
-(DESIGN.md section 4), on a real loopback socket:
+"""A stand-in for the danbooru/iqdb HTTP server, on a real loopback socket.
 
-* ``POST /images/<id>`` (multipart ``file``, JPEG only: anything else is HTTP 500 "Unsupported image
-  format.") -> ``{"post_id", "hash", "signature": {"avglf", "sig"}}``; replaces an existing id;
-* ``DELETE /images/<id>`` -> ``{"post_id"}``, also for unknown ids;
-* ``POST /query?limit=N`` with multipart ``file`` or a form-urlencoded ``hash`` -> a best-first list of
-  ``{post_id, score, hash, signature}``; a POST with no body is HTTP 400; ``limit=0`` is an error
-  (it crashes the real server; here HTTP 500, and it is counted in ``limit_zero``);
-* ``GET /status`` -> ``{"images": N}`` where N is the capacity of the server's array (grown by
-  50,000 past the highest internal id), not a count;
-* errors are HTTP 500 with ``{"exception", "message", "backtrace"}``.
+The real server cannot be built here (its sources are C++ with libgd, cpp-httplib, nlohmann/json and
+sqlite_orm fetched at build time), so this one reproduces it from its source (``src/server.cpp``,
+``src/imgdb.cpp``, ``src/resizer.cpp``; DESIGN.md section 4) in every way mediaq depends on:
+
+==============================================  ==========================================================
+request                                         danbooru/iqdb, and this server
+==============================================  ==========================================================
+``POST /images/<id>`` with a multipart ``file``  200 ``{"post_id", "hash", "signature": {"avglf", "sig"}}``;
+                                                an existing id is replaced (removed, then added anew)
+``POST /images/<id>`` without ``file``          500 ``iqdb::param_error`` (checked before the id)
+``<id>`` of 2**31 or more (POST, DELETE)        500 ``std::out_of_range`` "stoi" (``std::stoi``)
+``<id>`` not all digits (``-1``, ``abc``)        404, empty body (the route is ``/images/(\\d+)``)
+a file not starting with FF D8 (PNG, GIF...)    500 ``iqdb::image_error`` "Unsupported image format."
+a JPEG libjpeg cannot start decoding            500 ``iqdb::image_error`` "Could not read image."
+a truncated JPEG libjpeg can partly decode      200 with a hash: the missing blocks are mid-grey, as
+                                                libjpeg fills them after the fake end-of-image marker its
+                                                data source inserts (mediaq's ``decode_rgb`` does the same)
+``DELETE /images/<id>``                         200 ``{"post_id"}``, also for an id never added
+``POST /query`` with ``file``, or ``hash`` in   200, best first: ``[{post_id, score, hash, signature}]``
+the query string or a form body
+``POST /query`` with neither                    500 ``iqdb::param_error``
+``POST /query`` without ``limit``               up to 10 matches
+``limit`` not a number                          500 ``std::invalid_argument`` "stoi"
+``limit=0``                                     the real server crashes (``top()`` of an empty queue):
+                                                here the connection is dropped unanswered, the server
+                                                stops, and ``limit_zero`` counts it
+``limit`` below 0                               every image (``size_t`` wraps around)
+scores                                          float32 throughout, channels outermost, then coefficients
+                                                (:class:`ServerIndex`, transcribed from ``imgdb.cpp``)
+equal scores                                    the order, and which are kept at the limit, come from the
+                                                server's ``std::priority_queue`` over internal ids, so
+                                                they depend on ``limit`` (replayed by ``PriorityQueue``)
+images whose float32 ``avgl_Y`` is 0            never returned (the server's mark of a deleted image)
+``GET /status``                                 ``{"images": N}``, N the internal array's size (grown to
+                                                50,000 past the newest internal id), not a count
+any other error                                 500 ``{"exception": "iqdb::...", "message", "backtrace"}``,
+                                                ``backtrace`` one string
+an unknown route                                404, empty body
+keep-alive                                      supported (``requests_per_connection`` counts requests)
+==============================================  ==========================================================
+
+Internal ids are SQLite rowids (``INTEGER PRIMARY KEY``: the highest one + 1, so removing the newest
+image frees its id for the next add). An invalid ``hash`` is answered as a ``param_error`` (not one of
+the rows above: the server's exact words for it are not modelled).
 
 ``flavor="iqdb-rs"`` answers like iqdb-rs instead: ``POST /images/<id>`` -> ``{"id": <internal id>}``
 (no hash), ``DELETE`` -> ``{"post_id", "ids"}``, errors as HTTP 400 ``{"error": "invalid_image"}``, a
 default limit of 20 (its re-add keeping the old entry is not modelled).
 
-It speaks HTTP/1.1 with keep-alive, so a client that reuses connections can: ``requests_per_connection``
-records how many requests each connection carried. Signatures and scores come from mediaq's own
-implementation (the thing under test is the client's protocol handling, not the scoring).
+Signatures come from mediaq's own implementation, which matches the real server's hashes on 361 of
+361 JPEGs (tests/test_iqdb_signature.py holds golden values); the scoring is independent of mediaq's
+(:class:`ServerIndex` is a literal transcription, used to test :class:`~mediaq.pure.iqdb.scoring.LocalIndex`).
 
 >>> server = IqdbTestServer().start()    # doctest: +SKIP
 >>> server.url                           # doctest: +SKIP
@@ -33,12 +67,130 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import numpy as np
+
 from mediaq.errors import InvalidHashError, InvalidImageError
 from mediaq.pure.iqdb.compute import compute_signature
-from mediaq.pure.iqdb.scoring import LocalIndex
-from mediaq.pure.iqdb.signature import parse_hash
+from mediaq.pure.iqdb.signature import NUM_COEFS, NUM_PIXELS, Signature, parse_hash
+from mediaq.pure.iqdb.stdheap import PriorityQueue
 
-__all__ = ["IqdbTestServer"]
+__all__ = ["IqdbTestServer", "ServerIndex"]
+
+F32 = np.float32
+#: ``weights[6][3]`` of ``imglib.h``, as float literals (``5.00f``...)
+WEIGHTS = [[F32(w) for w in row] for row in (
+    (5.00, 19.21, 34.37), (0.83, 1.26, 0.36), (1.01, 0.44, 0.45),
+    (0.52, 0.53, 0.14), (0.47, 0.28, 0.18), (0.30, 0.14, 0.27))]
+MAX_INT = 2**31 - 1  # std::stoi's range on this platform
+ARRAY_GROWTH = 50_000
+
+
+def _bin(coef: int) -> int:
+    i, j = divmod(abs(coef), NUM_PIXELS)
+    return min(max(i, j), 5)
+
+
+class ServerIndex:
+    """danbooru/iqdb's ``IQDB`` class (``src/imgdb.cpp``) transcribed statement by statement.
+
+    ``m_info[iqdb_id] = (post_id, avgl)`` with ``avgl`` three float32s; buckets ``(channel, coef)`` ->
+    internal ids; the SQLite table is ``rows`` (post id -> (internal id, signature)). Slow on purpose:
+    no vectorising, so it can serve as the reference the fast index is tested against.
+    """
+
+    def __init__(self) -> None:
+        self.m_info: list[tuple[int, list[np.float32]]] = []
+        self.rows: dict[int, tuple[int, Signature]] = {}
+        self.buckets: dict[tuple[int, int], list[int]] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def get(self, post_id: int) -> Signature | None:
+        row = self.rows.get(post_id)
+        return None if row is None else row[1]
+
+    def add(self, post_id: int, sig: Signature) -> int:
+        """``IQDB::addImage``: remove, insert a SQLite row (rowid = highest + 1), then into memory."""
+        self.remove(post_id)
+        iqdb_id = max((i for i, _ in self.rows.values()), default=0) + 1
+        self.rows[post_id] = (iqdb_id, sig)
+        if iqdb_id >= len(self.m_info):
+            self.m_info += [(0, [F32(0)] * 3)] * (iqdb_id + ARRAY_GROWTH - len(self.m_info))
+        for c in range(sig.num_colors):
+            for coef in sig.sig[c].tolist():
+                self.buckets.setdefault((c, coef), []).append(iqdb_id)
+        self.m_info[iqdb_id] = (post_id, [F32(v) for v in sig.avglf])
+        return iqdb_id
+
+    def remove(self, post_id: int) -> None:
+        """``IQDB::removeImage``: out of the buckets, ``avgl[0] = 0``, the row deleted."""
+        row = self.rows.pop(post_id, None)
+        if row is None:
+            return
+        iqdb_id, sig = row
+        for c in range(sig.num_colors):
+            for coef in sig.sig[c].tolist():
+                self.buckets[(c, coef)].remove(iqdb_id)
+        _, avgl = self.m_info[iqdb_id]
+        self.m_info[iqdb_id] = (post_id, [F32(0), avgl[1], avgl[2]])
+
+    def is_deleted(self, iqdb_id: int) -> bool:
+        return not self.m_info[iqdb_id][1][0]
+
+    def live(self) -> list[int]:
+        """The internal ids ``isDeleted`` passes, ascending. The server scores every slot of
+        ``m_info``, but a deleted slot never enters the queue, so its score is skipped here."""
+        return sorted(i for i, _ in self.rows.values() if not self.is_deleted(i))
+
+    def raw_scores(self, sig: Signature) -> tuple[dict[int, np.float32], np.float32]:
+        """The ``scores`` (internal id -> score, lower is better) and ``scale`` of ``queryFromSignature``."""
+        colors = sig.num_colors
+        query_avgl = [F32(v) for v in sig.avglf]  # static_cast<Score>(signature.avglf[c])
+        scores = {}
+        for i in self.live():
+            avgl = self.m_info[i][1]
+            s = F32(0)
+            for c in range(colors):
+                s = F32(s + F32(WEIGHTS[0][c] * F32(abs(F32(avgl[c] - query_avgl[c])))))
+            scores[i] = s
+        scale = F32(0)
+        for c in range(colors):  # channels outermost
+            for b in range(NUM_COEFS):
+                coef = int(sig.sig[c][b])
+                bucket = self.buckets.get((c, coef))
+                if not bucket:
+                    continue
+                weight = WEIGHTS[_bin(coef)][c]
+                scale = F32(scale - weight)
+                for index in bucket:
+                    if index in scores:
+                        scores[index] = F32(scores[index] - weight)
+        return scores, scale
+
+    def query(self, sig: Signature, numres: int) -> list[tuple[int, float]]:
+        """``(post_id, score)`` best first, with the server's ``std::priority_queue`` of at most
+        ``numres`` (a ``size_t``: below 0 means every image)."""
+        scores, scale = self.raw_scores(sig)
+        ids = list(scores)  # ascending internal ids
+        limit = numres if numres >= 0 else len(ids)
+        pq: PriorityQueue[tuple[int, np.float32]] = PriorityQueue(lambda a, b: a[1] < b[1])
+        k = 0
+        while len(pq) < limit and k < len(ids):
+            pq.push((ids[k], scores[ids[k]]))
+            k += 1
+        for i in ids[k:]:
+            if scores[i] < pq.top()[1]:
+                pq.pop()
+                pq.push((i, scores[i]))
+        if scale != 0:
+            scale = F32(F32(1.0) / scale)
+        out = []
+        while len(pq):
+            iqdb_id, score = pq.pop()
+            out.append((self.m_info[iqdb_id][0], float(F32(F32(score * F32(100)) * scale))))
+        out.reverse()
+        return out
 
 
 class _ServerError(Exception):
@@ -49,10 +201,29 @@ class _ServerError(Exception):
         self.status = status
 
 
+class _NoRoute(Exception):
+    """404 with an empty body."""
+
+
+class _Crash(Exception):
+    """What crashes the real server: drop the connection unanswered and stop serving."""
+
+
+def _stoi(text: str) -> int:
+    """``std::stoi``: leading blanks, a sign and digits (the rest ignored), within ``int``."""
+    match = re.match(r"\s*([+-]?\d+)", text)
+    if not match:
+        raise _ServerError("std::invalid_argument", "stoi")
+    value = int(match.group(1))
+    if not -MAX_INT - 1 <= value <= MAX_INT:
+        raise _ServerError("std::out_of_range", "stoi")
+    return value
+
+
 def _multipart(content_type: str, body: bytes) -> dict[str, bytes]:
     match = re.search(r'boundary="?([^";]+)"?', content_type)
     if not match:
-        raise _ServerError("imgdb::param_error", "multipart body without a boundary")
+        return {}
     boundary = b"--" + match.group(1).encode()
     fields: dict[str, bytes] = {}
     for part in body.split(boundary)[1:]:
@@ -85,9 +256,10 @@ class _Handler(BaseHTTPRequestHandler):
             owner.requests.append((self.command, self.path, dict(self.headers)))
 
     def _send(self, status: int, payload: Any) -> None:
-        body = json.dumps(payload, indent=4).encode()
+        body = b"" if payload is None else json.dumps(payload, indent=4).encode()
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        if payload is not None:
+            self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -98,19 +270,26 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self, fn: Any) -> None:
         self._count()
+        owner = self.server.owner
         try:
             with self.server.lock:
-                injected = self.server.owner.fail_next.pop(0) if self.server.owner.fail_next else None
+                injected = owner.fail_next.pop(0) if owner.fail_next else None
             if injected:
                 self._body()
                 raise _ServerError(*injected)
             status, payload = fn()
+        except _NoRoute:
+            status, payload = 404, None
+        except _Crash:
+            self.close_connection = True
+            threading.Thread(target=owner.stop, daemon=True).start()
+            return
         except _ServerError as exc:
-            if self.server.owner.flavor == "iqdb-rs" and exc.status == 500:
+            if owner.flavor == "iqdb-rs" and exc.status == 500:
                 status, payload = 400, {"error": "invalid_image" if "image" in exc.exception else "invalid_hash"}
             else:
                 status, payload = exc.status, {"exception": exc.exception, "message": exc.message,
-                                               "backtrace": ["(test server)"]}
+                                               "backtrace": f"(test server) {exc.exception}: {exc.message}"}
         self._send(status, payload)
 
     def do_GET(self) -> None:
@@ -125,77 +304,75 @@ class _Handler(BaseHTTPRequestHandler):
     # -- routes -------------------------------------------------------------------------------------
     def _get(self) -> tuple[int, Any]:
         if urlsplit(self.path).path == "/status":
-            return 200, {"images": self.server.owner.capacity}
-        return 404, {"exception": "not_found", "message": f"no route GET {self.path}", "backtrace": []}
+            with self.server.lock:
+                return 200, {"images": len(self.server.owner.index.m_info)}
+        raise _NoRoute
 
     def _delete(self) -> tuple[int, Any]:
         match = re.fullmatch(r"/images/(\d+)", urlsplit(self.path).path)
         if not match:
-            return 404, {"exception": "not_found", "message": f"no route DELETE {self.path}", "backtrace": []}
-        post_id = int(match.group(1))
+            raise _NoRoute
+        post_id = _stoi(match.group(1))
         with self.server.lock:
             self.server.owner.index.remove(post_id)
         if self.server.owner.flavor == "iqdb-rs":
             return 200, {"post_id": post_id, "ids": []}
         return 200, {"post_id": post_id}
 
-    def _signature_of(self, data: bytes) -> Any:
+    @staticmethod
+    def _signature_of(data: bytes) -> Signature:
         if data[:2] != b"\xff\xd8":
-            raise _ServerError("imgdb::image_error", "Unsupported image format.")
+            raise _ServerError("iqdb::image_error", "Unsupported image format.")
         try:
             return compute_signature(data)
         except InvalidImageError:
-            raise _ServerError("imgdb::image_error", "Could not read image.") from None
+            raise _ServerError("iqdb::image_error", "Could not read image.") from None
+
+    def _params(self, url: Any, ctype: str, body: bytes) -> dict[str, str]:
+        """cpp-httplib's ``has_param``/``get_param_value``: the query string, then a form body."""
+        params = {k: v[0] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+        if ctype.startswith("application/x-www-form-urlencoded"):
+            for k, v in parse_qs(body.decode("latin-1"), keep_blank_values=True).items():
+                params.setdefault(k, v[0])
+        return params
 
     def _post(self) -> tuple[int, Any]:
         url = urlsplit(self.path)
         body = self._body()
         ctype = self.headers.get("Content-Type", "")
         owner = self.server.owner
+        files = _multipart(ctype, body) if ctype.startswith("multipart/") else {}
         match = re.fullmatch(r"/images/(\d+)", url.path)
         if match:
-            post_id = int(match.group(1))
-            fields = _multipart(ctype, body) if ctype.startswith("multipart/") else {}
-            if "file" not in fields:
-                raise _ServerError("imgdb::param_error", "`POST /images/:id` requires a `file` param")
-            sig = self._signature_of(fields["file"])
+            if "file" not in files:
+                raise _ServerError("iqdb::param_error", "`POST /images/:id` requires a `file` param")
+            post_id = _stoi(match.group(1))
+            sig = self._signature_of(files["file"])
             with self.server.lock:
-                owner.index.add(post_id, sig)
-                owner.next_internal_id += 1
-                if owner.next_internal_id >= owner.capacity:
-                    owner.capacity = owner.next_internal_id + 50000
+                iqdb_id = owner.index.add(post_id, sig)
             if owner.flavor == "iqdb-rs":
-                return 200, {"id": owner.next_internal_id}
+                return 200, {"id": iqdb_id}
             return 200, {"post_id": post_id, "hash": sig.hash, "signature": sig.to_dict()}
         if url.path != "/query":
-            return 404, {"exception": "not_found", "message": f"no route POST {self.path}", "backtrace": []}
-        if not body:
-            return 400, {"exception": "bad_request", "message": "POST without a body", "backtrace": []}
-        params = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        limit = int(params.get("limit", 20 if owner.flavor == "iqdb-rs" else 10))
-        if limit == 0:
-            with self.server.lock:
-                owner.limit_zero += 1
-            raise _ServerError("std::out_of_range", "limit=0 (the real server crashes here)")
-        if ctype.startswith("multipart/"):
-            fields = _multipart(ctype, body)
-            if "file" not in fields:
-                raise _ServerError("imgdb::param_error", "`POST /query` requires a `file` or `hash` param")
-            sig = self._signature_of(fields["file"])
-        else:
-            form = {k: v[-1] for k, v in parse_qs(body.decode("latin-1")).items()}
-            if "hash" not in form:
-                raise _ServerError("imgdb::param_error", "`POST /query` requires a `file` or `hash` param")
+            raise _NoRoute
+        params = self._params(url, ctype, body)
+        limit = _stoi(params["limit"]) if "limit" in params else (20 if owner.flavor == "iqdb-rs" else 10)
+        if "hash" in params:
             try:
-                sig = parse_hash(form["hash"])
+                sig = parse_hash(params["hash"])
             except InvalidHashError as exc:
-                raise _ServerError("imgdb::param_error", str(exc)) from None
+                raise _ServerError("iqdb::param_error", str(exc)) from None
+        elif "file" in files:
+            sig = self._signature_of(files["file"])
+        else:
+            raise _ServerError("iqdb::param_error", "`POST /query` requires a `file`, `hash`, or `md5` param")
         with self.server.lock:
-            matches = owner.index.query(sig, limit)
-            out = []
-            for m in matches:
-                target = owner.index.get(m.image_id)
-                out.append({"post_id": m.image_id, "score": m.score, "hash": m.hash, "signature": target.to_dict()})
+            if limit == 0 and owner.index.live():  # top() of an empty queue
+                owner.limit_zero += 1
+                raise _Crash
+            out = [{"post_id": post_id, "score": score, "hash": owner.index.get(post_id).hash,
+                    "signature": owner.index.get(post_id).to_dict()}
+                   for post_id, score in owner.index.query(sig, limit)]
         return 200, out
 
 
@@ -212,9 +389,7 @@ class IqdbTestServer:
         assert flavor in ("danbooru", "iqdb-rs")
         self.port = port
         self.flavor = flavor
-        self.index = LocalIndex()
-        self.capacity = 0
-        self.next_internal_id = 0
+        self.index = ServerIndex()
         self.limit_zero = 0
         #: test hook: (exception, message, status) errors to answer the next requests with
         self.fail_next: list[tuple[str, str, int]] = []
@@ -222,28 +397,37 @@ class IqdbTestServer:
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._stop_lock = threading.Lock()
+        self._stopped = threading.Event()
 
     @property
     def url(self) -> str:
-        assert self._httpd is not None, "start() first"
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> IqdbTestServer:
         httpd = _HTTPServer(("127.0.0.1", self.port), _Handler)
         httpd.owner = self
         httpd.lock = threading.Lock()
+        self._stopped.clear()
+        self.port = httpd.server_address[1]
         self._httpd = httpd
         self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="iqdb-test-server", daemon=True)
         self._thread.start()
         return self
 
+    @property
+    def running(self) -> bool:
+        """Until :meth:`stop` has closed the listening socket (a crash stops it from another thread)."""
+        return not self._stopped.is_set()
+
     def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
+        with self._stop_lock:
+            httpd, self._httpd = self._httpd, None
+        if httpd is not None:
+            httpd.shutdown()
+            httpd.server_close()
+            self._stopped.set()
 
     def __enter__(self) -> IqdbTestServer:
         return self.start()

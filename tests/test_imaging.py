@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import struct
 import subprocess
 import sys
 import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import png_header
 from PIL import Image, ImageCms, features
 
 from mediaq.errors import PermanentJobError, TransientJobError
@@ -396,16 +395,6 @@ def code_of(data: bytes, **kw) -> str:
     return info.value.code
 
 
-def png_header(width: int, height: int) -> bytes:
-    """A small PNG file claiming ``width`` x ``height`` greyscale pixels (with almost no pixel data)."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + \
-        chunk(b"IEND", b"")
-
-
 def test_zero_byte_file():
     assert code_of(b"") == "corrupt_image"
 
@@ -481,6 +470,19 @@ def test_read_errors(tmp_path, monkeypatch):
     with pytest.raises(PermanentJobError) as info:
         imaging.read_source("")
     assert info.value.code == "bad_argument"
+
+
+@pytest.mark.parametrize("path", ["/proc/self/status", "/proc/self/mem", "/proc/self/cmdline"])
+def test_kernel_files_are_unreadable_at_once(path):
+    """/proc files say they hold 0 bytes, cannot seek to their end, or fail to read: no retry can help."""
+    def probe(p: str) -> None:
+        with imaging.open_source(p) as f:
+            imaging.probe(f, name=p)
+
+    for read in (imaging.read_source, probe):
+        with pytest.raises(PermanentJobError) as info:
+            read(path)
+        assert info.value.code == "unreadable" and path in info.value.message
 
 
 def test_read_error_kinds_by_errno(tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import free_port
+from helpers import free_port, png_header
 from iqdb_server import IqdbTestServer
 from PIL import Image
 
@@ -19,6 +19,8 @@ from mediaq.errors import PermanentJobError, TransientJobError
 from mediaq.jobs.iqdb import add_to_iqdb, remove_from_iqdb
 from mediaq.pure.iqdb.compute import compute_signature
 from mediaq.runtime.iqdb_index import IqdbIndex
+
+DATA = Path(__file__).resolve().parent.parent / "data"
 
 
 def _write_thumb(settings, name: str, seed: int, fmt: str = "JPEG") -> str:
@@ -36,7 +38,7 @@ async def test_direct_embedded(settings, client):
     path = _write_thumb(settings, "1.jpg", 1)
     result = await add_to_iqdb(ctx, 1, "thumbs/1.jpg")  # relative to storage
     assert result == {"image_id": 1, "hash": compute_signature(path).hash, "grayscale": False,
-                      "backend": "embedded", "server_hash_matches": None}
+                      "backend": "embedded", "server_hash_matches": None, "post_id": None, "id_mapped": None}
     _write_thumb(settings, "p.png", 2, "PNG")
     assert (await add_to_iqdb(ctx, "p", str(Path(settings.storage) / "thumbs/p.png")))["hash"].startswith("iqdb_")
     assert await remove_from_iqdb(ctx, "p") == {"image_id": "p", "backend": "embedded", "removed": True}
@@ -49,16 +51,35 @@ async def test_direct_embedded(settings, client):
     (1, "", "bad_argument"),
     (1.5, "thumbs/ok.jpg", "bad_argument"),
     ("", "thumbs/ok.jpg", "bad_argument"),
+    # one rule for image ids in every job: what create_thumbnail refuses, add_to_iqdb refuses
+    ("../x", "thumbs/ok.jpg", "bad_argument"),
+    ("a\x00b", "thumbs/ok.jpg", "bad_argument"),
+    ("/etc/passwd", "thumbs/ok.jpg", "bad_argument"),
+    (-1, "thumbs/ok.jpg", "bad_argument"),
+    # a source that can never be read is permanent, not retried
+    (1, "/proc/self/status", "unreadable"),
+    # the pixel limit, from the header, before anything is decoded
+    (1, "thumbs/bomb.png", "too_large"),  # claims 15000 x 15000: beyond Pillow's own hard limit
+    (1, "thumbs/big.png", "too_large"),  # a real 1200 x 1000 picture, over a 1 Mpx limit
+    (1, "thumbs/big.jpg", "too_large"),  # the same as a JPEG (sent to a server as it is)
 ])
 async def test_direct_permanent_errors(settings, client, image_id, path, code):
-    (Path(settings.storage) / "thumbs").mkdir(parents=True, exist_ok=True)
-    (Path(settings.storage) / "thumbs" / "garbage.jpg").write_bytes(b"\xff\xd8 this is not a JPEG")
+    thumbs = Path(settings.storage) / "thumbs"
+    thumbs.mkdir(parents=True, exist_ok=True)
+    (thumbs / "garbage.jpg").write_bytes(b"\xff\xd8 this is not a JPEG")
+    (thumbs / "bomb.png").write_bytes(png_header(15000, 15000))
+    Image.new("RGB", (1200, 1000), (10, 200, 30)).save(thumbs / "big.png")
+    Image.new("RGB", (1200, 1000), (10, 200, 30)).save(thumbs / "big.jpg")
     _write_thumb(settings, "ok.jpg", 3)
-    ctx = {"settings": settings, "redis": client.redis}
+    ctx = {"settings": settings.replace(max_image_pixels=1_000_000), "redis": client.redis}
     with pytest.raises(PermanentJobError) as info:
         await add_to_iqdb(ctx, image_id, path)
     assert info.value.code == code
     assert await IqdbIndex(client.redis).count() == 0  # nothing half-written
+    if code == "bad_argument" and path:
+        with pytest.raises(PermanentJobError) as info:
+            await remove_from_iqdb(ctx, image_id)
+        assert info.value.code == "bad_argument"
 
 
 async def test_direct_server_errors(settings):
@@ -113,7 +134,7 @@ async def test_worker_server_backend_and_transient_outage(client, settings, star
         assert (await client.job(job_id).result_info()).job_try >= 2  # it was retried
         server.requests.clear()
         # a server-side refusal (HTTP 500 JSON) is permanent, with the server's words
-        server.fail_next.append(("imgdb::image_error", "Could not read image.", 500))
+        server.fail_next.append(("iqdb::image_error", "Could not read image.", 500))
         with pytest.raises(mediaq.JobError) as info:
             await client.result(await client.enqueue_job("add_to_iqdb", 7, "thumbs/5.jpg"), timeout=60)
         assert info.value.code == "iqdb_rejected" and "Could not read image." in info.value.message
@@ -129,8 +150,13 @@ async def test_worker_server_backend_and_transient_outage(client, settings, star
         removed = await client.result(await client.enqueue_job("remove_from_iqdb", 5), timeout=60)
         assert removed == {"image_id": 5, "backend": "server", "removed": None}
         assert server.index.get(5) is None
+        mapped = await client.result(await client.enqueue_job("add_to_iqdb", "x", "thumbs/5.jpg"), timeout=60)
+        assert (mapped["post_id"], mapped["id_mapped"]) == (2**31 - 1, True)  # the first id the map hands out
+        with pytest.raises(mediaq.JobError) as info:  # an integer id the map gave to "x"
+            await client.result(await client.enqueue_job("add_to_iqdb", 2**31 - 1, "thumbs/5.jpg"), timeout=60)
+        assert info.value.code == "bad_argument" and "'x'" in info.value.message
         with pytest.raises(mediaq.JobError) as info:
-            await client.result(await client.enqueue_job("add_to_iqdb", "x", "thumbs/5.jpg"), timeout=60)
+            await client.result(await client.enqueue_job("add_to_iqdb", "../x", "thumbs/5.jpg"), timeout=60)
         assert info.value.code == "bad_argument"
     finally:
         server.stop()
@@ -165,3 +191,48 @@ async def test_client_iqdb_sees_what_the_worker_indexed(client, start_worker, tm
     result = await client.result(job_id, timeout=60)
     matches = await client.iqdb().query(str(path), 3)
     assert matches[0].image_id == "x1" and matches[0].hash == result["hash"]
+
+
+async def test_reindex_a_folder_and_a_frame_into_an_iqdb_server(client, settings, start_worker, tmp_path):
+    """A library's ids are file names (strs) or integers: with MEDIAQ_IQDB_URL both reach the server.
+    Integers 0..2**31-1 are the post ids themselves; other ids get a stable post id from the map in
+    Redis, and a query answers with the library's own ids."""
+    import shutil
+
+    folder = tmp_path / "library"
+    folder.mkdir()
+    for name in ("astronaut.jpg", "chelsea.png", "coffee.jpg", "camera.png"):
+        shutil.copy(DATA / name, folder / name)
+    shutil.copy(DATA / "rocket.jpg", folder / "3001.jpg")
+    with IqdbTestServer() as server:
+        start_worker(iqdb_url=server.url)
+        batch = await client.reindex(folder)
+        counts = await batch.wait(progress=False, timeout=120)
+        failed = await batch.failed()
+        assert counts["failed"] == 0, failed[["job_id", "error_code", "error_message"]].to_string()
+        assert counts["complete"] == 10 and len(server.index) == 5  # 5 images, 5 reindex + 5 add_to_iqdb jobs
+        from mediaq.runtime.iqdb_ids import PostIdMap
+
+        results = await batch.results()
+        added = results[results["function"] == "add_to_iqdb"].set_index("image_id")
+        assert set(added.index) == set(mediaq.image_frame(folder)["image_id"])
+        assert added["id_mapped"].all() and (added["backend"] == "server").all()
+        mapped = PostIdMap(client.redis)
+        assert await mapped.post_ids(list(added.index)) == added["post_id"].tolist()
+        assert all(server.index.get(int(p)) is not None for p in added["post_id"])
+        async with await mediaq.connect(settings=settings.replace(iqdb_url=server.url)) as remote_client:
+            top = await remote_client.iqdb().query(str(Path(settings.storage) / "thumbs" / "coffee.jpg.jpg"), limit=1)
+        assert top[0].image_id == "coffee.jpg" and top[0].score > 99
+        with mediaq.connect_sync(settings=settings.replace(iqdb_url=server.url)) as sync_client:
+            top = sync_client.iqdb().query(str(Path(settings.storage) / "thumbs" / "3001.jpg.jpg"), limit=1)
+        assert top[0].image_id == "3001.jpg" and top[0].score > 99
+        # integer ids stay integers, end to end, and are the post ids themselves
+        frame = mediaq.image_frame(folder).head(2).assign(image_id=[7, 2**31 - 100])
+        batch = await client.reindex(frame, batch="by-int")
+        assert (await batch.wait(progress=False, timeout=120))["complete"] == 4
+        results = await batch.results()
+        ints = results[results["function"] == "add_to_iqdb"]
+        assert sorted(zip(ints["image_id"], ints["post_id"], ints["id_mapped"], strict=True)) == [
+            (7, 7, False), (2**31 - 100, 2**31 - 100, False)]
+        assert all(type(i) is int for i in ints["image_id"])
+        assert server.index.get(7) is not None and server.index.get(2**31 - 100) is not None

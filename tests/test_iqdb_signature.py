@@ -24,9 +24,10 @@ import struct
 
 import numpy as np
 import pytest
+from helpers import png_header
 from PIL import Image
 
-from mediaq.errors import InvalidImageError
+from mediaq.errors import ImageTooLargeError, InvalidImageError
 from mediaq.pure.iqdb import compute as S
 from mediaq.pure.iqdb.signature import Signature, format_hash
 
@@ -440,3 +441,37 @@ def test_signature_properties():
     assert format_hash(sig) == sig.hash and len(sig.hash) == 533
     with pytest.raises(ValueError):
         Signature((0.0, 0.0, 0.0), np.zeros((3, 40), np.int16))
+
+
+def test_the_pixel_limit_is_checked_from_the_header_on_every_decoding_path():
+    """compute_signature, decode_rgb and to_jpeg_bytes refuse a picture over ``max_pixels`` (default:
+    Pillow's 89,478,485, as MEDIAQ_MAX_IMAGE_PIXELS) before decoding it, with ``code == "too_large"``."""
+    bomb = png_header(15000, 15000)  # 225 Mpx declared in 200 bytes
+    buf = io.BytesIO()
+    Image.new("RGB", (1200, 1000), (200, 30, 30)).save(buf, "JPEG")
+    jpeg = buf.getvalue()
+    for call in (S.compute_signature, S.decode_rgb, S.to_jpeg_bytes):
+        with pytest.raises(ImageTooLargeError) as info:
+            call(bomb)
+        assert info.value.code == "too_large" and "MEDIAQ_MAX_IMAGE_PIXELS" in str(info.value)
+        with pytest.raises(ImageTooLargeError):
+            call(jpeg, max_pixels=1_000_000)
+    assert S.compute_signature(jpeg, max_pixels=1_200_000).avglf == S.compute_signature(jpeg).avglf
+    with pytest.raises(ImageTooLargeError):
+        S.as_signature(jpeg, max_pixels=1000)
+
+
+def test_a_truncated_jpeg_decodes_as_libjpeg_finishes_it():
+    """The server indexes a truncated JPEG: libjpeg's data source inserts an end-of-image marker when
+    the data runs out, and the blocks never reached decode as mid-grey. decode_rgb does the same (a
+    hash equal to the server's); a JPEG cut inside its header still cannot be read."""
+    rng = np.random.default_rng(4)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (200, 300, 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
+    data = buf.getvalue()
+    cut = data[: len(data) * 6 // 10]
+    rgb = S.decode_rgb(cut)
+    assert rgb.shape == (200, 300, 3) and (rgb[-16:] == 128).all()
+    assert S.compute_signature(cut) == S.compute_signature(cut + b"\xff\xd9")
+    with pytest.raises(InvalidImageError):
+        S.compute_signature(data[:100])

@@ -184,7 +184,7 @@ async def test_two_worker_hosts_against_tls_redis_and_s3(network, tmp_path, sett
             src = local / Path(key).name
             src.parent.mkdir(parents=True, exist_ok=True)
             src.write_bytes(images[key])
-            image_id = "lib__" + Path(key).stem
+            image_id = "lib__" + Path(key).name
             made = await create_image_set(ctx, image_id, str(src))
             remote = client_s3.get_object(Bucket=bucket, Key=f"media/thumbs/{image_id}.jpg")["Body"].read()
             assert Path(made["thumbnail"]["path"]).read_bytes() == remote, image_id

@@ -34,6 +34,6 @@ def test_notebook_with_storage_in_s3(notebook, s3, settings, monkeypatch, tmp_pa
     assert "thumbs" in folders, listed
     if notebook.startswith("01"):
         thumbs = {o["Key"] for o in listed["Contents"] if o["Key"].startswith("media/thumbs/")}
-        assert thumbs == {f"media/thumbs/{p.stem}.jpg" for p in DATA.glob("*.jpg")}
+        assert thumbs == {f"media/thumbs/{p.name}.jpg" for p in DATA.glob("*.jpg")}
     else:
         assert {"thumbs", "medium"} <= folders

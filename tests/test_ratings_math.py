@@ -144,4 +144,6 @@ def test_math_imports_neither_arq_nor_redis() -> None:
                 for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree)
                  if isinstance(node, ast.ImportFrom) and node.module}
-    assert imported <= {"__future__", "collections", "numpy", "pandas"}, imported
+    assert imported <= {"__future__", "collections", "dataclasses", "math", "typing", "numpy", "pandas", "mediaq"}
+    assert {node.module for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module.startswith("mediaq")} == {"mediaq.errors"}

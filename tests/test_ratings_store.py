@@ -15,7 +15,7 @@ import pytest
 from helpers import random_ratings
 
 from mediaq.errors import ConfigError, InvalidRatingsError
-from mediaq.pure.ratings import bayesian_ratings
+from mediaq.pure.ratings import MOVIELENS_SCALE, SEED_SCALE, RatingScale, bayesian_ratings
 from mediaq.runtime.ratings_store import RatingsStore
 from mediaq.runtime.settings import Settings
 
@@ -123,7 +123,7 @@ def test_csv_round_trip_keeps_ids_exact(store: RatingsStore, tmp_path: Path) -> 
         ("a,1,5\nb,2,11\nc,3,0\nd,4,7\n", "score must be an integer 1..10", [3, 4]),
         ("a,1,5\nb,2,7.5\nc,3,ten\nd,4,\n", "score must be an integer 1..10", [3, 4, 5]),
         ("a,1,5\nb,x,7\n", "user_id must be an integer", [3]),
-        (",1,5\nb,2,7\n", "image_id must be a non-empty string", [2]),
+        (",1,5\nb,2,7\n", "image_id must be 1 to 255 characters", [2]),
         ("a,1,5\na,1,6\n", "appears more than once", [2, 3]),
     ],
 )
@@ -149,6 +149,102 @@ def test_bad_frame_rows_and_columns(store: RatingsStore) -> None:
     with pytest.raises(InvalidRatingsError, match=r"25 rating row\(s\) rejected.* and 15 more"):
         store.load_frame(many)
     assert store.ratings_frame().empty
+
+
+@pytest.mark.parametrize(
+    ("column", "values", "reason", "rows"),
+    [
+        ("image_id", [np.nan, "b"], "image_id must be text or an integer", [0]),  # was AttributeError
+        ("image_id", [1.5, 2.5], "image_id must be text or an integer", [0, 1]),  # was AttributeError
+        ("image_id", [31.0, 32.0], "image_id must be text or an integer", [0, 1]),  # was "31": or is it "31.0"?
+        ("image_id", [True, "b"], "image_id must be text or an integer", [0]),
+        ("image_id", ["a\x00b", "b"], "control characters", [0]),  # was accepted
+        ("image_id", ["a", "line\nbreak"], "control characters", [1]),
+        ("user_id", [True, False], "user_id must be an integer", [0, 1]),  # was OverflowError
+        ("user_id", [1, True], "user_id must be an integer", [1]),
+        ("score", [True, 5], "score must be", [0]),  # was stored as 1
+        ("score", [False, True], "score must be", [0, 1]),
+    ],
+)
+def test_ratings_input_defects_are_clear_errors(store: RatingsStore, column: str, values: list, reason: str,
+                                               rows: list[int]) -> None:
+    frame = pd.DataFrame({"image_id": ["a", "b"], "user_id": [1, 2], "score": [5, 6]})
+    frame[column] = pd.Series(values, dtype=object if len({type(v) for v in values}) > 1 else None)
+    with pytest.raises(InvalidRatingsError, match=reason) as info:
+        store.load_frame(frame)
+    assert list(info.value.rows.index) == rows
+    assert store.ratings_frame().empty
+
+
+def test_a_csv_gives_the_same_ids_through_load_csv_and_load_frame(store: RatingsStore, tmp_path: Path) -> None:
+    """One rule: ids are text as written, integers become their digits, floats are refused (31.0 could be
+    "31" or "31.0"). So a file never loads under two sets of ids: where pandas would have guessed, the
+    error says how to read it."""
+    ints = tmp_path / "ints.csv"
+    ints.write_text("image_id,user_id,score\n31,1,5\n007,2,6\n")
+    floats = tmp_path / "floats.csv"
+    floats.write_text("image_id,user_id,score\n31.0,1,5\n32.0,2,6\n")
+    assert store.load_csv(ints) == 2 and sorted(store.ratings_frame()["image_id"]) == ["007", "31"]
+    other = RatingsStore("sqlite://")
+    assert other.load_frame(pd.read_csv(ints, dtype={"image_id": str})) == 2
+    assert sorted(other.ratings_frame()["image_id"]) == ["007", "31"]
+    assert store.load_csv(floats) == 2 and "31.0" in set(store.ratings_frame()["image_id"])
+    with pytest.raises(InvalidRatingsError, match="dtype=str"):
+        other.load_frame(pd.read_csv(floats))  # pandas reads 31.0 as a float
+
+
+MOVIELENS = "userId,movieId,rating,timestamp\n1,31,2.5,1260759144\n1,1029,3.0,1260759179\n2,31,4.5,1260759185\n"
+
+
+def test_movielens_loads_in_one_call_with_its_columns_and_scale(store: RatingsStore, tmp_path: Path) -> None:
+    path = tmp_path / "ml.csv"
+    path.write_text(MOVIELENS)
+    columns = {"movieId": "image_id", "userId": "user_id", "rating": "score"}
+    assert store.load_csv(path, columns=columns, scale=(0.5, 5, 0.5)) == 3
+    assert store.scale == RatingScale(0.5, 5, 0.5) == MOVIELENS_SCALE
+    frame = store.ratings_frame().sort_values(["image_id", "user_id"])
+    assert frame["image_id"].tolist() == ["1029", "31", "31"] and frame["score"].tolist() == [3.0, 2.5, 4.5]
+    store.recalculate_all(C=0, m=0)
+    assert store.stats().loc["31", "mean"] == 3.5
+    assert store.load_csv(path, columns=columns) == 3  # the database remembers its scale
+    path.write_text(MOVIELENS + "3,31,5.5,1\n3,7,0.25,2\n")
+    with pytest.raises(InvalidRatingsError, match=r"score must be 0\.5\.\.5 in steps of 0\.5") as info:
+        store.load_csv(path, columns=columns)
+    assert list(info.value.rows.index) == [5, 6]  # CSV lines
+    with pytest.raises(ConfigError, match=r"holds ratings on the 0\.5\.\.5 .* scale"):
+        store.load_frame(pd.DataFrame({"image_id": ["a"], "user_id": [1], "score": [7]}), scale=SEED_SCALE)
+    with pytest.raises(InvalidRatingsError, match="missing"):
+        store.load_csv(path, columns={"movie": "image_id"})
+
+
+def test_a_database_made_before_scales_were_recorded_holds_the_seed_scale(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:  # the table as mediaq made it before: whole numbers, CHECK 1..10
+        db.execute("CREATE TABLE ratings (image_id VARCHAR(255) NOT NULL, user_id BIGINT NOT NULL, "
+                   "score SMALLINT NOT NULL, PRIMARY KEY (image_id, user_id), "
+                   "CONSTRAINT ck_ratings_score CHECK (score BETWEEN 1 AND 10)) WITHOUT ROWID")
+        db.execute("INSERT INTO ratings VALUES ('a', 1, 7)")
+    old = RatingsStore(f"sqlite:///{path}")
+    try:
+        assert old.scale == SEED_SCALE
+        with pytest.raises(ConfigError, match=r"seed's scale \(an integer 1\.\.10\)"):
+            old.load_frame(pd.DataFrame({"movieId": [1], "userId": [1], "rating": [4.5]}), scale=MOVIELENS_SCALE,
+                           columns={"movieId": "image_id", "userId": "user_id", "rating": "score"})
+        assert old.load_frame(pd.DataFrame({"image_id": ["b"], "user_id": [1], "score": [9]})) == 1
+        assert old.ratings_frame()["score"].tolist() == [7, 9] and old.scale == SEED_SCALE
+    finally:
+        old.close()
+
+
+def test_the_seed_scale_stays_the_default(store: RatingsStore, tmp_path: Path) -> None:
+    assert store.scale == SEED_SCALE == RatingScale(1, 10, 1)
+    with pytest.raises(InvalidRatingsError, match=r"score must be an integer 1\.\.10"):
+        store.load_frame(pd.DataFrame({"image_id": ["a"], "user_id": [1], "score": [4.5]}))
+    store.load_frame(pd.DataFrame({"image_id": ["a"], "user_id": [1], "score": [4]}))
+    assert store.ratings_frame()["score"].dtype == "int64"
+    for bad in ((5, 1, 1), (1, 10, 0), (0, 1, 0.3), "x"):
+        with pytest.raises(ConfigError):
+            RatingScale.parse(bad)
 
 
 def test_duplicates_last_keeps_the_last(store: RatingsStore) -> None:

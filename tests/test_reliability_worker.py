@@ -325,3 +325,38 @@ def test_identity_round_trip():
     assert WorkerIdentity.from_json(b"not json") is None
     assert json.loads(me.to_json())["storage"] == "/x"
     assert me.process_alive() and me.same_machine(me)
+
+
+async def test_pool_processes_exit_when_their_worker_is_sigkilled(settings, client, start_worker, tmp_path):
+    """Issue 14, item 7: SIGKILL the worker process alone (as the OOM killer or ``kill -9 <pid>`` does):
+    its pool processes, the forkserver and the resource tracker exit too, instead of living on with
+    parent 1 (each pool process holds the imaging libraries: about 100 MB)."""
+    import signal
+
+    import psutil
+
+    worker = start_worker(worker_processes=2)
+    (source, _), *_ = make_sources(tmp_path / "src")
+    job_id = await client.enqueue_job("create_thumbnail", "pooled", source)
+    assert (await client.result(job_id, timeout=60))["width"] > 0  # the pool has started and worked
+    descendants = psutil.Process(worker.pid).children(recursive=True)
+    def kind(p: psutil.Process) -> str:
+        line = " ".join(p.cmdline())
+        return next((k for k in ("forkserver", "resource_tracker") if f"multiprocessing.{k}" in line), "other")
+
+    assert sorted(kind(p) for p in psutil.Process(worker.pid).children()) == ["forkserver", "resource_tracker"]
+    assert len(descendants) >= 3  # and the forkserver's children: the pool processes started so far
+
+    os.kill(worker.pid, signal.SIGKILL)  # the worker only, not its process group
+
+    def alive() -> list[str]:
+        left = []
+        for p in descendants:
+            try:
+                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                    left.append(f"{p.pid} {' '.join(p.cmdline())[:80]}")
+            except psutil.NoSuchProcess:
+                pass
+        return left
+
+    await eventually(alive, lambda left: not left, timeout=30, what="the dead worker's pool processes to exit")

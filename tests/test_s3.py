@@ -110,7 +110,7 @@ async def test_reindex_over_a_bucket_prefix_writes_to_the_bucket(s3, settings, s
     async with await mediaq.connect(settings=settings.replace(storage=storage)) as client:
         frame = mediaq.image_frame(f"s3://{bucket}/originals/")
         assert sorted(frame.source_path) == sorted(f"s3://{bucket}/{k}" for k in sources)
-        assert "sub__astronaut" in set(frame.image_id)
+        assert "sub__astronaut.jpg" in set(frame.image_id)
         batch = await client.reindex(frame)
         counts = await batch.wait(progress=False, timeout=120)
         df = await batch.results()
@@ -128,7 +128,7 @@ async def test_reindex_over_a_bucket_prefix_writes_to_the_bucket(s3, settings, s
     from mediaq.jobs.images import create_image_set
 
     local = await create_image_set(ctx, "astronaut", str(DATA / "astronaut.jpg"))
-    remote = s3.boto3().get_object(Bucket=bucket, Key="media/thumbs/sub__astronaut.jpg")["Body"].read()
+    remote = s3.boto3().get_object(Bucket=bucket, Key="media/thumbs/sub__astronaut.jpg.jpg")["Body"].read()
     assert Path(local["thumbnail"]["path"]).read_bytes() == remote
 
     # the display helpers read the results' URLs

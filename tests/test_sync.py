@@ -11,10 +11,12 @@ import mediaq
 from mediaq.client.batch import Batch
 from mediaq.client.connection import Client
 from mediaq.client.sync import SyncBatch, SyncClient, SyncJob
+from mediaq.runtime.iqdb_ids import PostIdMap, SyncPostIdMap
 from mediaq.runtime.iqdb_index import IqdbIndex, SyncIqdbIndex
-from mediaq.runtime.iqdb_server import RemoteIqdb, SyncRemoteIqdb
+from mediaq.runtime.iqdb_server import AddResult, RemoteIqdb, SyncRemoteIqdb
 
-PAIRS = [(Client, SyncClient), (Batch, SyncBatch), (IqdbIndex, SyncIqdbIndex), (RemoteIqdb, SyncRemoteIqdb)]
+PAIRS = [(Client, SyncClient), (Batch, SyncBatch), (IqdbIndex, SyncIqdbIndex), (RemoteIqdb, SyncRemoteIqdb),
+         (PostIdMap, SyncPostIdMap)]
 #: async-only plumbing with a differently named blocking twin (arq's aclose/close convention)
 RENAMED = {"aclose": "close", "__aenter__": "__enter__", "__aexit__": "__exit__"}
 
@@ -67,3 +69,21 @@ def test_blocking_twins_against_the_real_server(settings, start_worker):
         index.add(1, "data/astronaut.jpg")
         assert [m.image_id for m in index.query("data/astronaut.jpg", limit=1)] == [1]
         assert index.count() == 1
+
+
+def test_the_blocking_iqdb_face_on_a_server(settings):
+    """connect_sync().iqdb() with MEDIAQ_IQDB_URL: blocking calls that return values (not coroutines),
+    and the same id map as the async face."""
+    from iqdb_server import IqdbTestServer
+
+    with IqdbTestServer() as server, mediaq.connect_sync(settings=settings.replace(iqdb_url=server.url)) as client:
+        iqdb = client.iqdb()
+        assert isinstance(iqdb, SyncRemoteIqdb) and isinstance(iqdb.ids, SyncPostIdMap)
+        added = iqdb.add("astronaut.jpg", "data/astronaut.jpg")
+        assert isinstance(added, AddResult) and (added.post_id, added.mapped) == (2**31 - 1, True)
+        assert isinstance(iqdb.add(5, "data/coffee.jpg"), AddResult)
+        top = iqdb.query("data/astronaut.jpg", limit=2)
+        assert [m.image_id for m in top] == ["astronaut.jpg", 5]
+        iqdb.remove("astronaut.jpg")
+        assert [m.image_id for m in iqdb.query("data/astronaut.jpg", limit=2)] == [5]
+        assert iqdb.status() >= 50_000

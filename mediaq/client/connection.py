@@ -27,10 +27,11 @@ from mediaq.client.base import ClientBase, Views
 from mediaq.client.batch import Batch, new_batch_name
 from mediaq.client.enqueue import BulkEnqueue, EnqueueOptions
 from mediaq.client.frames import FrameBuilder
-from mediaq.client.library import image_frame
+from mediaq.client.library import image_frame, plain_id
 from mediaq.errors import ConfigError, JobError, RedisUnavailable
 from mediaq.runtime import keys
 from mediaq.runtime.connections import client_pool, with_db
+from mediaq.runtime.iqdb_ids import PostIdMap
 from mediaq.runtime.iqdb_index import IqdbIndex
 from mediaq.runtime.iqdb_server import RemoteIqdb
 from mediaq.runtime.server import resolve_redis_url
@@ -130,6 +131,7 @@ class Client(ClientBase):
         expires: float | dt.timedelta | None = None,
         chunk_size: int = 1000,
         progress: bool = False,
+        force: bool = False,
         _job_id: str | Callable[[Any], str] | None = None,
         _defer_by: float | dt.timedelta | None = None,
         _defer_until: dt.datetime | None = None,
@@ -141,7 +143,9 @@ class Client(ClientBase):
         positional argument). ``job_id``: ``None`` (random ids), a template formatted with each
         item (``"thumb:{image_id}"``; positional items as ``{0}``), or a function of the item.
         Ids that exist as a job or a result are skipped, not overwritten (``batch.skipped``), so a
-        rerun with deterministic ids does not duplicate work. ``batch`` names the batch (default: a
+        rerun with deterministic ids does not duplicate work; ``force=True`` runs the finished ones
+        again (their old results are replaced), skipping only jobs still queued or running. ``batch``
+        names the batch (default: a
         new name); the same name again adds to that batch. The options may also be spelled as
         ``enqueue_job`` spells them (``_job_id``, ``_defer_by``...; see
         :class:`~mediaq.client.enqueue.EnqueueOptions`).
@@ -152,7 +156,7 @@ class Client(ClientBase):
                                        _expires=_expires)
         view = self.views.progress(None, "enqueue") if progress else None
         return await BulkEnqueue(self, function, items, options, batch=batch, chunk_size=chunk_size,
-                                 progress=view).run()
+                                 progress=view, force=force).run()
 
     async def reindex(
         self,
@@ -162,23 +166,30 @@ class Client(ClientBase):
         batch: str | None = None,
         pattern: str = "**/*",
         chunk_size: int = 1000,
+        force: bool = False,
     ) -> Batch:
         """Regenerate thumbnail, variants and IQDB entry for every image of a folder tree or DataFrame.
 
-        ``source``: a folder (images found recursively; image id = path relative to it, without the
-        suffix, ``/`` as ``__``) or a DataFrame with ``image_id`` and ``source_path`` columns. Each image
-        gets one ``reindex_image`` job (id ``reindex:<image_id>``) that enqueues its ``add_to_iqdb``
-        follow-up when the thumbnail exists; both are in the returned batch.
+        ``source``: a folder (images found recursively; image id = path relative to it, extension
+        included, ``/`` as ``__``: see :func:`~mediaq.client.library.image_frame`) or a DataFrame with
+        ``image_id`` and ``source_path`` columns (integer ids stay integers). Each image gets one
+        ``reindex_image`` job (id ``reindex:<image_id>``) that enqueues its ``add_to_iqdb`` follow-up
+        when the thumbnail exists; both are in the returned batch.
+
+        A rerun within ``keep_result`` (a day) skips the images already done (``batch.skipped``);
+        ``force=True`` does them all again, follow-ups included (after changing the thumbnail size or
+        the IQDB server, say). Jobs still queued or running are never doubled.
         """
         frame = image_frame(source, pattern) if not isinstance(source, pd.DataFrame) else source
         missing = {"image_id", "source_path"} - set(frame.columns)
         if missing:
             raise ConfigError(f"reindex needs columns image_id and source_path; missing {sorted(missing)}")
         name = batch or new_batch_name("reindex")
-        items = [{"image_id": str(i), "source_path": str(p), "iqdb": iqdb, "batch": name}
+        redo = {"force": True} if force else {}
+        items = [{"image_id": plain_id(i), "source_path": str(p), "iqdb": iqdb, "batch": name, **redo}
                  for i, p in zip(frame["image_id"], frame["source_path"], strict=True)]
         return await self.enqueue_many("reindex_image", items, job_id="reindex:{image_id}", batch=name,
-                                       chunk_size=chunk_size)
+                                       chunk_size=chunk_size, force=force)
 
     def iqdb(self) -> IqdbIndex | RemoteIqdb:
         """The configured IQDB backend: the embedded index shared through this Redis, or the server
@@ -188,7 +199,7 @@ class Client(ClientBase):
         >>> dupes = await client.iqdb().find_duplicates(90)     # doctest: +SKIP
         """
         if self.settings.iqdb_url:
-            return RemoteIqdb(self.settings.iqdb_url)
+            return RemoteIqdb(self.settings.iqdb_url, ids=PostIdMap(self.redis))
         return IqdbIndex(self.redis)
 
     def batch(self, name: str) -> Batch:

@@ -21,6 +21,7 @@ mediaq.errors.ConfigError: job_id and _job_id are the same option: give one
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 import uuid
@@ -126,7 +127,8 @@ class BulkEnqueue:
     """One ``enqueue_many`` call (see the module doc). ``await BulkEnqueue(...).run()`` returns the batch."""
 
     def __init__(self, client: QueueClient, function: str, items: Iterable[Any], options: EnqueueOptions, *,
-                 batch: str | None = None, chunk_size: int = 1000, progress: ProgressView | None = None) -> None:
+                 batch: str | None = None, chunk_size: int = 1000, progress: ProgressView | None = None,
+                 force: bool = False) -> None:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise ConfigError(f"chunk_size={chunk_size!r} must be an integer >= 1")
         self.client = client
@@ -140,7 +142,7 @@ class BulkEnqueue:
         self.written = 0  # jobs in chunks the server confirmed
         self.chunks = 0
         self._entries = self.entries(items)
-        self._sender = ChunkSender(client.redis, client.settings.queue_name, self.batch.ids_key)
+        self._sender = ChunkSender(client.redis, client.settings.queue_name, self.batch.ids_key, force=force)
 
     # -- steps --------------------------------------------------------------------------------------
     def entries(self, items: Iterable[Any]) -> Iterator[Entry]:
@@ -215,6 +217,7 @@ class BulkEnqueue:
                         await self.landed()
                 if not chunk:
                     break
+                _honour_cancel()  # nothing is sent after a stop
                 try:
                     await self._sender.send(chunk)
                 except (RedisError, OSError) as exc:
@@ -223,12 +226,27 @@ class BulkEnqueue:
             await self._sender.aclose()
             if self.progress is not None:
                 self.progress.close()
+        _honour_cancel()
         batch.skipped = self.skipped
         if already_there:
             await batch.load()
         else:  # a new batch holds exactly what this call wrote, in order: no need to read it back
             batch.set_ids(list(self.seen))
         return batch
+
+
+def _honour_cancel() -> None:
+    """Raise ``CancelledError`` if this task was asked to stop and the request went missing.
+
+    A cancel lands at the task's next await, unless a library swallows it on the way: redis-py's
+    writes use ``asyncio.wait_for``, which on Python 3.11 returns normally when the write it waits for
+    completes in the same loop turn as the cancel. ``Task.cancelling()`` still counts the request, so
+    checking it before each chunk means a stop button is always obeyed, at the latest before the
+    next chunk goes out.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError()
 
 
 def _to_ms(value: float | dt.timedelta | None) -> int | None:

@@ -6,10 +6,13 @@
 The signature (and the JPEG conversion a server needs) is computed in the worker's process pool.
 Errors, with stable codes:
 
-* ``missing_file``, ``unreadable``, ``too_large`` (permanent), ``read_error`` (transient): reading
-  the thumbnail;
+* ``missing_file``, ``unreadable`` (permanent), ``read_error`` (transient): reading the thumbnail;
+* ``too_large`` (permanent): more pixels than ``MEDIAQ_MAX_IMAGE_PIXELS``, seen in the header before
+  anything is decoded;
 * ``bad_image`` (permanent): the file is not a decodable image;
-* ``bad_argument`` (permanent): an image id the backend cannot take (servers: integers 0..2**32-1);
+* ``bad_argument`` (permanent): an image id outside the one rule every job applies
+  (:func:`~mediaq.runtime.storage.layout.validate_image_id`), or an integer id the server's id map gave to
+  another id;
 * ``iqdb_unreachable`` (transient, retried): the server cannot be reached, or a proxy in front of it
   answered 502/503/504;
 * ``iqdb_rejected`` (permanent): the server refused the request (HTTP 4xx/500 with its message);
@@ -17,11 +20,15 @@ Errors, with stable codes:
 
 Results are plain dicts::
 
-    {"image_id", "hash", "grayscale", "backend": "embedded" | "server", "server_hash_matches"}
+    {"image_id", "hash", "grayscale", "backend": "embedded" | "server", "server_hash_matches",
+     "post_id", "id_mapped"}
 
 ``server_hash_matches``: on a server, whether its hash equals mediaq's for the same JPEG (``None``
 when the server sends none, as iqdb-rs; always ``None`` on the embedded index). A mismatch is
-logged as a warning.
+logged as a warning. ``post_id``: the id the server knows the image by: the image id itself when it
+is an integer 0..2**31-1 (integer ids stay integers), else one from the stable id map in Redis
+(:mod:`mediaq.runtime.iqdb_ids`), and then ``id_mapped`` is True; both ``None`` on the embedded
+index, which takes any image id as it is.
 
 >>> import asyncio, tempfile                                                  # doctest: +SKIP
 >>> asyncio.run(add_to_iqdb(ctx, 42, "thumbs/42.jpg"))["hash"][:5]            # doctest: +SKIP
@@ -36,6 +43,7 @@ from typing import Any
 
 from mediaq.errors import (
     ConfigError,
+    ImageTooLargeError,
     InvalidImageError,
     IqdbServerError,
     IqdbUnavailable,
@@ -46,6 +54,7 @@ from mediaq.pure.iqdb.compute import compute_signature, to_jpeg_bytes
 from mediaq.pure.iqdb.signature import parse_hash
 from mediaq.runtime.jobspec import job, job_settings, resources, run_cpu
 from mediaq.runtime.settings import Settings
+from mediaq.runtime.storage.layout import validate_image_id
 from mediaq.runtime.storage.urls import is_url, open_store, read_source
 
 __all__ = ["add_to_iqdb", "prepare_thumbnail", "remove_from_iqdb"]
@@ -54,16 +63,19 @@ _CTX_KEY = "mediaq_iqdb_backend"
 log = logging.getLogger("mediaq.iqdb")
 
 
-def prepare_thumbnail(path: str) -> tuple[bytes, str]:
+def prepare_thumbnail(path: str, max_pixels: int | None = None) -> tuple[bytes, str]:
     """Read ``path``, convert it to JPEG if needed, and compute its hash (runs in the process pool).
 
-    Returns ``(jpeg_bytes, hash)``; raises :class:`PermanentJobError` (``bad_image`` and the read
-    errors of :func:`mediaq.pure.imaging.read_source`).
+    Returns ``(jpeg_bytes, hash)``; raises :class:`PermanentJobError` (``too_large`` from the header
+    when it has more than ``max_pixels`` pixels, ``bad_image``, and the read errors of
+    :func:`mediaq.pure.imaging.read_source`).
     """
     data = read_source(path)
     try:
-        jpeg = to_jpeg_bytes(data)
-        return jpeg, compute_signature(jpeg).hash
+        jpeg = to_jpeg_bytes(data, max_pixels=max_pixels)
+        return jpeg, compute_signature(jpeg, max_pixels=max_pixels).hash
+    except ImageTooLargeError as exc:
+        raise PermanentJobError("too_large", f"{path}: {exc}", path=path, limit=max_pixels) from None
     except InvalidImageError as exc:
         raise PermanentJobError("bad_image", f"{path} is not a decodable image: {exc}", path=path) from None
 
@@ -77,17 +89,9 @@ def _resolve(settings: Settings, thumb_path: Any) -> str:
     return open_store(settings.storage).location(thumb_path)
 
 
-def _check_image_id(image_id: Any, remote: bool) -> int | str:
-    if remote:
-        ok = isinstance(image_id, int) and not isinstance(image_id, bool) and 0 <= image_id < 2**32
-        rule = "an integer 0..4294967295 (IQDB servers take integer post ids)"
-    else:
-        ok = (isinstance(image_id, int) and not isinstance(image_id, bool)) or (
-            isinstance(image_id, str) and 0 < len(image_id) <= 256)
-        rule = "an int or a non-empty str of at most 256 characters"
-    if not ok:
-        raise PermanentJobError("bad_argument", f"image_id={image_id!r} is not allowed: use {rule}",
-                                argument="image_id", value=repr(image_id)[:200])
+def _check_image_id(image_id: Any) -> int | str:
+    """The one image id rule of every job (an int stays an int)."""
+    validate_image_id(image_id)
     return image_id
 
 
@@ -96,17 +100,18 @@ def _backend(ctx: dict[str, Any]) -> Any:
     arq gives each job a copy of ``ctx``)."""
     settings = job_settings(ctx)
     shared = resources(ctx)
+    redis = ctx.get("redis")
     if settings.iqdb_url:
+        from mediaq.runtime.iqdb_ids import PostIdMap
         from mediaq.runtime.iqdb_server import RemoteIqdb
 
-        key = f"{_CTX_KEY}:server:{settings.iqdb_url}"
+        key = f"{_CTX_KEY}:server:{settings.iqdb_url}:{id(redis)}"
         backend = shared.get(key)
-        if backend is None:
-            backend = shared[key] = RemoteIqdb(settings.iqdb_url)
+        if backend is None or (backend.ids is not None and backend.ids.redis is not redis):
+            backend = shared[key] = RemoteIqdb(settings.iqdb_url, ids=None if redis is None else PostIdMap(redis))
         return backend
     from mediaq.runtime.iqdb_index import IqdbIndex
 
-    redis = ctx.get("redis")
     if redis is None:
         raise ConfigError("the embedded IQDB index needs ctx['redis'] (a worker provides it)")
     key = f"{_CTX_KEY}:embedded:{id(redis)}"
@@ -134,9 +139,9 @@ async def add_to_iqdb(ctx: dict[str, Any], image_id: int | str, thumb_path: str)
     ``image_id``, replacing an earlier entry of that id. Returns its hash."""
     settings = job_settings(ctx)
     remote = bool(settings.iqdb_url)
-    image_id = _check_image_id(image_id, remote)
+    image_id = _check_image_id(image_id)
     path = _resolve(settings, thumb_path)
-    jpeg, text = await run_cpu(ctx, prepare_thumbnail, path)
+    jpeg, text = await run_cpu(ctx, prepare_thumbnail, path, settings.max_image_pixels)
     sig = parse_hash(text)
     backend = _backend(ctx)
     result: dict[str, Any] = {"image_id": image_id, "hash": text, "grayscale": sig.is_grayscale}
@@ -145,8 +150,10 @@ async def add_to_iqdb(ctx: dict[str, Any], image_id: int | str, thumb_path: str)
             added = await backend.add(image_id, jpeg, signature=sig)
         except (IqdbServerError, IqdbUnavailable) as exc:
             raise _server_failure(exc) from None
+        except ConfigError as exc:
+            raise _id_refused(image_id, exc) from None
         result.update(hash=added.hash, grayscale=added.signature.is_grayscale, backend="server",
-                      server_hash_matches=added.local_hash_matches)
+                      server_hash_matches=added.local_hash_matches, post_id=added.post_id, id_mapped=added.mapped)
         if added.local_hash_matches is False:
             log.warning("IQDB server %s hashed image %r as %s, mediaq as %s: the embedded index would "
                         "score it differently", settings.iqdb_url, image_id, added.hash[:40], text[:40])
@@ -157,7 +164,7 @@ async def add_to_iqdb(ctx: dict[str, Any], image_id: int | str, thumb_path: str)
         await backend.add_many([(image_id, sig)])
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
         raise _redis_failure(exc) from None
-    result.update(backend="embedded", server_hash_matches=None)
+    result.update(backend="embedded", server_hash_matches=None, post_id=None, id_mapped=None)
     return result
 
 
@@ -167,13 +174,15 @@ async def remove_from_iqdb(ctx: dict[str, Any], image_id: int | str) -> dict[str
     a server (which answers the same for unknown ids)."""
     settings = job_settings(ctx)
     remote = bool(settings.iqdb_url)
-    image_id = _check_image_id(image_id, remote)
+    image_id = _check_image_id(image_id)
     backend = _backend(ctx)
     if remote:
         try:
             await backend.remove(image_id)
         except (IqdbServerError, IqdbUnavailable) as exc:
             raise _server_failure(exc) from None
+        except ConfigError as exc:
+            raise _id_refused(image_id, exc) from None
         return {"image_id": image_id, "backend": "server", "removed": None}
     import redis.exceptions
 
@@ -182,3 +191,8 @@ async def remove_from_iqdb(ctx: dict[str, Any], image_id: int | str) -> dict[str
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
         raise _redis_failure(exc) from None
     return {"image_id": image_id, "backend": "embedded", "removed": removed}
+
+
+def _id_refused(image_id: Any, exc: ConfigError) -> PermanentJobError:
+    return PermanentJobError("bad_argument", f"image_id={image_id!r}: {exc}", argument="image_id",
+                             value=repr(image_id)[:200])

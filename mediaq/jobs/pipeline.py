@@ -17,9 +17,10 @@ __all__ = ["reindex_image"]
 
 
 @job(timeout=120)
-async def reindex_image(ctx: dict[str, Any], image_id: str, source_path: str, *, iqdb: bool = True,
-                        batch: str | None = None) -> dict[str, Any]:
-    """Thumbnail + medium + large from one decode, then enqueue ``add_to_iqdb`` for the thumbnail."""
+async def reindex_image(ctx: dict[str, Any], image_id: str | int, source_path: str, *, iqdb: bool = True,
+                        batch: str | None = None, force: bool = False) -> dict[str, Any]:
+    """Thumbnail + medium + large from one decode, then enqueue ``add_to_iqdb`` for the thumbnail
+    (``force``: also when an earlier ``add_to_iqdb`` of this pipeline has a result)."""
     from mediaq.jobs.images import create_image_set
 
     result = await create_image_set(ctx, image_id, source_path)
@@ -32,5 +33,6 @@ async def reindex_image(ctx: dict[str, Any], image_id: str, source_path: str, *,
         entry = job_entry(redis.job_serializer, follow_up, "add_to_iqdb", [image_id, result["thumbnail"]["key"]],
                           {}, batch)
         # atomic: the job and its place in the batch; skipped if it exists (a retried parent)
-        await enqueue_chunk(redis, ctx["settings"].queue_name, [entry], keys.batch_ids(batch) if batch else "")
+        await enqueue_chunk(redis, ctx["settings"].queue_name, [entry], keys.batch_ids(batch) if batch else "",
+                            force=force)
     return {**result, "iqdb_job": follow_up}

@@ -13,12 +13,12 @@ unreachable database raises :class:`~mediaq.errors.TransientJobError` (``ratings
 retried with the seed backoff); bad arguments :class:`~mediaq.errors.PermanentJobError`
 (``bad_argument``).
 
-With ``data/ratings.csv`` loaded (the single 10 of ``synthetic-0022`` ranks below ``coffee``'s 19
+With ``data/ratings.csv`` loaded (the single 10 of ``synthetic-0022`` ranks below ``coffee.jpg``'s 19
 ratings of mean 8.3: that is the point of the prior)::
 
->>> job_id = await client.enqueue_job("recalculate_rating", "astronaut")         # doctest: +SKIP
+>>> job_id = await client.enqueue_job("recalculate_rating", "astronaut.jpg")     # doctest: +SKIP
 >>> await client.result(job_id)                                                 # doctest: +SKIP
-{'image_id': 'astronaut', 'count': 23, 'mean': 6.565..., 'bayesian': 6.406..., 'unknown': [],
+{'image_id': 'astronaut.jpg', 'count': 23, 'mean': 6.565..., 'bayesian': 6.406..., 'unknown': [],
  'C': 7.761..., 'm': 5.936..., 'prior_source': 'db'}
 """
 

@@ -17,15 +17,93 @@ the global mean rating. Pass another ``C``/``m`` to experiment with other priors
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["MAX_SCORE", "MIN_SCORE", "bayesian", "bayesian_ratings", "check_prior", "prior"]
+from mediaq.errors import ConfigError
 
-MIN_SCORE = 1
-MAX_SCORE = 10
+__all__ = ["MAX_SCORE", "MIN_SCORE", "MOVIELENS_SCALE", "SEED_SCALE", "RatingScale", "bayesian", "bayesian_ratings",
+           "check_prior", "prior"]
+
+
+@dataclass(frozen=True)
+class RatingScale:
+    """The scores a ratings database holds: ``low`` to ``high`` in steps of ``step`` from ``low``.
+
+    The seed's scale is 1 to 10 in whole numbers (:data:`SEED_SCALE`, the default everywhere);
+    MovieLens uses half stars, 0.5 to 5 (:data:`MOVIELENS_SCALE`). The Bayesian math works in the
+    scale's own units (``m`` is a mean score).
+
+    >>> RatingScale.parse("0.5:5:0.5"), str(SEED_SCALE), str(MOVIELENS_SCALE)
+    (RatingScale(low=0.5, high=5.0, step=0.5), 'an integer 1..10', '0.5..5 in steps of 0.5')
+    >>> MOVIELENS_SCALE.bad(pd.Series([0.5, 3.5, 5.5, 0.25])).tolist()
+    [False, False, True, True]
+    """
+
+    low: float = 1
+    high: float = 10
+    step: float = 1
+
+    def __post_init__(self) -> None:
+        values = (self.low, self.high, self.step)
+        if not all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and math.isfinite(v)
+                   for v in values):
+            raise ConfigError(f"a rating scale is three finite numbers (low, high, step), got {values!r}")
+        count = (self.high - self.low) / self.step if self.step > 0 else 0
+        if not (self.low < self.high and self.step > 0 and abs(count - round(count)) < 1e-9):
+            raise ConfigError(f"rating scale {values!r}: need low < high and a step > 0 that reaches high from low")
+        for name, value in zip(("low", "high", "step"), values, strict=True):  # 1 and 1.0 are one scale
+            object.__setattr__(self, name, int(value) if float(value).is_integer() and self.integral else float(value))
+
+    @property
+    def integral(self) -> bool:
+        """Whole numbers only (then scores are stored and returned as integers)."""
+        return float(self.low).is_integer() and float(self.step).is_integer()
+
+    @classmethod
+    def parse(cls, value: Any) -> RatingScale:
+        """A scale from a :class:`RatingScale`, ``(low, high, step)``, ``(low, high)`` (step 1) or
+        ``"low:high:step"``."""
+        if isinstance(value, RatingScale):
+            return value
+        if isinstance(value, str):
+            try:
+                value = [float(part) for part in value.split(":")]
+            except ValueError:
+                raise ConfigError(f"a rating scale is 'low:high:step', got {value!r}") from None
+        if isinstance(value, (tuple, list)) and len(value) in (2, 3):
+            return cls(*value)
+        raise ConfigError(f"a rating scale is (low, high, step) or 'low:high:step', got {value!r}")
+
+    def bad(self, scores: pd.Series) -> pd.Series:
+        """True where a numeric score is missing, outside ``low..high`` or off the steps."""
+        numbers = pd.to_numeric(scores, errors="coerce").astype("float64")
+        steps = (numbers - self.low) / self.step
+        off_grid = ~np.isclose(steps, np.round(steps), rtol=0, atol=1e-9)
+        return numbers.isna() | (numbers < self.low) | (numbers > self.high) | off_grid
+
+    @property
+    def text(self) -> str:
+        """``"low:high:step"``, as :meth:`parse` reads it (and the ratings database records it)."""
+        return f"{self.low}:{self.high}:{self.step}"
+
+    def __str__(self) -> str:
+        if self.integral and self.step == 1:
+            return f"an integer {self.low:g}..{self.high:g}"
+        return f"{self.low:g}..{self.high:g} in steps of {self.step:g}"
+
+
+#: The seed application's scale: whole numbers 1 to 10.
+SEED_SCALE = RatingScale(1, 10, 1)
+#: MovieLens' half stars: 0.5 to 5.
+MOVIELENS_SCALE = RatingScale(0.5, 5, 0.5)
+MIN_SCORE = SEED_SCALE.low
+MAX_SCORE = SEED_SCALE.high
 
 
 def prior(ratings: pd.DataFrame) -> tuple[float, float]:

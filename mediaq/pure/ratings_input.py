@@ -1,5 +1,17 @@
 """Ratings input checks: every bad row is named, and nothing is written when any is bad.
 
+One rule for every way ratings come in (a DataFrame, a CSV, a list of ids):
+
+* ``image_id``: text, kept exactly as written (``"007"`` is not ``"7"``), 1..255 characters without
+  control characters (NUL, tab, newline...); an integer becomes its digits. A float is refused: ``31.0``
+  could be ``"31"`` or ``"31.0"`` (pandas makes floats of integer columns with a gap), and so is a bool;
+* ``user_id``: an integer (``7``, ``7.0`` or ``"7"``), not a bool;
+* ``score``: a number on the :class:`~mediaq.pure.ratings.RatingScale` (the seed's 1..10 integers by
+  default), not a bool.
+
+``columns`` renames the input's columns first (``{"movieId": "image_id", "userId": "user_id",
+"rating": "score"}`` for MovieLens); other columns (a timestamp) are ignored.
+
 >>> import pandas as pd
 >>> validate_ratings(pd.DataFrame({"image_id": [7], "user_id": [1.0], "score": [9]})).dtypes.to_dict()
 {'image_id': dtype('O'), 'user_id': dtype('int64'), 'score': dtype('int64')}
@@ -9,40 +21,52 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from mediaq.errors import ConfigError, InvalidRatingsError
-from mediaq.pure.ratings import MAX_SCORE, MIN_SCORE
+from mediaq.pure.ratings import SEED_SCALE, RatingScale
 
-__all__ = ["clean_ids", "validate_ratings"]
+__all__ = ["RATING_COLUMNS", "clean_ids", "validate_ratings"]
+
+RATING_COLUMNS = ("image_id", "user_id", "score")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-def validate_ratings(frame: pd.DataFrame, *, duplicates: str = "error", lines: bool = False) -> pd.DataFrame:
-    """The rows of ``frame`` as clean columns (``image_id`` str, ``user_id`` int64, ``score`` int64),
-    or :class:`InvalidRatingsError` naming every bad row. ``lines``: index labels are CSV line numbers."""
+def validate_ratings(frame: pd.DataFrame, *, columns: Mapping[str, str] | None = None,
+                     scale: RatingScale | Any = SEED_SCALE, duplicates: str = "error",
+                     lines: bool = False) -> pd.DataFrame:
+    """The rows of ``frame`` as clean columns (``image_id`` str, ``user_id`` int64, ``score`` int64 on
+    an integer scale, else float64), or :class:`InvalidRatingsError` naming every bad row.
+    ``lines``: index labels are CSV line numbers."""
     if duplicates not in ("error", "last"):
         raise ConfigError(f"duplicates={duplicates!r}: expected 'error' or 'last'")
-    missing = [c for c in ("image_id", "user_id", "score") if c not in frame.columns]
+    scale = RatingScale.parse(scale)
+    if columns:
+        frame = frame.rename(columns=dict(columns))
+    missing = [c for c in RATING_COLUMNS if c not in frame.columns]
     if missing:
-        raise InvalidRatingsError(f"ratings need columns image_id, user_id, score; missing {missing} "
+        hint = f" after renaming {dict(columns)}" if columns else " (pass columns={'yours': 'image_id', ...})"
+        raise InvalidRatingsError(f"ratings need columns image_id, user_id, score; missing {missing}{hint} "
                                   f"(got {list(frame.columns)})")
-    raw = frame[["image_id", "user_id", "score"]]
-    image_id = raw["image_id"].map(_id_text, na_action="ignore")
-    bad_id = image_id.isna() | (image_id == "") | (image_id.str.len() > 255)
-    _reject(raw, bad_id, "image_id must be a non-empty string of at most 255 characters", lines)
-    user_num = pd.to_numeric(raw["user_id"], errors="coerce")
-    bad_user = user_num.isna() | (user_num != np.floor(user_num)) | (user_num.abs() >= 2**63)
+    raw = frame[list(RATING_COLUMNS)]
+    image_id = raw["image_id"].map(_id_text).astype(object)
+    _reject(raw, image_id.isna(), "image_id must be text or an integer (not missing, a float or a bool: read a "
+            "CSV with dtype=str, or use RatingsStore.load_csv, to keep ids exactly as written)", lines)
+    text = image_id.astype(str)
+    bad_text = ~text.str.len().between(1, 255) | text.str.contains(_CONTROL)
+    _reject(raw, bad_text, "image_id must be 1 to 255 characters without control characters", lines)
+    user = _numbers(raw["user_id"])
+    bad_user = user.isna() | (user != np.floor(user)) | (user.abs() >= 2**63)
     _reject(raw, bad_user, "user_id must be an integer", lines)
-    score_num = pd.to_numeric(raw["score"], errors="coerce")
-    bad_score = score_num.isna() | (score_num != np.floor(score_num))
-    bad_score |= (score_num < MIN_SCORE) | (score_num > MAX_SCORE)
-    _reject(raw, bad_score, f"score must be an integer {MIN_SCORE}..{MAX_SCORE}", lines)
-    clean = pd.DataFrame({"image_id": image_id.astype(object), "user_id": user_num.astype("int64"),
-                          "score": score_num.astype("int64")}, index=raw.index)
+    score = _numbers(raw["score"])
+    _reject(raw, scale.bad(score), f"score must be {scale}", lines)
+    clean = pd.DataFrame({"image_id": image_id, "user_id": user.astype("int64"),
+                          "score": score.astype("int64" if scale.integral else "float64")}, index=raw.index)
     dup = clean.duplicated(["image_id", "user_id"], keep=False)
     if dup.any():
         if duplicates == "error":
@@ -50,6 +74,15 @@ def validate_ratings(frame: pd.DataFrame, *, duplicates: str = "error", lines: b
                     "(pass duplicates='last' to keep the last one)", lines)
         clean = clean.drop_duplicates(["image_id", "user_id"], keep="last")
     return clean
+
+
+def _numbers(column: pd.Series) -> pd.Series:
+    """Numbers as float64; bools and anything that is no number become NaN (so they are refused)."""
+    if pd.api.types.is_bool_dtype(column):
+        return pd.Series(np.nan, index=column.index)
+    if column.dtype == object:
+        column = column.map(lambda v: np.nan if isinstance(v, (bool, np.bool_)) else v)
+    return pd.to_numeric(column, errors="coerce").astype("float64")
 
 
 def _reject(raw: pd.DataFrame, bad: pd.Series, reason: str, lines: bool, show: int = 10) -> None:
@@ -67,27 +100,28 @@ def _reject(raw: pd.DataFrame, bad: pd.Series, reason: str, lines: bool, show: i
 
 
 def _id_text(value: object) -> Any:
-    """An image id as text (ids are exact: no stripping); integers are accepted; anything else is NaN."""
+    """An image id as text (exact: no stripping); an integer as its digits; anything else is NaN."""
     if isinstance(value, str):
         return value
     if isinstance(value, (bool, np.bool_)):
         return np.nan
     if isinstance(value, (int, np.integer)):
         return str(int(value))
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return str(int(value))
     return np.nan
 
 
 def clean_ids(image_ids: Iterable[object]) -> list[str]:
+    """Image ids as the store keeps them (see the module doc); :class:`ConfigError` for a bad one."""
     if isinstance(image_ids, (str, bytes)):
         raise ConfigError(f"image_ids must be a list of ids, not the single string {image_ids!r}")
-    if isinstance(image_ids, list) and all(type(value) is str and value for value in image_ids):
+    if isinstance(image_ids, list) and all(type(value) is str and value and not _CONTROL.search(value)
+                                           for value in image_ids):
         return image_ids  # already text (the usual case): no copy
     out = []
     for value in image_ids:
         text = _id_text(value)
-        if not isinstance(text, str) or not text:
-            raise ConfigError(f"invalid image id {value!r}: expected a non-empty string (or an integer)")
+        if not isinstance(text, str) or not text or _CONTROL.search(text):
+            raise ConfigError(f"invalid image id {value!r}: expected a non-empty string without control "
+                              "characters (or an integer)")
         out.append(text)
     return out

@@ -22,7 +22,6 @@ whatever the index size, plus one more per 5,000 changes to catch up.
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -34,6 +33,7 @@ from mediaq.errors import ConfigError, InvalidHashError
 from mediaq.pure.iqdb.compute import ImageInput, as_signature
 from mediaq.pure.iqdb.scoring import ImageId, LocalIndex, Match
 from mediaq.pure.iqdb.signature import PACKED_SIZE, Signature, pack_signature, parse_hash, unpack_signature
+from mediaq.runtime.iqdb_ids import decode_id, encode_id
 from mediaq.runtime.keys import IQDB_PREFIX
 from mediaq.runtime.settings import Settings
 
@@ -41,7 +41,6 @@ __all__ = ["IqdbIndex", "SyncIqdbIndex"]
 
 SYNC_CHUNK = 5000
 WRITE_CHUNK = 1000
-_INT_RE = re.compile(r"-?(0|[1-9][0-9]*)")
 _PACKED_DTYPE = np.dtype([("avglf", ">f8", (3,)), ("sig", ">i2", (3, 40))])
 
 # KEYS: seq, sigs, log, epoch. ARGV: epoch candidate, then id, packed, id, packed...
@@ -86,19 +85,6 @@ return {epoch, seq, log, sigs}
 
 
 
-def _encode_id(image_id: ImageId) -> str:
-    if isinstance(image_id, bool) or not isinstance(image_id, (int, str)):
-        raise ConfigError(f"an image id is an int or a str, got {image_id!r}")
-    if isinstance(image_id, str) and not image_id:
-        raise ConfigError("an image id cannot be the empty string")
-    return str(image_id)
-
-
-def _decode_id(raw: bytes | str) -> ImageId:
-    text = raw.decode() if isinstance(raw, bytes) else raw
-    return int(text) if _INT_RE.fullmatch(text) else text
-
-
 def _check_client(redis: Any) -> None:
     kwargs = getattr(getattr(redis, "connection_pool", None), "connection_kwargs", {})
     if kwargs.get("decode_responses"):
@@ -131,7 +117,7 @@ class _IndexBase:
         args: list[Any] = []
         for image_id, sig in items:
             sig = parse_hash(sig) if isinstance(sig, str) else sig
-            args += [_encode_id(image_id), pack_signature(sig)]
+            args += [encode_id(image_id), pack_signature(sig)]
             if len(args) >= 2 * WRITE_CHUNK:
                 yield args
                 args = []
@@ -156,7 +142,7 @@ class _IndexBase:
                 self._seq = 0
                 return True, 0
         for k in range(0, len(log), 2):
-            pending[_decode_id(log[k])] = None if sigs[k // 2] is None else bytes(sigs[k // 2])
+            pending[decode_id(log[k])] = None if sigs[k // 2] is None else bytes(sigs[k // 2])
             since = max(since, int(float(log[k + 1])))
         return len(log) // 2 >= SYNC_CHUNK, since
 
@@ -242,7 +228,7 @@ class IqdbIndex(_IndexBase):
 
     async def remove(self, image_id: ImageId) -> bool:
         """Remove an image; False if it was not indexed."""
-        return bool(await self._remove(keys=self.keys[:3], args=[_encode_id(image_id)]))
+        return bool(await self._remove(keys=self.keys[:3], args=[encode_id(image_id)]))
 
     async def refresh(self) -> int:
         """Bring the local replica up to date; returns the number of images it holds."""
@@ -256,7 +242,7 @@ class IqdbIndex(_IndexBase):
 
     async def get(self, image_id: ImageId) -> Signature | None:
         """The stored signature of an image (read from Redis), or None."""
-        packed = await self.redis.hget(self.keys[1], _encode_id(image_id))
+        packed = await self.redis.hget(self.keys[1], encode_id(image_id))
         return None if packed is None else unpack_signature(bytes(packed))
 
     async def count(self) -> int:
@@ -319,7 +305,7 @@ class SyncIqdbIndex(_IndexBase):
         return count
 
     def remove(self, image_id: ImageId) -> bool:
-        return bool(self._remove(keys=self.keys[:3], args=[_encode_id(image_id)]))
+        return bool(self._remove(keys=self.keys[:3], args=[encode_id(image_id)]))
 
     def refresh(self) -> int:
         pending: dict[ImageId, bytes | None] = {}
@@ -331,7 +317,7 @@ class SyncIqdbIndex(_IndexBase):
         return len(self.local)
 
     def get(self, image_id: ImageId) -> Signature | None:
-        packed = self.redis.hget(self.keys[1], _encode_id(image_id))
+        packed = self.redis.hget(self.keys[1], encode_id(image_id))
         return None if packed is None else unpack_signature(bytes(packed))
 
     def count(self) -> int:

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from mediaq.errors import JobFailure, TransientJobError
 
-__all__ = ["JobSpec", "job", "job_settings", "make_process_pool", "resources", "run_cpu"]
+__all__ = ["JobSpec", "exit_with_parent", "job", "job_settings", "make_process_pool", "resources", "run_cpu"]
 
 _PROCESS_RESOURCES: dict[str, Any] = {}
 
@@ -107,11 +107,44 @@ def _retry_or_raise(ctx: dict[str, Any], exc: JobFailure, max_tries: int | None)
 
 def make_process_pool(processes: int) -> ProcessPoolExecutor:
     """A pool for CPU-bound work. ``forkserver``: a forked pool can hang when the parent already
-    holds library threads (seen with pyvips), and ``spawn`` would re-import on every start."""
+    holds library threads (seen with pyvips), and ``spawn`` would re-import on every start.
+
+    Its processes end when the worker that made the pool dies, however it dies (SIGKILL, the OOM
+    killer): see :func:`exit_with_parent`. With them gone, the forkserver and the resource tracker
+    see their last pipe close and exit too.
+    """
     import multiprocessing
 
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    return ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context(method))
+    return ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context(method),
+                               initializer=exit_with_parent)
+
+
+def exit_with_parent() -> None:
+    """Pool initializer: end this process as soon as the process that started it is gone.
+
+    A pool process blocks on its task queue, and holds both ends of that pipe itself, so it never
+    sees its worker die; it would live on with parent 1 (about 100 MB each), keeping the forkserver
+    (whose child it is, so ``PR_SET_PDEATHSIG`` cannot help) and the resource tracker alive. The
+    worker holds the write end of ``multiprocessing.parent_process().sentinel`` (for the forkserver
+    and spawn methods alike) and nothing else does: it becomes readable exactly when the worker is
+    gone. A daemon thread waits on it, then leaves at once (``os._exit``: nothing of a dead worker's
+    is worth cleaning up here; outputs are written by the worker, atomically).
+    """
+    import multiprocessing
+    import os
+    import threading
+    from multiprocessing.connection import wait
+
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.sentinel is None:  # pragma: no cover - not started by multiprocessing
+        return
+
+    def watch(sentinel: int) -> None:
+        wait([sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, args=(parent.sentinel,), name="mediaq-exit-with-worker", daemon=True).start()
 
 
 async def run_cpu(ctx: dict[str, Any], fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

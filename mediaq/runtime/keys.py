@@ -32,6 +32,10 @@ mediaq's keys, in the queue database unless noted:
 ``mediaq:claimants``                   hash: worker name -> identity (JSON)
 ``mediaq:recoveries``                  list: the last recoveries, newest first (JSON)
 ``mediaq:iqdb:{seq,sigs,log,epoch}``   the embedded IQDB index
+``mediaq:iqdb-ids:by-id``              hash: image id -> IQDB server post id (ids that are no post id)
+``mediaq:iqdb-ids:by-post``            hash: post id -> image id (the same map, backwards)
+``mediaq:iqdb-ids:floor``              the lowest post id handed out (they go down from 2**31 - 1)
+``mediaq:iqdb-ids:max-direct``         the highest integer id sent to a server as its own post id
 ``mediaq:ratings:prior:<hash of url>`` the cached rating prior (cache database)
 =====================================  ==================================================================
 
@@ -51,6 +55,10 @@ __all__ = [
     "HEALTH_CHECK_SUFFIX",
     "HEARTBEAT_PREFIX",
     "IN_PROGRESS_PREFIX",
+    "IQDB_IDS_BY_ID",
+    "IQDB_IDS_BY_POST",
+    "IQDB_IDS_FLOOR",
+    "IQDB_IDS_MAX_DIRECT",
     "IQDB_PREFIX",
     "JOB_PREFIX",
     "RATINGS_PRIOR_PREFIX",
@@ -91,6 +99,10 @@ CLAIMS_PREFIX = "mediaq:claims:"
 CLAIMANTS = "mediaq:claimants"
 RECOVERIES = "mediaq:recoveries"
 IQDB_PREFIX = "mediaq:iqdb:"
+IQDB_IDS_BY_ID = "mediaq:iqdb-ids:by-id"
+IQDB_IDS_BY_POST = "mediaq:iqdb-ids:by-post"
+IQDB_IDS_FLOOR = "mediaq:iqdb-ids:floor"
+IQDB_IDS_MAX_DIRECT = "mediaq:iqdb-ids:max-direct"
 RATINGS_PRIOR_PREFIX = "mediaq:ratings:prior:"
 
 

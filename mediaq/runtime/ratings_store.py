@@ -6,8 +6,13 @@ otherwise (PostgreSQL, MySQL/MariaDB: the upserts are written for those three di
 
 Tables:
 
-* ``ratings``: ``image_id`` (text), ``user_id`` (integer), ``score`` (1..10); one row per
-  ``(image_id, user_id)`` (a new score from the same user replaces the old one).
+* ``ratings``: ``image_id`` (text), ``user_id`` (integer), ``score`` (a number on the database's
+  :class:`~mediaq.pure.ratings.RatingScale`: the seed's whole numbers 1..10 unless the first load said
+  otherwise, e.g. MovieLens' half stars 0.5..5); one row per ``(image_id, user_id)`` (a new score from
+  the same user replaces the old one).
+* ``rating_meta``: ``key`` -> ``value``; ``scale`` is the database's scale, recorded by the first load,
+  so later loads (and notebooks) cannot mix scales. A table made before the scale was recorded holds
+  the seed's 1..10.
 * ``rating_stats``: ``image_id``, ``count``, ``mean`` (NULL when unrated), ``bayesian``, ``updated_at``.
   An image is *known* when it has ratings or a stats row (:meth:`RatingsStore.add_images` registers
   images that have no ratings yet); recalculating an unknown id reports it instead of inventing a row.
@@ -21,6 +26,8 @@ from SQL aggregates.
 >>> import pandas as pd
 >>> store.load_frame(pd.DataFrame({"image_id": ["a", "a", "b"], "user_id": [1, 2, 1], "score": [10, 8, 3]}))
 3
+>>> store.scale
+RatingScale(low=1, high=10, step=1)
 >>> store.prior()
 (1.5, 7.0)
 >>> store.recalculate(["a", "b", "nope"])["unknown"]
@@ -34,7 +41,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,14 +51,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from mediaq.errors import ConfigError, InvalidRatingsError
-from mediaq.pure.ratings import MAX_SCORE, MIN_SCORE, check_prior
+from mediaq.pure.ratings import SEED_SCALE, RatingScale, check_prior
 from mediaq.pure.ratings_input import clean_ids, validate_ratings
 from mediaq.runtime.sql_engine import make_engine, resolve_busy_timeout
 
 if TYPE_CHECKING:
     from mediaq.runtime.settings import Settings
 
-__all__ = ["InvalidRatingsError", "RatingsStore", "metadata", "rating_stats", "ratings"]
+__all__ = ["InvalidRatingsError", "RatingsStore", "metadata", "rating_meta", "rating_stats", "ratings"]
 
 #: ids per statement when recalculating (keeps bind parameters well under every backend's limit)
 ID_BATCH = 5000
@@ -65,9 +72,16 @@ ratings = sa.Table(
     metadata,
     sa.Column("image_id", sa.String(255), primary_key=True),
     sa.Column("user_id", sa.BigInteger, primary_key=True, autoincrement=False),
-    sa.Column("score", sa.SmallInteger, nullable=False),
-    sa.CheckConstraint(f"score BETWEEN {MIN_SCORE} AND {MAX_SCORE}", name="ck_ratings_score"),
+    # any scale (checked against rating_meta's on load); tables made before scales were integer 1..10
+    sa.Column("score", sa.Double, nullable=False),
     sqlite_with_rowid=False,  # clustered by (image_id, user_id): a chunk of ids is a few range scans
+)
+
+rating_meta = sa.Table(
+    "rating_meta",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(255), nullable=False),
 )
 
 rating_stats = sa.Table(
@@ -121,17 +135,54 @@ class RatingsStore:
     dispose = close  # the name the worker's shutdown looks for on per-process resources
 
     def create_tables(self) -> None:
-        """Create ``ratings`` and ``rating_stats`` if they do not exist."""
+        """Create ``ratings``, ``rating_stats`` and ``rating_meta`` if they do not exist."""
         with self._writing() as conn:
             metadata.create_all(conn, checkfirst=True)
 
+    # -- the scale ----------------------------------------------------------------------------------
+    @property
+    def scale(self) -> RatingScale:
+        """The scale of the scores in this database (the seed's 1..10 until a load records another)."""
+        with self._reading() as conn:
+            return self._recorded_scale(conn) or SEED_SCALE
+
+    @staticmethod
+    def _recorded_scale(conn: Connection) -> RatingScale | None:
+        value = conn.scalar(sa.select(rating_meta.c.value).where(rating_meta.c.key == "scale"))
+        return None if value is None else RatingScale.parse(value)
+
+    def _scale_for(self, conn: Connection, wanted: Any) -> tuple[RatingScale, bool]:
+        """The scale a load uses, and whether it still has to be recorded; :class:`ConfigError` when
+        ``wanted`` cannot go into this database."""
+        recorded = self._recorded_scale(conn)
+        scale = RatingScale.parse(wanted) if wanted is not None else recorded or SEED_SCALE
+        if recorded is not None:
+            if scale != recorded:
+                raise ConfigError(f"{self!r} holds ratings on the {recorded} scale, not {scale}: load these into "
+                                  f"another database (MEDIAQ_RATINGS_URL), or pass scale={recorded}")
+            return scale, False
+        if scale != SEED_SCALE:  # a table from before scales were recorded holds the seed's 1..10
+            rated = conn.scalar(sa.select(sa.func.count()).select_from(ratings))
+            whole = any(c["name"] == "score" and isinstance(c["type"], sa.Integer)
+                        for c in sa.inspect(conn).get_columns("ratings"))
+            if rated or (whole and not scale.integral):
+                raise ConfigError(f"{self!r} already holds ratings on the seed's scale ({SEED_SCALE})"
+                                  f"{' in a column of whole numbers' if whole else ''}: load ratings on the {scale} "
+                                  "scale into another database (MEDIAQ_RATINGS_URL)")
+        return scale, True
+
     # -- loading ------------------------------------------------------------------------------------
-    def load_frame(self, frame: pd.DataFrame, *, duplicates: str = "error", _lines: bool = False) -> int:
-        """Insert ratings from a DataFrame with columns ``image_id``, ``user_id``, ``score``; returns the
-        number of rows written. All or nothing: every row is validated first (scores must be integers
-        1..10, user ids integers, image ids non-empty) and :class:`InvalidRatingsError` names the bad
-        rows. An existing ``(image_id, user_id)`` rating is replaced. Repeated pairs *within* the input
-        are an error with ``duplicates="error"`` (default) or resolved by the last one with ``"last"``.
+    def load_frame(self, frame: pd.DataFrame, *, columns: Mapping[str, str] | None = None, scale: Any = None,
+                   duplicates: str = "error", _lines: bool = False) -> int:
+        """Insert ratings from a DataFrame with columns ``image_id``, ``user_id``, ``score`` (or others
+        named by ``columns``: ``{"movieId": "image_id", ...}``); returns the number of rows written.
+
+        ``scale``: a :class:`~mediaq.pure.ratings.RatingScale` or ``(low, high, step)``; default the
+        database's (the seed's 1..10 for a new one). The first load records it; a later load on
+        another scale is a :class:`ConfigError`. All or nothing: every row is validated first (see
+        :mod:`mediaq.pure.ratings_input`) and :class:`InvalidRatingsError` names the bad rows. An
+        existing ``(image_id, user_id)`` rating is replaced. Repeated pairs *within* the input are an
+        error with ``duplicates="error"`` (default) or resolved by the last one with ``"last"``.
 
         >>> s = RatingsStore("sqlite://")
         >>> s.load_frame(pd.DataFrame({"image_id": ["a"], "user_id": [1], "score": [11]}))
@@ -141,33 +192,45 @@ class RatingsStore:
         InvalidRatingsError: 1 rating row(s) rejected, nothing written: score must be an integer 1..10:
         row 0 (image_id='a', user_id=1, score=11)
         """
-        clean = validate_ratings(frame, duplicates=duplicates, lines=_lines)
+        with self._reading() as conn:
+            chosen, _ = self._scale_for(conn, scale)
+        clean = validate_ratings(frame, columns=columns, scale=chosen, duplicates=duplicates, lines=_lines)
         if clean.empty:
             return 0
         stmt = self._upsert(ratings, ["image_id", "user_id"], ["score"])
         clean = clean.sort_values(["image_id", "user_id"], kind="stable")  # in key order: B-tree appends
-        columns = {name: clean[name].tolist() for name in ("image_id", "user_id", "score")}
+        columns_out = {name: clean[name].tolist() for name in ("image_id", "user_id", "score")}
         with self._writing() as conn:
+            again, record = self._scale_for(conn, chosen)  # in the write transaction: no other scale since
+            if record:
+                conn.execute(rating_meta.insert(), [{"key": "scale", "value": again.text}])
             if self.is_sqlite:  # straight to the driver's executemany: 3-4x faster than per-row dicts
                 compiled = stmt.compile(dialect=self.engine.dialect)
-                rows = list(zip(*(columns[name] for name in compiled.positiontup), strict=True))
+                rows = list(zip(*(columns_out[name] for name in compiled.positiontup), strict=True))
                 for start in range(0, len(rows), LOAD_BATCH):
                     conn.exec_driver_sql(str(compiled), rows[start : start + LOAD_BATCH])
             else:
-                records = [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+                records = [dict(zip(columns_out, values, strict=True)) for values in zip(*columns_out.values(),
+                                                                                         strict=True)]
                 for start in range(0, len(records), LOAD_BATCH):
                     conn.execute(stmt, records[start : start + LOAD_BATCH])
         return len(clean)
 
-    def load_csv(self, path: str | Path, *, duplicates: str = "error", **read_csv_kw: Any) -> int:
-        """Insert ratings from a CSV with a header ``image_id,user_id,score`` (see :meth:`load_frame`).
-        Errors name the CSV line numbers of the bad rows (the header is line 1)."""
+    def load_csv(self, path: str | Path, *, columns: Mapping[str, str] | None = None, scale: Any = None,
+                 duplicates: str = "error", **read_csv_kw: Any) -> int:
+        """Insert ratings from a CSV with a header ``image_id,user_id,score``, or the columns named by
+        ``columns`` (see :meth:`load_frame`; ids are kept exactly as written). Errors name the CSV
+        line numbers of the bad rows (the header is line 1). MovieLens' ``ratings.csv`` in one call::
+
+            store.load_csv("ml-latest-small/ratings.csv", scale=MOVIELENS_SCALE,
+                           columns={"movieId": "image_id", "userId": "user_id", "rating": "score"})
+        """
         try:
             frame = pd.read_csv(path, dtype=str, keep_default_na=False, **read_csv_kw)
         except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
             raise InvalidRatingsError(f"cannot read ratings CSV {str(path)!r}: {exc}") from exc
         frame.index = frame.index + 2  # CSV line numbers
-        return self.load_frame(frame, duplicates=duplicates, _lines=True)
+        return self.load_frame(frame, columns=columns, scale=scale, duplicates=duplicates, _lines=True)
 
     def add_images(self, image_ids: Iterable[object]) -> int:
         """Register images (so that an image with no ratings is known, and gets 0); returns how many
@@ -209,7 +272,8 @@ class RatingsStore:
         with self._reading() as conn:
             rows = conn.execute(sa.select(ratings.c.image_id, ratings.c.user_id, ratings.c.score)).all()
         frame = pd.DataFrame(rows, columns=["image_id", "user_id", "score"])
-        return frame.astype({"image_id": object, "user_id": "int64", "score": "int64"})
+        score = "int64" if self.scale.integral else "float64"
+        return frame.astype({"image_id": object, "user_id": "int64", "score": score})
 
     def stats(self, image_ids: Iterable[object] | None = None) -> pd.DataFrame:
         """Stored per-image stats indexed by ``image_id`` (``count``, ``mean``, ``bayesian``,

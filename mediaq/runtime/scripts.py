@@ -2,7 +2,9 @@
 
 Enqueue: one Lua script call per chunk writes jobs exactly as ``ArqRedis.enqueue_job`` does
 (``PSETEX arq:job:<id>`` + ``ZADD <queue>``) and keeps arq's rule that an id existing as a job or a
-result is not overwritten. A script runs atomically, so a chunk is written whole or not at all.
+result is not overwritten; with ``force`` an id that exists only as a result (the job finished) is
+enqueued again and its old result deleted, while a job still queued or running is left alone. A
+script runs atomically, so a chunk is written whole or not at all.
 
 Status: one script call per chunk classifies each id as arq does (result, in progress, queued,
 deferred, not found); success is told apart from failure by reading 4 bytes of the result
@@ -30,7 +32,7 @@ _RESULT_UNKNOWN = 6  # a result whose success flag must be read in Python (pickl
 # 500 jobs. Fewer calls per job matter twice: a call from Lua costs about 1 us, and every write is
 # also appended to the AOF, so this is about 1.5x the rate of a ZADD per job.
 ENQUEUE_LUA = f"""
-local queue, idset = ARGV[1], ARGV[2]
+local queue, idset, force = ARGV[1], ARGV[2], ARGV[3] == '1'
 local skipped, queued, listed = {{}}, {{}}, {{}}
 local seq = 0
 -- check before writing anything: a script that fails part way keeps what it wrote
@@ -47,11 +49,18 @@ if idset ~= '' then
   local last = redis.call('ZRANGE', idset, -1, -1, 'WITHSCORES')
   if last[2] then seq = tonumber(last[2]) + 1 end
 end
-for i = 3, #ARGV, 4 do
+for i = 4, #ARGV, 4 do
   local id = ARGV[i]
-  if redis.call('EXISTS', '{JOB_PREFIX}' .. id, '{RESULT_PREFIX}' .. id) > 0 then
+  local exists
+  if force then
+    exists = redis.call('EXISTS', '{JOB_PREFIX}' .. id)
+  else
+    exists = redis.call('EXISTS', '{JOB_PREFIX}' .. id, '{RESULT_PREFIX}' .. id)
+  end
+  if exists > 0 then
     skipped[#skipped + 1] = id
   else
+    if force then redis.call('DEL', '{RESULT_PREFIX}' .. id) end
     redis.call('PSETEX', '{JOB_PREFIX}' .. id, ARGV[i + 2], ARGV[i + 3])
     queued[#queued + 1] = ARGV[i + 1]
     queued[#queued + 1] = id
@@ -190,17 +199,19 @@ def job_entry(dumps: Any, job_id: str, function: str, args: Sequence[Any], kwarg
 
 
 async def enqueue_chunk(
-    redis: Any, queue_name: str, jobs: Sequence[tuple[str, int, int, bytes]], id_list_key: str = ""
+    redis: Any, queue_name: str, jobs: Sequence[tuple[str, int, int, bytes]], id_list_key: str = "", *,
+    force: bool = False,
 ) -> list[str]:
     """Write ``(job_id, score_ms, expires_ms, payload)`` jobs atomically; return the ids skipped
-    because they already exist as a job or a result. ``id_list_key`` (a batch's sorted set of ids,
-    scored by insertion order) gets every id not in it yet, skipped ones included."""
+    because they already exist as a job or a result (``force``: as a job). ``id_list_key`` (a batch's
+    sorted set of ids, scored by insertion order) gets every id not in it yet, skipped ones included."""
     script = _script(redis, "enqueue", ENQUEUE_LUA)
-    return _decoded(await script(args=_enqueue_argv(queue_name, jobs, id_list_key)))
+    return _decoded(await script(args=_enqueue_argv(queue_name, jobs, id_list_key, force)))
 
 
-def _enqueue_argv(queue_name: str, jobs: Sequence[tuple[str, int, int, bytes]], id_list_key: str) -> list[Any]:
-    argv: list[Any] = [queue_name, id_list_key]
+def _enqueue_argv(queue_name: str, jobs: Sequence[tuple[str, int, int, bytes]], id_list_key: str,
+                  force: bool = False) -> list[Any]:
+    argv: list[Any] = [queue_name, id_list_key, "1" if force else "0"]
     for job_id, score, expires_ms, payload in jobs:
         argv += [job_id, score, expires_ms, payload]
     return argv
@@ -222,10 +233,11 @@ class ChunkSender:
     is why this talks to a pooled connection directly.)
     """
 
-    def __init__(self, redis: Any, queue_name: str, id_list_key: str = "") -> None:
+    def __init__(self, redis: Any, queue_name: str, id_list_key: str = "", *, force: bool = False) -> None:
         self.redis = redis
         self.queue_name = queue_name
         self.id_list_key = id_list_key
+        self.force = force
         self._connection: Any = None
         self._sha: str | None = None
         self._in_flight: list[Any] | None = None  # argv of the chunk sent and not landed yet
@@ -233,7 +245,7 @@ class ChunkSender:
     @property
     def in_flight(self) -> int:
         """How many jobs were (or were being) sent and have not landed yet: 0 or one chunk's worth."""
-        return 0 if self._in_flight is None else (len(self._in_flight) - 2) // 4
+        return 0 if self._in_flight is None else (len(self._in_flight) - 3) // 4
 
     async def send(self, jobs: Sequence[tuple[str, int, int, bytes]]) -> None:
         if self._in_flight is not None:
@@ -245,7 +257,7 @@ class ChunkSender:
                 self._connection = await pool.get_connection()
             except TypeError:  # redis-py < 5.3 wants a command name
                 self._connection = await pool.get_connection("EVALSHA")
-        argv = _enqueue_argv(self.queue_name, jobs, self.id_list_key)
+        argv = _enqueue_argv(self.queue_name, jobs, self.id_list_key, self.force)
         connection = self._connection
         if not connection.is_connected:  # failures up to here mean nothing was sent
             await connection.connect()

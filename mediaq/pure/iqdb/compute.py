@@ -21,13 +21,15 @@ from __future__ import annotations
 import functools
 import io
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mediaq.errors import InvalidImageError
+from mediaq.errors import ImageTooLargeError, InvalidImageError
 from mediaq.pure.iqdb.signature import NUM_COEFS, NUM_PIXELS, Signature, looks_like_hash, parse_hash
+from mediaq.pure.iqdb.stdheap import PriorityQueue
 
 __all__ = [
     "ImageInput",
@@ -51,32 +53,72 @@ ImageInput = bytes | bytearray | memoryview | str | Path | Any  # Any: a PIL.Ima
 
 # -- step 1: decode -------------------------------------------------------------------------------
 
-def _open(data: ImageInput) -> Any:
-    from PIL import Image, UnidentifiedImageError
+_EOI = b"\xff\xd9"
+
+
+def _open(data: ImageInput, max_pixels: int | None = None) -> Any:
+    """The decoded image, refused from its header when it has more than ``max_pixels`` pixels.
+
+    A JPEG whose data ends early decodes as libjpeg finishes it for the server (libgd's reader): its
+    data source inserts an end-of-image marker, and the blocks never reached come out mid-grey.
+    """
+    from PIL import Image
+
+    from mediaq.pure.imaging import check_pixels
 
     if isinstance(data, Image.Image):
+        _checked(check_pixels, data, max_pixels)
         return data
+    raw = bytes(data) if isinstance(data, (bytes, bytearray, memoryview)) else Path(data).read_bytes()
     try:
-        if isinstance(data, (bytes, bytearray, memoryview)):
-            img = Image.open(io.BytesIO(bytes(data)))
-        else:
-            img = Image.open(Path(data))
+        return _decode(raw, max_pixels)
+    except InvalidImageError as exc:
+        if raw[:2] != b"\xff\xd8" or "truncated" not in str(exc) or raw.endswith(_EOI):
+            raise
+        return _decode(raw + _EOI, max_pixels)
+
+
+def _decode(raw: bytes, max_pixels: int | None) -> Any:
+    from PIL import Image, UnidentifiedImageError
+
+    from mediaq.pure.imaging import check_pixels
+
+    def decode() -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit is check_pixels'
+            img = Image.open(io.BytesIO(raw))
+        check_pixels(img, max_pixels)
         img.load()
-    except FileNotFoundError:
+        return img
+
+    try:
+        return _checked(decode)
+    except ImageTooLargeError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InvalidImageError(f"cannot decode image: {exc}") from exc
-    return img
 
 
-def decode_rgb(data: ImageInput) -> np.ndarray:
+def _checked(fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` with Pillow's decompression-bomb errors as :class:`ImageTooLargeError`."""
+    from PIL import Image
+
+    try:
+        return fn(*args)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"the image is too large to decode safely: {exc} (MEDIAQ_MAX_IMAGE_PIXELS)") from None
+
+
+def decode_rgb(data: ImageInput, *, max_pixels: int | None = None) -> np.ndarray:
     """Decoded pixels as an ``(H, W, 3)`` uint8 array, as libgd's JPEG reader gives them.
 
     Grayscale is expanded to three equal channels; CMYK uses libgd's integer formula
     ``(255 - c) * (255 - k) // 255``. Other modes are converted by Pillow (only JPEG input is
-    guaranteed to match the server, which accepts nothing else).
+    guaranteed to match the server, which accepts nothing else). More than ``max_pixels`` pixels
+    (default Pillow's 89,478,485, as ``MEDIAQ_MAX_IMAGE_PIXELS``) raises :class:`ImageTooLargeError`
+    from the header, before decoding.
     """
-    img = _open(data)
+    img = _open(data, max_pixels)
     if img.mode == "L":
         gray = np.asarray(img, dtype=np.uint8)
         return np.repeat(gray[:, :, None], 3, axis=2)
@@ -89,12 +131,14 @@ def decode_rgb(data: ImageInput) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
-def to_jpeg_bytes(data: ImageInput, quality: int = 95) -> bytes:
+def to_jpeg_bytes(data: ImageInput, quality: int = 95, *, max_pixels: int | None = None) -> bytes:
     """The image as JPEG bytes: JPEG input passes through untouched, anything else is converted.
 
     IQDB servers accept JPEG only, and the embedded index applies the same conversion, so both
-    backends give the same hash for a PNG thumbnail.
+    backends give the same hash for a PNG thumbnail. Every input is checked against ``max_pixels``
+    (see :func:`decode_rgb`) from its header first, JPEG included: a server would decode it.
     """
+
     if isinstance(data, (bytes, bytearray, memoryview)):
         raw = bytes(data)
     elif isinstance(data, (str, Path)):
@@ -102,13 +146,33 @@ def to_jpeg_bytes(data: ImageInput, quality: int = 95) -> bytes:
     else:
         raw = b""
     if raw[:2] == b"\xff\xd8":
+        _header_check(raw, max_pixels)
         return raw
-    img = _open(raw if raw else data)
+    img = _open(raw if raw else data, max_pixels)
     if img.mode not in ("RGB", "L"):
         img = img.convert("RGBA").convert("RGB") if "A" in img.mode or img.mode == "P" else img.convert("RGB")
     out = io.BytesIO()
     img.save(out, format="JPEG", quality=quality)
     return out.getvalue()
+
+
+def _header_check(raw: bytes, max_pixels: int | None) -> None:
+    """:class:`ImageTooLargeError` if the header of ``raw`` declares more than ``max_pixels`` (nothing decoded)."""
+    from PIL import Image, UnidentifiedImageError
+
+    from mediaq.pure.imaging import check_pixels
+
+    def header() -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            check_pixels(Image.open(io.BytesIO(raw)), max_pixels)
+
+    try:
+        _checked(header)
+    except ImageTooLargeError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        pass  # not for this check to judge: the decoder (here or on a server) says what is wrong
 
 
 # -- step 2: libgd resize ----------------------------------------------------------------------------
@@ -251,57 +315,21 @@ def haar2d(plane: np.ndarray) -> np.ndarray:
 
 # -- step 5: selection ------------------------------------------------------------------------------
 
-def _push_heap(heap: list[tuple[float, int]], hole: int, top: int, value: tuple[float, int]) -> None:
-    """libstdc++ ``__push_heap`` with the server's comparator (min-heap on |c|)."""
-    parent = (hole - 1) // 2
-    while hole > top and heap[parent][0] > value[0]:
-        heap[hole] = heap[parent]
-        hole = parent
-        parent = (hole - 1) // 2
-    heap[hole] = value
-
-
-def _pq_push(heap: list[tuple[float, int]], value: tuple[float, int]) -> None:
-    heap.append(value)
-    _push_heap(heap, len(heap) - 1, 0, value)
-
-
-def _pq_pop(heap: list[tuple[float, int]]) -> None:
-    """``std::priority_queue::pop``: ``pop_heap`` (``__adjust_heap``) then ``pop_back``."""
-    last = len(heap) - 1
-    if last > 0:
-        value = heap[last]
-        heap[last] = heap[0]
-        length, hole = last, 0
-        child = 0
-        while child < (length - 1) // 2:
-            child = 2 * (child + 1)
-            if heap[child][0] > heap[child - 1][0]:
-                child -= 1
-            heap[hole] = heap[child]
-            hole = child
-        if length % 2 == 0 and child == (length - 2) // 2:
-            child = 2 * (child + 1)
-            heap[hole] = heap[child - 1]
-            hole = child - 1
-        _push_heap(heap, hole, 0, value)
-    heap.pop()
-
-
 def _select_by_heap(magnitudes: np.ndarray) -> list[int]:
-    """The server's selection simulated literally (used when ties make the kept set ambiguous)."""
+    """The server's selection simulated literally (used when ties make the kept set ambiguous): a
+    ``std::priority_queue`` of ``(|c|, i)`` ordered by ``|c|`` alone, smallest on top."""
     d = magnitudes.tolist()
-    heap: list[tuple[float, int]] = []
+    heap: PriorityQueue[tuple[float, int]] = PriorityQueue(lambda a, b: a[0] > b[0])
     for i in range(1, NUM_COEFS + 1):
-        _pq_push(heap, (d[i], i))
-    top = heap[0][0]
+        heap.push((d[i], i))
+    top = heap.top()[0]
     # Only values above the first top can ever enter; the top only grows.
     for i in (np.flatnonzero(magnitudes[NUM_COEFS + 1:] > top) + NUM_COEFS + 1).tolist():
         v = d[i]
-        if v > heap[0][0]:
-            _pq_pop(heap)
-            _pq_push(heap, (v, i))
-    return [i for _, i in heap]
+        if v > heap.top()[0]:
+            heap.pop()
+            heap.push((v, i))
+    return [i for _, i in heap.items]
 
 
 def top_coefficients(coefs: np.ndarray) -> np.ndarray:
@@ -343,10 +371,11 @@ def signature_from_rgb(rgb: np.ndarray) -> Signature:
     return _signature_from_resized(resize_gd(rgb))[0]
 
 
-def compute_signature(data: ImageInput) -> Signature:
+def compute_signature(data: ImageInput, *, max_pixels: int | None = None) -> Signature:
     """The server's signature of an image (JPEG bytes, a path, or a PIL image).
 
-    Non-JPEG input is converted to JPEG first, as a client must before sending it to a server.
+    Non-JPEG input is converted to JPEG first, as a client must before sending it to a server. More
+    than ``max_pixels`` pixels raises :class:`ImageTooLargeError` before anything is decoded.
 
     >>> import io
     >>> from PIL import Image
@@ -357,12 +386,12 @@ def compute_signature(data: ImageInput) -> Signature:
     from PIL import Image
 
     if isinstance(data, Image.Image):
-        data = to_jpeg_bytes(data)
+        data = to_jpeg_bytes(data, max_pixels=max_pixels)
     elif isinstance(data, (str, Path)):
         data = Path(data).read_bytes()
     if bytes(data[:2]) != b"\xff\xd8":
-        data = to_jpeg_bytes(data)
-    return signature_from_rgb(decode_rgb(data))
+        data = to_jpeg_bytes(data, max_pixels=max_pixels)
+    return signature_from_rgb(decode_rgb(data, max_pixels=max_pixels))
 
 
 # -- beyond the reference server: mirrored queries ------------------------------------------------------
@@ -401,10 +430,10 @@ def mirror_signature(sig: Signature) -> Signature:
     return Signature(sig.avglf, (sign * new).astype(np.int16))
 
 
-def as_signature(value: Signature | str | ImageInput) -> Signature:
+def as_signature(value: Signature | str | ImageInput, *, max_pixels: int | None = None) -> Signature:
     """A signature from a :class:`Signature`, an ``iqdb_`` hash, or an image (bytes, path, PIL)."""
     if isinstance(value, Signature):
         return value
     if looks_like_hash(value):
         return parse_hash(value)  # type: ignore[arg-type]
-    return compute_signature(value)
+    return compute_signature(value, max_pixels=max_pixels)

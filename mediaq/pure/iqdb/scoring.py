@@ -1,13 +1,20 @@
 """An in-memory IQDB index with the server's scoring, vectorised with numpy (pure: no Redis).
 
-Scores follow the server's ``queryFromSignature`` operation by operation, in float32:
+Scores are danbooru/iqdb's ``IQDB::queryFromSignature`` (``src/imgdb.cpp``) operation by operation,
+in float32 (its ``Score`` type) throughout, so they are the server's bit for bit:
 
-* ``s = sum_c w[0][c] * |avgl_T[c] - avglf_Q[c]|`` over the query's channels (``avgl_T`` kept as
-  float32 like the server's ``m_info``; each term in double, the running sum rounded to float32);
-* for each query coefficient b (outer) and channel c (inner) whose bucket is non-empty anywhere in
-  the index: ``scale -= w[bin][c]`` and every image in that bucket gets ``s -= w[bin][c]``;
-* ``score = s * 100 * f32(1 / scale)`` (0 when no bucket was hit); best first, ties to the image
-  indexed first; images whose float32 ``avgl_Y`` is 0 (pure black) are never returned.
+* per image ``s = sum_c w[0][c] * |avgl_T[c] - f32(avglf_Q[c])|`` over the query's channels, every
+  operation in float32 (``avgl_T`` kept as float32 like the server's ``m_info``);
+* channels outermost, then the query's 40 coefficients in order: for each whose bucket is non-empty
+  anywhere in the index, ``scale -= w[bin][c]`` and every image in that bucket gets ``s -= w[bin][c]``;
+* ``score = (s * 100) * (1 / scale)`` in float32 (0 when no bucket was hit); images whose float32
+  ``avgl_Y`` is 0 (pure black: the server's mark of a deleted image) are never returned.
+
+Ties: the order is by the unscaled ``s`` (lower is better), so the best ``limit`` are the server's.
+Among *exactly* equal ``s`` mediaq ranks the image indexed first (an id added again counts as new)
+first, and at the ``limit`` boundary keeps the ones indexed first; the server's order among equal
+scores, and which of them it keeps at the boundary, come from its ``std::priority_queue`` and change
+with ``limit``. Nothing else differs.
 
 Storage: rows of signatures plus an inverted index (one sorted array of rows per bucket, CSR) over
 the rows present at the last rebuild, and a small dict-of-lists for rows added since; removed rows
@@ -273,15 +280,15 @@ class LocalIndex:
         n = self._n
         colors = sig.num_colors
         s = np.zeros(n, np.float32)
-        for c in range(colors):
-            term = np.float64(WEIGHTS[0, c]) * np.abs(self._avgl32[:n, c].astype(np.float64) - sig.avglf[c])
-            s = (s.astype(np.float64) + term).astype(np.float32)
+        query_avgl = np.asarray(sig.avglf, np.float64).astype(np.float32)
+        for c in range(colors):  # float32 ops, one at a time: numpy fuses none of them
+            s += WEIGHTS[0, c] * np.abs(self._avgl32[:n, c] - query_avgl[c])
         scale = _F32(0.0)
         keys = _keys(sig.sig, colors).reshape(colors, NUM_COEFS)
         weights = WEIGHTS[bins(sig.sig[:colors]), np.arange(colors)[:, None]]  # (colors, 40)
         offsets, rows, recent, counts = self._offsets, self._rows, self._recent, self._counts
-        for b in range(NUM_COEFS):  # the server's order: coefficient outer, channel inner
-            for c in range(colors):
+        for c in range(colors):  # the server's order: channel outer, coefficient inner
+            for b in range(NUM_COEFS):
                 key = int(keys[c, b])
                 if counts[key] <= 0:
                     continue
@@ -309,7 +316,7 @@ class LocalIndex:
             candidates = np.flatnonzero(ok)
         raw = s[candidates]
         order = np.lexsort((self._seq[candidates], raw))[:limit]
-        inv = _F32(1.0 / np.float64(scale)) if scale != 0 else _F32(0.0)
+        inv = _F32(1.0) / scale if scale != 0 else _F32(0.0)
         scores = (raw[order] * _F32(100)) * inv
         out = []
         for row, score in zip(candidates[order].tolist(), scores.tolist(), strict=True):
