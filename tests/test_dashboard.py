@@ -79,6 +79,34 @@ async def test_widget_state_after_a_known_batch(client, start_worker):
     await dash.aclose()
 
 
+async def test_a_click_from_another_thread_and_loop_runs_on_the_clients_loop(client, start_worker):
+    """JupyterLab sends widget messages to a kernel subshell: the click arrives on another thread,
+    inside another running event loop, while the client's connections belong to the cell's loop."""
+    import threading
+
+    start_worker()
+    batch = await client.enqueue_many("sleep", [{"seconds": 0}, {"seconds": -1}], job_id="t{index}", batch="threads")
+    await batch.wait(progress=False, timeout=60)
+    dash = Dashboard(client, batch, autostart=False)
+    await dash.refresh()  # the pool now holds idle connections made on this loop
+    subshell = asyncio.new_event_loop()
+    thread = threading.Thread(target=subshell.run_forever, daemon=True)
+    thread.start()
+
+    async def click() -> None:
+        dash.buttons["retry"].click()
+
+    try:
+        asyncio.run_coroutine_threadsafe(click(), subshell).result(10)
+        assert dash.monitor.busy
+        await dash.wait_actions()
+    finally:
+        subshell.call_soon_threadsafe(subshell.stop)
+        thread.join(10)
+    assert dash.action_label.value == "retried 1 failed job(s)"
+    assert await client.redis.hgetall("mediaq:batch:threads:retries") == {b"t1": b"t1~r1"}
+
+
 async def test_abort_button_marks_pending_jobs(client):
     batch = await client.enqueue_many("noop", range(5), job_id="a{0}", batch="later", defer_by=3600)
     dash = Dashboard(client, batch, autostart=False)

@@ -50,6 +50,10 @@ class Client(ClientBase):
         super().__init__(settings, url, views)
         self.redis = redis
         self.cache = cache
+        try:  # the loop its connections belong to (a monitor runs every refresh and button action there)
+            self.loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self.loop = None
 
     async def close(self) -> None:
         """Close both connection pools."""

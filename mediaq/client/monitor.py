@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import weakref
 from collections.abc import Callable, Coroutine
@@ -32,6 +33,17 @@ ACTIONS = {"retry": "retry_failed", "abort": "abort_queued", "start": "start_loc
            "stop": "stop_local_worker"}
 #: ``(monitor, event)``; event is ``"refresh"``, ``"error"``, ``"action"`` or ``"closed"``
 Listener = Callable[["Monitor", str], None]
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+async def _create_task(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    return asyncio.get_running_loop().create_task(coro, name="mediaq-monitor")
 
 
 class RateWindow:
@@ -103,11 +115,10 @@ class Monitor:
         self._rates: dict[str, RateWindow] = {}
         self._task: asyncio.Task[None] | None = None
         self._actions: set[asyncio.Task[Any]] = set()
+        self._requested = 0  # actions asked for and not finished (counted at once, from any thread)
         self._listeners: list[Listener] = []
-        try:
-            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            self._loop = None
+        #: the loop the client's connections belong to: every refresh and action runs there
+        self._loop: asyncio.AbstractEventLoop | None = getattr(client, "loop", None) or _running_loop()
 
     def __repr__(self) -> str:
         what = f"batch={self.batch.name!r}" if self.batch is not None else "whole queue"
@@ -128,15 +139,23 @@ class Monitor:
 
         A monitor already refreshing the same queue and batch is stopped first.
         """
-        loop = self._loop = asyncio.get_running_loop()
+        running = asyncio.get_running_loop()
+        home = self._loop = self._home() or running
         key = self._key()
         previous = Monitor._live.get(key)
         if previous is not None and previous is not self:
             previous.close()
         Monitor._live[key] = self
         if self._task is None or self._task.done():
-            self._task = loop.create_task(self._run(), name="mediaq-monitor")
+            if running is home:
+                self._task = home.create_task(self._run(), name="mediaq-monitor")
+            else:  # built on another thread's loop: refresh where the connections live
+                self._task = asyncio.run_coroutine_threadsafe(_create_task(self._run()), home).result()
         return self
+
+    def _home(self) -> asyncio.AbstractEventLoop | None:
+        loop = self._loop  # a loop that no longer runs cannot take an action (a script after asyncio.run)
+        return loop if loop is not None and loop.is_running() else None
 
     def _key(self) -> tuple[str, int, str, str | None]:
         s = self.client.settings
@@ -149,12 +168,16 @@ class Monitor:
     @property
     def busy(self) -> bool:
         """Whether an action is under way (its buttons stay disabled meanwhile)."""
-        return bool(self._actions)
+        return self._requested > 0
 
     def close(self) -> None:
         """Stop refreshing (views keep their last state)."""
-        if self._task is not None:
-            self._task.cancel()
+        task, home = self._task, self._home()
+        if task is not None:
+            if home is not None and _running_loop() is not home:
+                home.call_soon_threadsafe(task.cancel)
+            else:
+                task.cancel()
         self._notify("closed")
 
     async def aclose(self) -> None:
@@ -206,31 +229,44 @@ class Monitor:
         return out
 
     # -- actions --------------------------------------------------------------------------------------
-    def act(self, name: str) -> asyncio.Task[Any] | None:
+    def act(self, name: str) -> asyncio.Future[Any] | concurrent.futures.Future[Any] | None:
         """Start action ``name`` (a key of :data:`ACTIONS`) in the background, as a button does; its
-        message lands in :attr:`action_message`. ``None`` if there is no event loop to run it on."""
-        coro: Coroutine[Any, Any, str] = getattr(self, ACTIONS[name])()
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # a front end calling back outside the loop: use the monitor's
-            if self._loop is None or self._loop.is_closed():
-                coro.close()
-                self._report("no running event loop: build the view in a notebook cell", failed=True)
-                return None
-            loop = self._loop
-        task = loop.create_task(self._act(coro))
-        self._actions.add(task)
-        task.add_done_callback(self._actions.discard)
-        self._notify("action")
-        return task
+        message lands in :attr:`action_message`. Returns its task (a ``concurrent.futures.Future``
+        when called from another thread), or ``None`` if it could not start.
 
-    async def _act(self, coro: Coroutine[Any, Any, str]) -> None:
+        Front ends call back on threads and loops of their own (JupyterLab sends widget messages to a
+        kernel subshell: another thread, another event loop), while the client's Redis connections
+        belong to the loop they were made on. So the action always runs on that loop, never on the
+        caller's: a connection used from two loops fails with "Future attached to a different loop".
+        """
+        if self.busy:
+            return None  # the buttons are disabled meanwhile; a second click must not start a second action
+        home = self._home()
+        if home is None:
+            self._report("no running event loop: build the view in a notebook cell", failed=True)
+            return None
+        coro: Coroutine[Any, Any, str] = getattr(self, ACTIONS[name])()
+        self._requested += 1
+        if _running_loop() is home:
+            self._notify("action")
+            return home.create_task(self._act(coro))
+        return asyncio.run_coroutine_threadsafe(self._act(coro, notify=True), home)
+
+    async def _act(self, coro: Coroutine[Any, Any, str], notify: bool = False) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._actions.add(task)
         try:
-            message = await coro
-            failed = False
-        except Exception as exc:
-            message, failed = f"{type(exc).__name__}: {exc}", True
-        self._actions.discard(asyncio.current_task())  # type: ignore[arg-type]
+            if notify:
+                self._notify("action")
+            try:
+                message = await coro
+                failed = False
+            except Exception as exc:
+                message, failed = f"{type(exc).__name__}: {exc}", True
+        finally:
+            self._actions.discard(task)
+            self._requested -= 1
         self._report(message, failed=failed)
         with contextlib.suppress(Exception):
             await self.refresh()
@@ -241,8 +277,11 @@ class Monitor:
 
     async def wait_actions(self) -> None:
         """Wait for the actions started with :meth:`act` (tests, scripts)."""
-        while self._actions:
-            await asyncio.gather(*self._actions, return_exceptions=True)
+        while self._requested:
+            if self._actions:
+                await asyncio.gather(*self._actions, return_exceptions=True)
+            else:  # asked for from another thread, not started yet on this loop
+                await asyncio.sleep(0.01)
 
     async def retry_failed(self) -> str:
         """``batch.retry_failed()``."""
