@@ -44,6 +44,20 @@ def test_doctor_reports_waiting_jobs_without_worker(env, tmp_path):
     assert "start a worker" in out.stdout
     status = mediaq("status", env=env)
     assert "3 queued" in status.stdout
+    assert "WARNING: 3 job(s) waiting and no live worker: start one" in status.stdout
+
+
+async def test_doctor_does_not_call_a_killed_worker_alive(settings, start_worker):
+    from mediaq.client.doctor import diagnose
+
+    worker = start_worker()
+    checks = await diagnose(settings)
+    assert any(level == "ok" and f":{worker.pid} (" in text for level, text, _ in checks), checks
+    worker.kill()  # SIGKILL: its heartbeat stays in Redis for three health-check intervals
+    checks = await diagnose(settings)
+    texts = "\n".join(text for _, text, _ in checks)
+    assert f":{worker.pid} is gone" in texts and "worker(s) alive" not in texts and "arq worker is alive" not in texts
+    assert any(level == "warn" and "no worker is alive" in text for level, text, _ in checks), checks
 
 
 def test_doctor_with_unreachable_redis_says_what_to_do(env, unused_tcp_port):

@@ -59,7 +59,7 @@ async def test_widget_state_after_a_known_batch(client, start_worker):
     assert "<code>k9~r1</code>" in dash.failures.value
     # the batch counts each item once (its latest attempt); the whole queue counts every attempt
     assert (snap.batches[0].total, snap.batches[0].failed) == (10, 2) and snap.failed == 4
-    assert snap.batches[0].by_function == {"sleep": {"complete": 8, "failed": 2}}
+    assert snap.batches[0].by_function == {"sleep": {"complete": 8, "failed": 2, "aborted": 0}}
 
     # "Stop worker", then "Start worker" (mediaq.start_worker on the client's settings)
     dash.buttons["stop"].click()

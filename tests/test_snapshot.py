@@ -26,8 +26,8 @@ async def test_snapshot_of_a_finished_batch(client, start_worker):
     assert snap.error is None and snap.ok
     (b,) = snap.batches
     assert (b.name, b.function, b.total, b.complete, b.failed, b.pending) == ("known", "sleep", 12, 10, 2, 0)
-    assert b.by_function == {"sleep": {"complete": 10, "failed": 2}}
-    assert snap.by_function == {"sleep": {"complete": 10, "failed": 2}}
+    assert b.by_function == {"sleep": {"complete": 10, "failed": 2, "aborted": 0}}
+    assert snap.by_function == {"sleep": {"complete": 10, "failed": 2, "aborted": 0}}
     assert (snap.complete, snap.failed, snap.queued, snap.deferred) == (10, 2, 0, 0)
     assert {f.job_id for f in snap.failures} == {"s10", "s11"}
     assert {f.short_type for f in snap.failures} == {"ConfigError"}

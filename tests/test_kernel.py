@@ -1,0 +1,98 @@
+"""A real Jupyter kernel (jupyter_client + ipykernel, no browser): what a person sees when they interrupt
+``batch.wait()``, start a worker twice, or lose the kernel."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+from helpers import eventually_sync
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class Kernel:
+    def __init__(self, env: dict[str, str]) -> None:
+        from jupyter_client.manager import start_new_kernel
+
+        self.km, self.kc = start_new_kernel(kernel_name="python3", env=env)
+
+    def execute(self, code: str, *, interrupt_when: str | None = None, timeout: float = 60) -> tuple[str, list]:
+        """Run ``code``; returns (its text output, its error traceback lines). ``interrupt_when``:
+        interrupt the kernel (as the stop button does) once the output contains that text."""
+        msg_id = self.kc.execute(code)
+        out: list[str] = []
+        error: list[str] = []
+        interrupted = False
+        while True:
+            msg = self.kc.get_iopub_msg(timeout=timeout)
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "stream":
+                out.append(content["text"])
+            elif kind in ("execute_result", "display_data"):
+                out.append(content["data"].get("text/plain", ""))
+            elif kind == "error":
+                error = content["traceback"]
+            elif kind == "status" and content["execution_state"] == "idle":
+                return "".join(out), error
+            if interrupt_when and not interrupted and interrupt_when in "".join(out):
+                self.km.interrupt_kernel()
+                interrupted = True
+
+    def kill(self) -> None:
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=True)  # SIGKILL: no atexit, no clean shutdown
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_interrupt_second_worker_and_a_killed_kernel(settings):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDIAQ_")}
+    env.update(settings.replace(worker_processes=1).to_env())
+    kernel = Kernel(env)
+    pid = None
+    try:
+        out, err = kernel.execute("import mediaq\nclient = await mediaq.connect()\n"
+                                  "batch = await client.enqueue_many('noop', range(3), batch='nobody')\nprint('ok')")
+        assert out == "ok\n" and not err, err
+        # no worker: the bar says so; interrupting ends the wait with one line, not a traceback
+        out, err = kernel.execute("print('waiting', flush=True)\nawait batch.wait(progress=False)",
+                                  interrupt_when="waiting")
+        assert len(err) == 1 and "stopped waiting; batch nobody continues, 0/3 done" in err[0], err
+        out, err = kernel.execute("await batch.wait(timeout=1, progress=False)")
+        assert "no worker is alive: the jobs wait in Redis until one starts" in "".join(err), err
+        # a second start_worker() returns the running one
+        out, err = kernel.execute("w = mediaq.start_worker(client.settings)\n"
+                                  "print(w.pid, mediaq.start_worker(client.settings) is w)")
+        assert not err, err
+        pid_text, same = out.split()
+        pid = int(pid_text)
+        assert same == "True"
+        out, err = kernel.execute("print(await batch.wait(progress=False, timeout=60))")
+        assert "'complete': 3" in out, (out, err)
+    finally:
+        kernel.kill()
+    # the worker the kernel started stops when the kernel dies, even by SIGKILL
+    if pid is not None:
+        try:
+            eventually_sync(lambda: _gone(pid) or _reap(pid), timeout=30, interval=0.1,
+                            what="the kernel's worker to stop")
+        finally:
+            if not _gone(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _reap(pid: int) -> bool:
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] == pid
+    except ChildProcessError:
+        return _gone(pid)
