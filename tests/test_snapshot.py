@@ -188,9 +188,12 @@ def test_text_and_html_formatting():
 def test_sparkline_scales_to_the_peak():
     svg = sparkline_svg(((1, 0, 0), (2, 10, 5), (3, 5, 0)), width=100, height=54)
     green, red = svg.split("<polyline")[1:]
-    assert 'points="0.0,52.0 50.0,2.0 100.0,27.0"' in green  # 10 is the top, 0 the bottom
-    assert 'points="0.0,52.0 50.0,27.0 100.0,52.0"' in red
+    # the plot is inset for its axes: x from 28 to 96, y from 4 (the peak) to 40 (zero)
+    assert 'points="28.0,40.0 62.0,4.0 96.0,22.0"' in green  # 10 is the top, 0 the bottom
+    assert 'points="28.0,40.0 62.0,22.0 96.0,40.0"' in red
     assert "peak 10/s" in svg
+    assert '<line x1="28" y1="4" x2="28" y2="40"' in svg and '<line x1="28" y1="40" x2="96" y2="40"' in svg
+    assert all(f">{label}</text>" in svg for label in ("10", "0", "-3 s", "now"))  # axis labels
     assert "<polyline" not in sparkline_svg(())
 
 

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 from mediaq.client.base import QueueClient
 from mediaq.client.batch import Batch
-from mediaq.client.snapshot import RATE_WINDOW, Snapshot, queue_snapshot
+from mediaq.client.snapshot import RATE_WINDOW, ErrorGroup, Snapshot, queue_snapshot
 from mediaq.errors import ConfigError
 
 __all__ = ["ACTIONS", "Monitor", "RateWindow"]
@@ -31,7 +31,7 @@ __all__ = ["ACTIONS", "Monitor", "RateWindow"]
 #: What the buttons do, by name: the method of :class:`Monitor` each one runs.
 ACTIONS = {"retry": "retry_failed", "abort": "abort_queued", "start": "start_local_worker",
            "stop": "stop_local_worker"}
-#: ``(monitor, event)``; event is ``"refresh"``, ``"error"``, ``"action"`` or ``"closed"``
+#: ``(monitor, event)``; event is ``"refresh"``, ``"error"``, ``"action"``, ``"detail"`` or ``"closed"``
 Listener = Callable[["Monitor", str], None]
 
 
@@ -49,37 +49,58 @@ async def _create_task(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
 class RateWindow:
     """Moving-window rate of a growing count (a batch's finished jobs): ``update(t, n)``, ``rate()``.
 
+    Every view of a monitor takes its rates from these windows, so the header and a batch's bar
+    never disagree. A rate is only given once it is measured (two samples at least ``min_span``
+    seconds apart), idle time before the count first moved is not averaged in, and the rate drops
+    to 0 as soon as the count stops moving (no change for ``idle`` seconds, or for three of its usual
+    gaps between changes when jobs are slow), instead of fading over the window.
+
     >>> w = RateWindow(window=30)
     >>> w.update(0.0, 10); w.update(2.0, 20); w.update(4.0, 40)
     >>> w.rate()
     7.5
     >>> w.eta(pending=75)
     10.0
+    >>> w.update(8.0, 40); w.update(11.0, 40)
+    >>> w.rate()
+    0.0
     """
 
-    def __init__(self, window: float = RATE_WINDOW) -> None:
+    def __init__(self, window: float = RATE_WINDOW, *, min_span: float = 2.0, idle: float = 3.0) -> None:
         self.window = window
+        self.min_span = min_span
+        self.idle = idle
         self.samples: collections.deque[tuple[float, int]] = collections.deque()
 
     def update(self, t: float, n: int) -> None:
-        if self.samples and n < self.samples[-1][1]:  # the count went back (a retry): start over
-            self.samples.clear()
-        self.samples.append((t, n))
-        while len(self.samples) > 2 and t - self.samples[1][0] >= self.window:
-            self.samples.popleft()
+        s = self.samples
+        if s and n < s[-1][1]:  # the count went back (a retry): start over
+            s.clear()
+        s.append((t, n))
+        while len(s) > 2 and (t - s[1][0] >= self.window or s[1][1] == s[0][1]):
+            s.popleft()  # too old, or idle before the count first moved
 
     def rate(self) -> float | None:
-        """Per second over the window, or ``None`` with less than a second of samples."""
-        if len(self.samples) < 2:
+        """Per second over the window; ``None`` until measured; 0 once the count stopped moving."""
+        s = self.samples
+        if len(s) < 2:
             return None
-        (t0, n0), (t1, n1) = self.samples[0], self.samples[-1]
-        return (n1 - n0) / (t1 - t0) if t1 - t0 >= 1.0 else None
+        (t0, n0), (t1, n1) = s[0], s[-1]
+        if n1 == n0:
+            return 0.0 if t1 - t0 >= self.min_span else None
+        if t1 - t0 < self.min_span:
+            return None
+        changes = [t for (t, n), (_, before) in zip(list(s)[1:], s, strict=False) if n != before]
+        usual_gap = (changes[-1] - t0) / len(changes)
+        if t1 - changes[-1] > max(self.idle, 3 * usual_gap):
+            return 0.0
+        return (n1 - n0) / (t1 - t0)
 
     def eta(self, pending: int) -> float | None:
         """Seconds until ``pending`` more are done at the current rate (``None``: unknown)."""
-        rate = self.rate()
         if pending == 0:
             return 0.0
+        rate = self.rate()
         return pending / rate if rate else None
 
 
@@ -112,7 +133,10 @@ class Monitor:
         #: the last action's outcome: its message, and whether it failed
         self.action_message = ""
         self.action_failed = False
+        #: the last drill-down: ``(title, value)``, value a job's dict or a failure group's DataFrame
+        self.detail: tuple[str, Any] | None = None
         self._rates: dict[str, RateWindow] = {}
+        self._queue_rate = RateWindow()
         self._task: asyncio.Task[None] | None = None
         self._actions: set[asyncio.Task[Any]] = set()
         self._requested = 0  # actions asked for and not finished (counted at once, from any thread)
@@ -202,6 +226,10 @@ class Monitor:
     async def refresh(self) -> Snapshot:
         """Read a snapshot and notify. On a Redis error the last good snapshot stays and
         :attr:`error` says what went wrong; the snapshot read is returned either way."""
+        if self.local_worker is None or not self.local_worker.alive:  # one this kernel started is shown too
+            from mediaq.runtime.localworker import running_worker
+
+            self.local_worker = running_worker(self.client.settings) or self.local_worker
         snap = await queue_snapshot(self.client, self.batch, self.local_worker, window=self.window,
                                     timeout=self.timeout)
         self.refreshes += 1
@@ -213,20 +241,79 @@ class Monitor:
         self.snapshot = snap
         for b in snap.batches:
             self._rates.setdefault(b.name, RateWindow()).update(snap.time, b.done)
+        self._queue_rate.update(snap.time, snap.complete + snap.failed + snap.aborted)
         self._notify("refresh")
         return snap
 
     def rates(self) -> dict[str, tuple[float | None, float | None]]:
-        """``{batch: (jobs/s over the moving window, ETA in s)}`` from the refreshes so far."""
-        out = {}
+        """``{batch: (jobs/s, ETA in s)}`` from the refreshes so far: ``(None, None)`` until a rate is
+        measured, and while no worker is alive (nothing will move); a finished batch has ETA 0."""
+        out: dict[str, tuple[float | None, float | None]] = {}
         snap = self.snapshot
         for b in snap.batches if snap else ():
             window = self._rates.get(b.name)
-            rate = window.rate() if window else None
-            if rate is None and snap is not None and not b.finished:
-                rate = snap.rate() or None  # not enough history yet: the queue's rate
-            out[b.name] = (rate, (b.pending / rate if rate else None) if b.pending else 0.0)
+            if b.finished:
+                out[b.name] = (window.rate() if window else None, 0.0)
+            elif snap is None or not snap.workers or window is None:
+                out[b.name] = (None, None)
+            else:
+                out[b.name] = (window.rate(), window.eta(b.pending))
         return out
+
+    def rate(self) -> float | None:
+        """The header's jobs/s: the batch's when one batch is watched (the same figure as its bar),
+        else the whole queue's; ``None`` until measured or while no worker is alive and jobs wait."""
+        snap = self.snapshot
+        if snap is None:
+            return None
+        if self.batch is not None:
+            return self.rates().get(self.batch.name, (None, None))[0]
+        if not snap.workers and snap.waiting:
+            return None
+        return self._queue_rate.rate()
+
+    # -- drill-down ---------------------------------------------------------------------------------------
+    def look(self, what: str, arg: Any) -> concurrent.futures.Future[Any] | asyncio.Task[Any] | None:
+        """Fetch a drill-down in the background, on the client's loop (as :meth:`act`): ``("job", job_id)``
+        or ``("failures", ErrorGroup)``; the result lands in :attr:`detail` with a ``"detail"`` event."""
+        home = self._home()
+        if home is None:
+            self._report("no running event loop: build the view in a notebook cell", failed=True)
+            return None
+        coro = self._look(what, arg)
+        if _running_loop() is home:
+            return home.create_task(coro)
+        return asyncio.run_coroutine_threadsafe(coro, home)
+
+    async def _look(self, what: str, arg: Any) -> None:
+        try:
+            if what == "job":
+                info = await self.client.job_info(str(arg).strip())
+                self.detail = (f"job {arg}", info)
+            else:
+                self.detail = (f"{arg.count} x {arg.function} {arg.short_type}"
+                               + (f" [{arg.code}]" if arg.code else ""), await self.failure_jobs(arg))
+        except Exception as exc:
+            self.detail = (f"{what} {arg}", f"{type(exc).__name__}: {exc}")
+        self._notify("detail")
+
+    async def failure_jobs(self, group: ErrorGroup) -> Any:
+        """The failed jobs of one error group as a DataFrame: the batch's, or for the whole queue
+        those among the last failures workers listed."""
+        if self.batch is not None:
+            df = await self.batch.failed()
+        else:
+            from mediaq.client.frames import FrameBuilder
+            from mediaq.runtime.stats import MAX_FAILURES, read_failures
+
+            ids = list(dict.fromkeys(str(f["job_id"]) for f in await read_failures(self.client.redis, MAX_FAILURES)))
+            builder = await FrameBuilder(signatures=self.client.signatures()).read(self.client.redis, ids,
+                                                                                  self.client.loads)
+            df = builder.frame()
+            df = df[df["status"] == "failed"]
+        code = df["error_code"].fillna("") == (group.code or "")
+        keep = (df["function"] == group.function) & (df["error_type"] == group.type) & code
+        return df[keep].reset_index(drop=True)
 
     # -- actions --------------------------------------------------------------------------------------
     def act(self, name: str) -> asyncio.Future[Any] | concurrent.futures.Future[Any] | None:

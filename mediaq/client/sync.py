@@ -230,6 +230,9 @@ class SyncClient(ClientBase):
     def result(self, job_id: str, timeout: float | None = 60.0, poll_delay: float = 0.1) -> Any:
         return run_sync(self.client.result(job_id, timeout, poll_delay))
 
+    def job_info(self, job_id: str) -> dict[str, Any]:
+        return run_sync(self.client.job_info(job_id))
+
     def abort_job(self, job_id: str) -> None:
         run_sync(self.client.abort_job(job_id))
 
