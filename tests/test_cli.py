@@ -65,3 +65,31 @@ def test_doctor_with_unreachable_redis_says_what_to_do(env, unused_tcp_port):
     out = mediaq("doctor", env=env)
     assert out.returncode == 1
     assert "FAIL" in out.stdout and "MEDIAQ_REDIS_URL" in out.stdout
+
+
+async def test_logs_of_local_workers_and_follow(settings, start_worker, client):
+    import os
+
+    from helpers import eventually
+
+    worker = start_worker()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDIAQ_")}
+    env.update(settings.to_env())
+    out = mediaq("logs", "--worker", str(worker.pid), env=env)
+    assert out.returncode == 0, out.stderr
+    assert f"worker {worker.pid:>7} | " in out.stdout and f"mediaq worker ready: pid={worker.pid}" in out.stdout
+    assert mediaq("logs", "--worker", "1", env=env).returncode == 1  # no such worker: says so
+    follow = subprocess.Popen([sys.executable, "-m", "mediaq.faces.cli", "logs", "--follow", "-n", "0"], env=env,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        lines: list[str] = []
+        import threading
+
+        threading.Thread(target=lambda: lines.extend(follow.stdout), daemon=True).start()
+        await client.enqueue_job("noop", 7, _job_id="followed")  # the worker logs the job as it runs it
+        await eventually(lambda: "".join(lines), lambda text: "followed" in text, timeout=30,
+                         what="the new log line")
+        assert all(line.startswith(f"worker {worker.pid:>7} | ") for line in lines)
+    finally:
+        follow.terminate()
+        follow.wait(10)

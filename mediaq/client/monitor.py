@@ -64,6 +64,9 @@ class RateWindow:
     >>> w.update(8.0, 40); w.update(11.0, 40)
     >>> w.rate()
     0.0
+    >>> w = RateWindow(); w.update(0.0, 5); w.update(1.0, 5); w.update(2.5, 5)   # never moved: at rest
+    >>> w.rate()
+    0.0
     """
 
     def __init__(self, window: float = RATE_WINDOW, *, min_span: float = 2.0, idle: float = 3.0) -> None:
@@ -77,7 +80,7 @@ class RateWindow:
         if s and n < s[-1][1]:  # the count went back (a retry): start over
             s.clear()
         s.append((t, n))
-        while len(s) > 2 and (t - s[1][0] >= self.window or s[1][1] == s[0][1]):
+        while len(s) > 2 and (t - s[1][0] >= self.window or s[1][1] == s[0][1] != n):
             s.popleft()  # too old, or idle before the count first moved
 
     def rate(self) -> float | None:

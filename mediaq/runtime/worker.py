@@ -80,7 +80,8 @@ async def _startup(ctx: dict[str, Any]) -> None:
     ready = os.environ.get(READY_FILE_ENV)
     if ready:
         Path(ready).write_text(str(os.getpid()))
-    logger.info("mediaq worker ready: %d processes, max_jobs=%d", settings.processes, settings.max_jobs)
+    logger.info("mediaq worker ready: pid=%d, %d processes, max_jobs=%d", os.getpid(), settings.processes,
+                settings.max_jobs)
 
 
 async def _shutdown(ctx: dict[str, Any]) -> None:
