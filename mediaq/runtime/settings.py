@@ -69,8 +69,9 @@ class Settings:
     #: Extra modules whose ``@mediaq.job`` functions the worker registers (comma-separated in env).
     job_modules: tuple[str, ...] = ()
 
-    #: Where image outputs go: ``{storage}/thumbs``, ``/medium``, ``/large``.
-    storage: Path = field(default_factory=lambda: Path("media"))
+    #: Where image outputs go: ``{storage}/thumbs``, ``/medium``, ``/large``. Default ``{state_dir}/media``:
+    #: the same folder whatever the working folder (a notebook's kernel runs in ``notebooks/``).
+    storage: Path | None = None
     thumb_width: int = 250
     thumb_height: int = 200
     thumb_format: str = "jpeg"
@@ -101,7 +102,8 @@ class Settings:
         _check(self.worker_processes >= 0, "worker_processes", self.worker_processes, ">= 0")
         # paths are made absolute once, so a worker started elsewhere writes to the same place
         object.__setattr__(self, "state_dir", Path(self.state_dir).expanduser().absolute())
-        object.__setattr__(self, "storage", Path(self.storage).expanduser().absolute())
+        storage = self.state_dir / "media" if self.storage is None else self.storage
+        object.__setattr__(self, "storage", Path(storage).expanduser().absolute())
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
