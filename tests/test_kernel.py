@@ -96,3 +96,32 @@ def _reap(pid: int) -> bool:
         return os.waitpid(pid, os.WNOHANG)[0] == pid
     except ChildProcessError:
         return _gone(pid)
+
+
+def test_ctrl_c_in_a_script_ends_the_wait_with_one_line(settings, tmp_path):
+    """A script blocked in ``batch.wait()`` (the sync twin) gets Ctrl-C: it ends with mediaq's one line
+    saying the batch goes on, not a raw KeyboardInterrupt out of mediaq's loop thread."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "wait.py"
+    script.write_text("import mediaq\n"
+                      "client = mediaq.connect_sync()\n"
+                      "batch = client.enqueue_many('noop', range(3), batch='script')\n"
+                      "print('waiting', flush=True)\n"
+                      "batch.wait(progress=False)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDIAQ_")}
+    env.update(settings.to_env())
+    proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline() == "waiting\n"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert err.strip().splitlines()[-1] == ("mediaq.errors.WaitInterrupted: stopped waiting; batch script continues, "
+                                            "0/3 done"), err
+    assert "concurrent/futures" not in err and "threading.py" not in err, err  # nothing from mediaq's loop thread

@@ -17,6 +17,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import time
 import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any, ClassVar
@@ -133,6 +134,8 @@ class Monitor:
         self.snapshot: Snapshot | None = None  # the last good snapshot
         self.error: str | None = None  # the last refresh's error, None when it worked
         self.refreshes = 0
+        #: seconds the last good refresh took: reading the snapshot and redrawing every view
+        self.refresh_seconds: float | None = None
         #: the last action's outcome: its message, and whether it failed
         self.action_message = ""
         self.action_failed = False
@@ -229,6 +232,7 @@ class Monitor:
     async def refresh(self) -> Snapshot:
         """Read a snapshot and notify. On a Redis error the last good snapshot stays and
         :attr:`error` says what went wrong; the snapshot read is returned either way."""
+        started = time.perf_counter()
         if self.local_worker is None or not self.local_worker.alive:  # one this kernel started is shown too
             from mediaq.runtime.localworker import running_worker
 
@@ -246,6 +250,7 @@ class Monitor:
             self._rates.setdefault(b.name, RateWindow()).update(snap.time, b.done)
         self._queue_rate.update(snap.time, snap.complete + snap.failed + snap.aborted)
         self._notify("refresh")
+        self.refresh_seconds = time.perf_counter() - started
         return snap
 
     def rates(self) -> dict[str, tuple[float | None, float | None]]:

@@ -285,8 +285,10 @@ class Dashboard:
         rate = self.monitor.rate()
         shown = f" · {rate:.1f} jobs/s" if rate is not None else (" · no live worker" if snap and not snap.workers
                                                                    else "")
+        cost = self.monitor.refresh_seconds
+        took = f' title="refresh took {1000 * cost:.1f} ms" data-refresh-ms="{1000 * cost:.2f}"' if cost else ""
         self.header.value = (f"<b>mediaq</b> · {title} · queue <code>{_esc(self.client.settings.queue_name)}</code>"
-                             f"{shown} · updated {when} ({state})")
+                             f'{shown} · <span class="mediaq-updated"{took}>updated {when} ({state})</span>')
 
     def _draw_action(self) -> None:
         m = self.monitor
