@@ -212,3 +212,22 @@ def test_rates_and_eta():
     w.update(30.0, 3)  # the count went back (a retry): the window starts over
     assert w.rate() is None
     assert [format_duration(s) for s in (None, 59.4, 61, 7322)] == ["?", "59 s", "1:01", "2:02:02"]
+
+
+async def test_workers_table_is_live_whatever_the_health_check_interval(client, start_worker):
+    """Running and finished come from each worker's heartbeat, written every second (not every
+    health-check interval), and finished counts every result written, aborted-before-start jobs too."""
+    worker = start_worker(health_check_interval=60)
+    batch = await client.enqueue_many("sleep", [{"seconds": 0}] * 5)
+    await batch.wait(progress=False, timeout=60)
+    snap = await eventually(lambda: queue_snapshot(client), lambda s: s.workers and s.workers[0].finished == 5,
+                            timeout=20, what="the heartbeat's finished count")
+    assert [w.pid for w in snap.workers] == [worker.pid]
+    slow = await client.enqueue_many("sleep", [{"seconds": 30}] * 23, batch="cut")  # 10 run, 13 wait
+    await eventually(lambda: queue_snapshot(client), lambda s: s.workers[0].ongoing >= 1, timeout=20,
+                     what="a running job in the heartbeat")
+    await slow.abort()
+    counts = await slow.wait(progress=False, timeout=60)
+    assert counts["aborted"] == 23, counts
+    await eventually(lambda: queue_snapshot(client), lambda s: s.workers[0].finished == 5 + 23 and
+                     s.workers[0].ongoing == 0, timeout=20, what="aborted jobs counted as finished")
