@@ -9,7 +9,7 @@ import signal
 import pytest
 from helpers import eventually_sync
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(240)
 
 
 class Kernel:
@@ -18,15 +18,28 @@ class Kernel:
 
         self.km, self.kc = start_new_kernel(kernel_name="python3", env=env)
 
-    def execute(self, code: str, *, interrupt_when: str | None = None, timeout: float = 60) -> tuple[str, list]:
-        """Run ``code``; returns (its text output, its error traceback lines). ``interrupt_when``:
-        interrupt the kernel (as the stop button does) once the output contains that text."""
+    def execute(self, code: str, *, interrupt_on: str | None = None, timeout: float = 90) -> tuple[str, list]:
+        """Run ``code``; returns (its text output, its error traceback lines). ``interrupt_on``: a message
+        type (``"display_data"``: the progress bar is up, so the wait is running) on which to interrupt
+        the kernel as the stop button does; pressed again every 20 s while the cell still runs, as a
+        person would."""
+        import queue
+        import time
+
         msg_id = self.kc.execute(code)
         out: list[str] = []
         error: list[str] = []
-        interrupted = False
+        pressed: float | None = None
+        deadline = time.monotonic() + timeout
         while True:
-            msg = self.kc.get_iopub_msg(timeout=timeout)
+            if pressed is not None and time.monotonic() - pressed > 20:
+                self.km.interrupt_kernel()
+                pressed = time.monotonic()
+            try:
+                msg = self.kc.get_iopub_msg(timeout=1)
+            except queue.Empty:
+                assert time.monotonic() < deadline, f"the cell did not finish within {timeout} s: {out}"
+                continue
             if msg["parent_header"].get("msg_id") != msg_id:
                 continue
             kind, content = msg["msg_type"], msg["content"]
@@ -38,9 +51,9 @@ class Kernel:
                 error = content["traceback"]
             elif kind == "status" and content["execution_state"] == "idle":
                 return "".join(out), error
-            if interrupt_when and not interrupted and interrupt_when in "".join(out):
+            if interrupt_on == kind and pressed is None:
                 self.km.interrupt_kernel()
-                interrupted = True
+                pressed = time.monotonic()
 
     def kill(self) -> None:
         self.kc.stop_channels()
@@ -65,8 +78,7 @@ def test_interrupt_second_worker_and_a_killed_kernel(settings):
                                   "batch = await client.enqueue_many('noop', range(3), batch='nobody')\nprint('ok')")
         assert out == "ok\n" and not err, err
         # no worker: the bar says so; interrupting ends the wait with one line, not a traceback
-        out, err = kernel.execute("print('waiting', flush=True)\nawait batch.wait(progress=False)",
-                                  interrupt_when="waiting")
+        out, err = kernel.execute("await batch.wait()", interrupt_on="display_data")
         assert len(err) == 1 and "stopped waiting; batch nobody continues, 0/3 done" in err[0], err
         out, err = kernel.execute("await batch.wait(timeout=1, progress=False)")
         assert "no worker is alive: the jobs wait in Redis until one starts" in "".join(err), err
