@@ -17,6 +17,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import threading
 import time
 import weakref
 from collections.abc import Callable, Coroutine
@@ -146,6 +147,7 @@ class Monitor:
         self._task: asyncio.Task[None] | None = None
         self._actions: set[asyncio.Task[Any]] = set()
         self._requested = 0  # actions asked for and not finished (counted at once, from any thread)
+        self._requested_lock = threading.Lock()
         self._listeners: list[Listener] = []
         #: the loop the client's connections belong to: every refresh and action runs there
         self._loop: asyncio.AbstractEventLoop | None = getattr(client, "loop", None) or _running_loop()
@@ -334,14 +336,15 @@ class Monitor:
         belong to the loop they were made on. So the action always runs on that loop, never on the
         caller's: a connection used from two loops fails with "Future attached to a different loop".
         """
-        if self.busy:
-            return None  # the buttons are disabled meanwhile; a second click must not start a second action
         home = self._home()
         if home is None:
             self._report("no running event loop: build the view in a notebook cell", failed=True)
             return None
+        with self._requested_lock:
+            if self._requested:  # the buttons are disabled meanwhile; a second click starts nothing
+                return None
+            self._requested += 1
         coro: Coroutine[Any, Any, str] = getattr(self, ACTIONS[name])()
-        self._requested += 1
         if _running_loop() is home:
             self._notify("action")
             return home.create_task(self._act(coro))
@@ -361,7 +364,8 @@ class Monitor:
                 message, failed = f"{type(exc).__name__}: {exc}", True
         finally:
             self._actions.discard(task)
-            self._requested -= 1
+            with self._requested_lock:
+                self._requested -= 1
         self._report(message, failed=failed)
         with contextlib.suppress(Exception):
             await self.refresh()
