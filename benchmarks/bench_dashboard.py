@@ -1,5 +1,8 @@
 """Dashboard refresh cost against queue length (issue 7): at most 50 ms median with 1M queued jobs, and
-not more than 2x its cost with 1k queued.
+not more than 2x its cost with 1k queued. The browser tab (issue 16, ``mediaq dashboard``): the cost of
+one refresh in the tab's kernel (snapshot plus redrawing the widgets the page shows, as the page's header
+reports it) with the same queue, and the time from opening the page to the first numbers, in headless
+Chromium (Debian's ``chromium``; rows skipped with the reason when it or Voilà is missing).
 
 The queue and the batch are filled with pipelined ``ZADD`` of ids only (a refresh never reads job
 bodies), next to realistic fixed-size state: 4 worker heartbeats, 50 failures, per-second counters
@@ -121,5 +124,91 @@ async def _bench(ctx: BenchContext) -> list[dict]:
     return rows
 
 
+def _web(ctx: BenchContext, queued: int, refreshes: int) -> list[dict]:
+    """``mediaq dashboard`` on a queue of ``queued`` jobs, opened in Chromium."""
+    import os
+    import re
+    import secrets
+    import shutil
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    chromium = shutil.which("chromium")
+    try:
+        import voila  # noqa: F401
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:
+        print(f"# web view rows skipped: {exc}", flush=True)
+        return []
+    if not chromium:
+        print("# web view rows skipped: no chromium (apt-get install chromium)", flush=True)
+        return []
+    ctx.flush()
+
+    async def fill() -> None:
+        async with await mediaq.connect(settings=ctx.settings) as client:
+            await _fill(client, "bweb", queued)
+
+    asyncio.run(fill())
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    token = secrets.token_hex(16)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MEDIAQ_", "JUPYTER"))}
+    env.update(ctx.settings.to_env())
+    for name in ("JUPYTER_RUNTIME_DIR", "JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "IPYTHONDIR"):
+        env[name] = str(ctx.tmp / "web" / name.lower())
+    log = ctx.tmp / "web.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "mediaq.faces.cli", "dashboard", f"--port={port}",
+                                 f"--token={token}", "--interval=1"], stdout=out, stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while "Kernel pool of webview.ipynb is filled" not in log.read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mediaq dashboard did not start:\n{log.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.1)
+        time.sleep(3)  # let the pre-heated kernel finish running the notebook, as it has long before a person looks
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox",
+                                                                          "--disable-gpu"])
+            try:
+                page = browser.new_page()
+                t = time.perf_counter()
+                page.goto(f"http://127.0.0.1:{port}/?token={token}")
+                page.wait_for_function(f"document.body.innerText.includes('{queued}')", timeout=120_000,
+                                       polling=20)
+                first_s = time.perf_counter() - t
+                costs: list[float] = []
+                seen = None
+                deadline = time.monotonic() + 10 * refreshes
+                while len(costs) < refreshes and time.monotonic() < deadline:
+                    header = page.locator(".mediaq-updated").first.evaluate("e => e.outerHTML")
+                    m = re.search(r'data-refresh-ms="([0-9.]+)"', header)
+                    if m and header != seen:
+                        seen = header
+                        costs.append(float(m.group(1)))
+                    time.sleep(0.1)
+            finally:
+                browser.close()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    label = f"{queued // 1000}k" if queued < 1_000_000 else f"{queued // 1_000_000}M"
+    return [
+        row(f"web view (mediaq dashboard): open page to first numbers, {label} queued", first_s, 5.0, "s",
+            higher_is_better=False, baseline_name="target 5 s"),
+        row(f"web view refresh in the tab's kernel (snapshot + widgets), {label} queued (median of {len(costs)})",
+            statistics.median(costs), 50.0, "ms", higher_is_better=False, baseline_name="target 50 ms"),
+    ]
+
+
 def run(ctx: BenchContext) -> list[dict]:
-    return asyncio.run(_bench(ctx))
+    rows = asyncio.run(_bench(ctx))
+    return rows + _web(ctx, 200_000 if ctx.quick else 1_000_000, 10 if ctx.quick else 30)

@@ -20,6 +20,9 @@ Tree::
     └── JobFailure               raised *inside* jobs; the worker turns it into a result
         ├── PermanentJobError    bad input: fails at once, never retried
         └── TransientJobError    a passing problem: retried with the seed backoff (5 s x try)
+
+Not an error, so not under MediaqError: ``WaitInterrupted`` (a ``KeyboardInterrupt``) ends an
+interrupted ``batch.wait()`` with one line saying that the batch goes on.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ __all__ = [
     "ServerError",
     "TransientJobError",
     "UnknownJobError",
+    "WaitInterrupted",
     "WorkerStartError",
 ]
 
@@ -219,3 +223,21 @@ class TransientJobError(JobFailure):
     """A passing problem (server unreachable, database locked): retried up to ``max_tries``."""
 
     retry = True
+
+
+class WaitInterrupted(KeyboardInterrupt):
+    """Waiting was interrupted (Ctrl-C, the kernel's stop button); the batch itself goes on in Redis.
+
+    A ``KeyboardInterrupt``, so scripts stop as they would; Jupyter shows its one line instead of a
+    traceback through mediaq's internals.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+    def _render_traceback_(self) -> list[str]:  # IPython: what to show instead of a traceback
+        return [self.message]

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from arq.jobs import Job, JobStatus
 from arq.worker import Worker, func
+from helpers import eventually
 
 import mediaq
 from mediaq.jobs.util import noop, sleep
@@ -92,9 +93,21 @@ async def test_abort_queued_and_running(client, start_worker):
         await asyncio.sleep(0.05)
     assert await batch.abort() >= 3
     counts = await batch.wait(progress=False, timeout=30)
-    assert counts["failed"] >= 3
-    df = await batch.failed()
-    assert set(df["error_type"]) == {"asyncio.CancelledError"}
+    # aborted is its own state: not a failure to retry or look into
+    assert counts["aborted"] >= 3 and counts["failed"] == 0, counts
+    assert (await batch.failed()).empty
+    assert await batch.retry_failed() == []
+    df = await batch.results()
+    aborted = df[df["status"] == "aborted"]
+    assert len(aborted) == counts["aborted"] and set(aborted["error_type"]) == {"asyncio.CancelledError"}
+    states = await batch.job_states()
+    assert sorted(states.values()).count("aborted") == counts["aborted"]
+    # the workers' counters agree (they flush every second)
+    from mediaq.runtime.stats import read_batch_counts
+
+    live = await eventually(lambda: read_batch_counts(client.redis, batch.name),
+                            lambda c: c["aborted"] == counts["aborted"])
+    assert live["failed"] == 0
 
 
 async def test_defer_and_deferred_state(client):
@@ -150,11 +163,34 @@ async def test_wait_interrupted_keeps_the_batch(client, start_worker):
     assert (await again.wait(progress=False, timeout=30))["complete"] == 10
 
 
-async def test_wait_timeout_says_the_batch_keeps_running(client):
-    batch = await client.enqueue_many("noop", range(3))
-    with pytest.raises(TimeoutError, match="keeps running"):
+async def test_wait_timeout_says_what_is_true(client, start_worker):
+    batch = await client.enqueue_many("sleep", [{"seconds": 5}] * 3)
+    with pytest.raises(TimeoutError, match="0/3 done, and no worker is alive: the jobs wait in Redis until one"):
         await batch.wait(progress=False, timeout=0.3, poll_interval=0.1)
     assert (await batch.status())["queued"] == 3
+    start_worker()
+    with pytest.raises(TimeoutError, match="keeps running"):
+        await batch.wait(progress=False, timeout=0.3, poll_interval=0.1)
+
+
+async def test_wait_notes_on_its_bar_that_no_worker_is_alive(client):
+    notes: list[str | None] = []
+
+    class Bar:
+        def show(self, done, total, **info):
+            pass
+
+        def note(self, text):
+            notes.append(text)
+
+        def close(self):
+            pass
+
+    client.views.progress = lambda total, desc, unit="job": Bar()
+    batch = await client.enqueue_many("noop", range(2))
+    with pytest.raises(TimeoutError):
+        await batch.wait(timeout=0.2, poll_interval=0.05)
+    assert notes == ["no live worker: start one"]
 
 
 async def test_results_frame_and_queue_frame(client, start_worker):
@@ -242,8 +278,8 @@ async def test_state_codes_agree_with_arq_for_every_state(client):
     r, queue, dumps = client.redis, client.settings.queue_name, client.dumps
     now = int(time.time() * 1000)
     want: dict[str, str] = {}
-    for i in range(1200):  # > 2 slices of 500
-        state = ["queued", "deferred", "in_progress", "complete", "failed", "not_found"][i % 6]
+    for i in range(1400):  # > 2 slices of 500
+        state = ["queued", "deferred", "in_progress", "complete", "failed", "aborted", "not_found"][i % 7]
         job_id = f"s{i}"
         want[job_id] = state
         record = {"t": 1, "f": "noop", "a": [], "k": {"value": i}, "et": now}
@@ -252,16 +288,17 @@ async def test_state_codes_agree_with_arq_for_every_state(client):
             await r.zadd(queue, {job_id: now - 1000 if state != "deferred" else now + 60_000})
             if state == "in_progress":
                 await r.set(f"arq:in-progress:{job_id}", b"1", px=60_000)
-        elif state in ("complete", "failed"):
+        elif state in ("complete", "failed", "aborted"):
             ok = state == "complete"
-            await r.set(f"arq:result:{job_id}", dumps({"s": ok, **record, "r": 1 if ok else ValueError("x"),
+            error = asyncio.CancelledError() if state == "aborted" else ValueError("x")
+            await r.set(f"arq:result:{job_id}", dumps({"s": ok, **record, "r": 1 if ok else error,
                                                          "st": now, "ft": now, "q": queue, "id": job_id}))
     codes = await status_codes(r, queue, list(want), now)
     got = dict(zip(want, (STATES[c] for c in codes), strict=True))
     assert got == want
-    for job_id in ("s0", "s1", "s2", "s3", "s4", "s5"):  # arq agrees (it calls failed jobs complete too)
+    for job_id in ("s0", "s1", "s2", "s3", "s4", "s5", "s6"):  # arq agrees (it calls failed jobs complete too)
         arq_state = (await client.job(job_id).status()).value
-        assert arq_state == {"failed": "complete"}.get(want[job_id], want[job_id]), job_id
+        assert arq_state == {"failed": "complete", "aborted": "complete"}.get(want[job_id], want[job_id]), job_id
     batch = await client.enqueue_many("noop", [], batch="planted")
     await r.zadd(batch.ids_key, {job_id: n for n, job_id in enumerate(want)})
     counts = await client.batch("planted").status()

@@ -44,6 +44,20 @@ def test_doctor_reports_waiting_jobs_without_worker(env, tmp_path):
     assert "start a worker" in out.stdout
     status = mediaq("status", env=env)
     assert "3 queued" in status.stdout
+    assert "WARNING: 3 job(s) waiting and no live worker: start one" in status.stdout
+
+
+async def test_doctor_does_not_call_a_killed_worker_alive(settings, start_worker):
+    from mediaq.client.doctor import diagnose
+
+    worker = start_worker()
+    checks = await diagnose(settings)
+    assert any(level == "ok" and f":{worker.pid} (" in text for level, text, _ in checks), checks
+    worker.kill()  # SIGKILL: its heartbeat stays in Redis for three health-check intervals
+    checks = await diagnose(settings)
+    texts = "\n".join(text for _, text, _ in checks)
+    assert f":{worker.pid} is gone" in texts and "worker(s) alive" not in texts and "arq worker is alive" not in texts
+    assert any(level == "warn" and "no worker is alive" in text for level, text, _ in checks), checks
 
 
 def test_doctor_with_unreachable_redis_says_what_to_do(env, unused_tcp_port):
@@ -73,3 +87,31 @@ def test_redis_start_bind_listens_beyond_loopback_with_its_password_and_warns(en
     out = mediaq("redis", "start", "--bind", "10.255.255.254", env=env)
     assert out.returncode != 0 and "not an address of this machine" in out.stderr
     assert json.loads(mediaq("redis", "status", env=env).stdout)["running"]  # refused before stopping anything
+
+
+async def test_logs_of_local_workers_and_follow(settings, start_worker, client):
+    import os
+
+    from helpers import eventually
+
+    worker = start_worker()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDIAQ_")}
+    env.update(settings.to_env())
+    out = mediaq("logs", "--worker", str(worker.pid), env=env)
+    assert out.returncode == 0, out.stderr
+    assert f"worker {worker.pid:>7} | " in out.stdout and f"mediaq worker ready: pid={worker.pid}" in out.stdout
+    assert mediaq("logs", "--worker", "1", env=env).returncode == 1  # no such worker: says so
+    follow = subprocess.Popen([sys.executable, "-m", "mediaq.faces.cli", "logs", "--follow", "-n", "0"], env=env,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        lines: list[str] = []
+        import threading
+
+        threading.Thread(target=lambda: lines.extend(follow.stdout), daemon=True).start()
+        await client.enqueue_job("noop", 7, _job_id="followed")  # the worker logs the job as it runs it
+        await eventually(lambda: "".join(lines), lambda text: "followed" in text, timeout=30,
+                         what="the new log line")
+        assert all(line.startswith(f"worker {worker.pid:>7} | ") for line in lines)
+    finally:
+        follow.terminate()
+        follow.wait(10)

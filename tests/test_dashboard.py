@@ -46,6 +46,28 @@ async def test_widget_state_after_a_known_batch(client, start_worker):
     assert bundle["text/html"] == dash._repr_html_() and bundle["text/plain"] == str(dash)
     assert "mediaq-dashboard" in dash.widget._dom_classes
 
+    # failures grouped by error, with counts; a group lists its jobs as a DataFrame
+    (group,) = dash.snapshot.errors
+    assert (group.function, group.short_type, group.count) == ("sleep", "ConfigError", 2)
+    assert "ConfigError" in dash.errors.value and ">2</td>" in dash.errors.value
+    (button,) = dash.error_buttons.children
+    assert button.description == "ConfigError ×2"
+    button.click()
+    await eventually(lambda: dash.monitor.detail, what="the group's jobs")
+    title, frame = dash.monitor.detail
+    assert title == "2 x sleep ConfigError" and sorted(frame["job_id"]) == ["k8", "k9"]
+    assert len(dash.detail.outputs) == 2  # a title and the DataFrame
+    # a job id: its function, arguments, status, tries, times and traceback
+    dash.monitor.detail = None
+    dash.job_id.value = "k9"
+    await eventually(lambda: dash.monitor.detail, what="the job's details")
+    title, info = dash.monitor.detail
+    assert title == "job k9" and info["function"] == "sleep" and info["seconds"] == "x"
+    assert info["status"] == "failed" and info["tries"] == 1 and "seconds must be a number" in info["traceback"]
+    assert len(dash.detail.outputs) == 1  # the job's table
+    # a long message never squeezes the buttons
+    assert all(b.layout.flex == "0 0 auto" for b in dash.buttons.values())
+
     # "Retry failed": the two failures get retry jobs, linked in Redis, run by the worker (and fail again)
     dash.buttons["retry"].click()
     await dash.wait_actions()
@@ -59,7 +81,7 @@ async def test_widget_state_after_a_known_batch(client, start_worker):
     assert "<code>k9~r1</code>" in dash.failures.value
     # the batch counts each item once (its latest attempt); the whole queue counts every attempt
     assert (snap.batches[0].total, snap.batches[0].failed) == (10, 2) and snap.failed == 4
-    assert snap.batches[0].by_function == {"sleep": {"complete": 8, "failed": 2}}
+    assert snap.batches[0].by_function == {"sleep": {"complete": 8, "failed": 2, "aborted": 0}}
 
     # "Stop worker", then "Start worker" (mediaq.start_worker on the client's settings)
     dash.buttons["stop"].click()
@@ -79,12 +101,41 @@ async def test_widget_state_after_a_known_batch(client, start_worker):
     await dash.aclose()
 
 
+async def test_a_click_from_another_thread_and_loop_runs_on_the_clients_loop(client, start_worker):
+    """JupyterLab sends widget messages to a kernel subshell: the click arrives on another thread,
+    inside another running event loop, while the client's connections belong to the cell's loop."""
+    import threading
+
+    start_worker()
+    batch = await client.enqueue_many("sleep", [{"seconds": 0}, {"seconds": -1}], job_id="t{index}", batch="threads")
+    await batch.wait(progress=False, timeout=60)
+    dash = Dashboard(client, batch, autostart=False)
+    await dash.refresh()  # the pool now holds idle connections made on this loop
+    subshell = asyncio.new_event_loop()
+    thread = threading.Thread(target=subshell.run_forever, daemon=True)
+    thread.start()
+
+    async def click() -> None:
+        dash.buttons["retry"].click()
+
+    try:
+        asyncio.run_coroutine_threadsafe(click(), subshell).result(10)
+        assert dash.monitor.busy
+        await dash.wait_actions()
+    finally:
+        subshell.call_soon_threadsafe(subshell.stop)
+        thread.join(10)
+    assert dash.action_label.value == "retried 1 failed job(s)"
+    assert await client.redis.hgetall("mediaq:batch:threads:retries") == {b"t1": b"t1~r1"}
+
+
 async def test_abort_button_marks_pending_jobs(client):
     batch = await client.enqueue_many("noop", range(5), job_id="a{0}", batch="later", defer_by=3600)
     dash = Dashboard(client, batch, autostart=False)
     snap = await dash.refresh()
     assert snap.deferred == 5 and "5 pending" in dash.counts.value
-    assert dash._bars["later"][0].value == 0.0 and "ETA" in dash._bars["later"][1].value
+    # no worker: the bar says so, and shows no rate or ETA it cannot know
+    assert dash._bars["later"][0].value == 0.0 and dash._bars["later"][1].value == "0/5 done (0.0%) · no live worker"
     dash.buttons["abort"].click()
     assert dash.buttons["abort"].disabled  # no double clicks while it runs
     await dash.wait_actions()
@@ -107,6 +158,56 @@ async def test_whole_queue_dashboard(client):
     assert set(dash._bars) == {"b5", "b4", "b3"}  # the widgets of batches no longer shown are closed
     assert "local worker: none" in dash.local_label.value and dash.buttons["stop"].disabled
     assert "no live workers" in dash.workers.value and "whole queue" in dash.header.value
+
+
+async def test_the_whole_queue_shows_the_worker_this_process_started(client, settings):
+    worker = mediaq.start_worker(settings)
+    try:
+        dash = Dashboard(client, autostart=False)  # no local_worker given
+        await eventually(dash.refresh, lambda s: [w.pid for w in s.workers] == [worker.pid])
+        assert f"pid {worker.pid} <b>alive</b>" in dash.local_label.value and not dash.buttons["stop"].disabled
+    finally:
+        worker.stop()
+
+
+async def test_one_rate_for_header_and_bar(client, start_worker):
+    start_worker()
+    batch = await client.enqueue_many("sleep", [{"seconds": 0.05}] * 400, batch="steady")
+    dash = Dashboard(client, batch, interval=0.2)
+    try:
+        label = dash._bars
+
+        def shown():
+            bar = label.get("steady")
+            return dash.header.value, bar[1].value if bar else ""
+
+        h, b = await eventually(shown, lambda hb: "jobs/s" in hb[1], timeout=60, what="a measured rate")
+        # "mediaq · batch .. · queue .. · 12.3 jobs/s · updated ..": the very figure on the bar
+        assert h.split(" · ")[3] == b.split(" · ")[1] and b.split(" · ")[1].endswith(" jobs/s"), (h, b)
+        await batch.wait(progress=False, timeout=120)
+        # idle: zero at once, no slow fade
+        await eventually(lambda: dash.monitor.rate(), lambda r: r == 0.0, timeout=20, what="the rate at rest")
+    finally:
+        await dash.aclose()
+
+
+def test_rate_window_is_measured_before_it_is_shown():
+    from mediaq.client.monitor import RateWindow
+
+    w = RateWindow()
+    w.update(0.0, 0)
+    assert w.rate() is None and w.eta(100) is None  # nothing measured: no rate, no ETA
+    w.update(0.5, 5)
+    assert w.rate() is None  # half a second is no measure
+    w = RateWindow()
+    for t in range(20):  # idle before the batch started is not averaged in
+        w.update(float(t), 0)
+    for t in range(20, 25):
+        w.update(float(t), 10 * (t - 19))
+    assert w.rate() == pytest.approx(10.0)
+    assert w.eta(50) == pytest.approx(5.0)
+    w.update(28.5, 50)  # stopped moving 3.5 s ago: at rest
+    assert w.rate() == 0.0
 
 
 async def test_background_refresh_and_close(client):

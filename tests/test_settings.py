@@ -42,3 +42,12 @@ def test_repr_never_shows_password():
     s = Settings.load(env={}, redis_url="redis://:hunter2@host:6379/1",
                       ratings_url="postgresql://u:secret@db/x")
     assert "hunter2" not in repr(s) and "secret" not in repr(s) and "***" in repr(s)
+
+
+def test_default_storage_does_not_depend_on_the_working_folder(tmp_path, monkeypatch):
+    from mediaq.runtime.settings import Settings
+
+    monkeypatch.chdir(tmp_path)  # a kernel started in notebooks/ must not write into the checkout
+    s = Settings.load(env={"MEDIAQ_STATE_DIR": str(tmp_path / "state")})
+    assert s.storage == str(tmp_path / "state" / "media")
+    assert Settings.load(env={"MEDIAQ_STORAGE": "out"}).storage == tmp_path / "out"  # an explicit one is kept

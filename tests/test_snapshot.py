@@ -26,8 +26,8 @@ async def test_snapshot_of_a_finished_batch(client, start_worker):
     assert snap.error is None and snap.ok
     (b,) = snap.batches
     assert (b.name, b.function, b.total, b.complete, b.failed, b.pending) == ("known", "sleep", 12, 10, 2, 0)
-    assert b.by_function == {"sleep": {"complete": 10, "failed": 2}}
-    assert snap.by_function == {"sleep": {"complete": 10, "failed": 2}}
+    assert b.by_function == {"sleep": {"complete": 10, "failed": 2, "aborted": 0}}
+    assert snap.by_function == {"sleep": {"complete": 10, "failed": 2, "aborted": 0}}
     assert (snap.complete, snap.failed, snap.queued, snap.deferred) == (10, 2, 0, 0)
     assert {f.job_id for f in snap.failures} == {"s10", "s11"}
     assert {f.short_type for f in snap.failures} == {"ConfigError"}
@@ -188,9 +188,12 @@ def test_text_and_html_formatting():
 def test_sparkline_scales_to_the_peak():
     svg = sparkline_svg(((1, 0, 0), (2, 10, 5), (3, 5, 0)), width=100, height=54)
     green, red = svg.split("<polyline")[1:]
-    assert 'points="0.0,52.0 50.0,2.0 100.0,27.0"' in green  # 10 is the top, 0 the bottom
-    assert 'points="0.0,52.0 50.0,27.0 100.0,52.0"' in red
+    # the plot is inset for its axes: x from 28 to 96, y from 4 (the peak) to 40 (zero)
+    assert 'points="28.0,40.0 62.0,4.0 96.0,22.0"' in green  # 10 is the top, 0 the bottom
+    assert 'points="28.0,40.0 62.0,22.0 96.0,40.0"' in red
     assert "peak 10/s" in svg
+    assert '<line x1="28" y1="4" x2="28" y2="40"' in svg and '<line x1="28" y1="40" x2="96" y2="40"' in svg
+    assert all(f">{label}</text>" in svg for label in ("10", "0", "-3 s", "now"))  # axis labels
     assert "<polyline" not in sparkline_svg(())
 
 
@@ -209,3 +212,22 @@ def test_rates_and_eta():
     w.update(30.0, 3)  # the count went back (a retry): the window starts over
     assert w.rate() is None
     assert [format_duration(s) for s in (None, 59.4, 61, 7322)] == ["?", "59 s", "1:01", "2:02:02"]
+
+
+async def test_workers_table_is_live_whatever_the_health_check_interval(client, start_worker):
+    """Running and finished come from each worker's heartbeat, written every second (not every
+    health-check interval), and finished counts every result written, aborted-before-start jobs too."""
+    worker = start_worker(health_check_interval=60)
+    batch = await client.enqueue_many("sleep", [{"seconds": 0}] * 5)
+    await batch.wait(progress=False, timeout=60)
+    snap = await eventually(lambda: queue_snapshot(client), lambda s: s.workers and s.workers[0].finished == 5,
+                            timeout=20, what="the heartbeat's finished count")
+    assert [w.pid for w in snap.workers] == [worker.pid]
+    slow = await client.enqueue_many("sleep", [{"seconds": 30}] * 23, batch="cut")  # 10 run, 13 wait
+    await eventually(lambda: queue_snapshot(client), lambda s: s.workers[0].ongoing >= 1, timeout=20,
+                     what="a running job in the heartbeat")
+    await slow.abort()
+    counts = await slow.wait(progress=False, timeout=60)
+    assert counts["aborted"] == 23, counts
+    await eventually(lambda: queue_snapshot(client), lambda s: s.workers[0].finished == 5 + 23 and
+                     s.workers[0].ongoing == 0, timeout=20, what="aborted jobs counted as finished")

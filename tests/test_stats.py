@@ -20,8 +20,8 @@ async def test_counters_match_exact_batch_status(client, start_worker):
     await eventually(flushed, timeout=20, what="counters flushed")
     counts = await read_batch_counts(client.redis, "counted")
     assert (counts["total"], counts["complete"], counts["failed"]) == (10, exact["complete"], exact["failed"])
-    assert counts["by_function"] == {"sleep": {"complete": 7, "failed": 3}}
-    assert (await read_queue_stats(client.redis))["sleep"] == {"complete": 7, "failed": 3}
+    assert counts["by_function"] == {"sleep": {"complete": 7, "failed": 3, "aborted": 0}}
+    assert (await read_queue_stats(client.redis))["sleep"] == {"complete": 7, "failed": 3, "aborted": 0}
     failures = await read_failures(client.redis, 5)
     assert len(failures) == 3 and failures[0]["type"] == "mediaq.errors.ConfigError"
     assert failures[0]["batch"] == "counted" and failures[0]["function"] == "sleep"

@@ -83,6 +83,8 @@ class QueueClient(Protocol):
 
     def signatures(self) -> dict[str, inspect.Signature]: ...
 
+    async def job_info(self, job_id: str) -> dict[str, Any]: ...
+
 
 class ClientBase:
     """The I/O-free part of a client: settings, URL, serializer, job registry, views."""

@@ -7,12 +7,13 @@ sorted set ``mediaq:batches``. A retried job is replaced by its retry in counts 
 
 >>> batch = client.batch("thumbs-2026-11-30")        # doctest: +SKIP
 >>> await batch.status()                             # doctest: +SKIP
-{'queued': 10, 'deferred': 0, 'in_progress': 10, 'complete': 980, 'failed': 0, 'not_found': 0}
+{'queued': 10, 'deferred': 0, 'in_progress': 10, 'complete': 980, 'failed': 0, 'aborted': 0, 'not_found': 0}
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import time
 from collections.abc import Iterable
@@ -22,13 +23,30 @@ import pandas as pd
 
 from mediaq.client.base import QueueClient
 from mediaq.client.frames import FrameBuilder, fetch_records
-from mediaq.errors import ConfigError
+from mediaq.errors import ConfigError, WaitInterrupted
 from mediaq.runtime import keys
+from mediaq.runtime.heartbeat import read_workers
 from mediaq.runtime.scripts import STATES, batch_counts, enqueue_chunk, job_entry, status_codes
+from mediaq.runtime.serialization import result_outcome
 
 __all__ = ["Batch", "new_batch_name"]
 
-_FINAL = ("complete", "failed")
+_FINAL = ("complete", "failed", "aborted")
+
+
+def _done(counts: dict[str, int]) -> int:
+    return counts.get("complete", 0) + counts.get("failed", 0) + counts.get("aborted", 0) + counts.get("not_found", 0)
+
+
+def _interrupted_in_kernel() -> bool:
+    """Whether a cancelled wait is a Jupyter kernel's interrupt (the kernel cancels the cell's task on its
+    main thread); elsewhere a cancellation is someone's program logic and stays a cancellation."""
+    import sys
+    import threading
+
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return type(shell).__name__ == "ZMQInteractiveShell" and threading.current_thread() is threading.main_thread()
 
 
 def new_batch_name(function: str) -> str:
@@ -107,7 +125,7 @@ class Batch:
 
     # -- state ------------------------------------------------------------------------------
     async def job_states(self) -> dict[str, str]:
-        """State of each job: queued, deferred, in_progress, complete, failed or not_found."""
+        """State of each job: queued, deferred, in_progress, complete, failed, aborted or not_found."""
         await self.load()  # other processes may have added jobs or retries
         ids = self.active_ids
         todo = [i for i in ids if i not in self._final]
@@ -117,7 +135,7 @@ class Batch:
         states = {i: STATES[c] for i, c in zip(todo, codes, strict=True) if c < len(STATES)}
         if unknown:  # pickle mode: read the success flag in Python
             for job_id, result, _ in await fetch_records(self.client.redis, unknown, self.client.loads):
-                states[job_id] = "complete" if result and result.get("s") else "failed"
+                states[job_id] = result_outcome(result) if result else "failed"
         for job_id, state in states.items():
             if state in _FINAL:
                 self._final[job_id] = state
@@ -130,37 +148,63 @@ class Batch:
         out = dict(zip(STATES, counts, strict=True))
         if unknown:  # pickle mode: read the success flag in Python
             for _, result, _ in await fetch_records(self.client.redis, unknown, self.client.loads):
-                out["complete" if result and result.get("s") else "failed"] += 1
+                out[result_outcome(result) if result else "failed"] += 1
         if self._ids is None and not any(out.values()) and not await self.client.redis.exists(self.key):
             raise ConfigError(f"no batch named {self.name!r} in Redis; `await client.batches()` lists them")
         return {state: out[state] for state in STATES[1:] + STATES[:1]}
 
     async def wait(self, *, progress: bool = True, timeout: float | None = None,
                    poll_interval: float = 0.5) -> dict[str, int]:
-        """Wait until every job is complete or failed; returns the counts.
+        """Wait until every job is complete, failed or aborted; returns the counts.
 
-        ``progress`` shows a ``tqdm.auto`` bar (a widget in Jupyter, text in a terminal). Interrupting
-        (Ctrl-C, the kernel's stop button) stops waiting only: the batch keeps running in Redis.
-        A job that vanished (``not_found``: expired, or its result expired) counts as done.
+        ``progress`` shows a ``tqdm.auto`` bar (a widget in Jupyter, text in a terminal), noting when
+        no worker is alive to run the jobs. Interrupting (Ctrl-C, the kernel's stop button) stops
+        waiting only, with one line (:class:`~mediaq.errors.WaitInterrupted`): the batch keeps
+        running in Redis. A job that vanished (``not_found``: expired, or its result expired) counts
+        as done.
         """
         view = self.client.views.progress(None, self.name) if progress else None
         start = time.monotonic()
+        counts: dict[str, int] = {}
+        alive: bool | None = None
+        next_look = 0.0
         try:
             while True:
                 counts = await self.status()
-                done = counts["complete"] + counts["failed"] + counts["not_found"]
-                total = sum(counts.values())
+                done, total = _done(counts), sum(counts.values())
                 if view is not None:
                     view.show(done, total, failed=counts["failed"], running=counts["in_progress"])
                 if done >= total:
                     return counts
-                if timeout is not None and time.monotonic() - start > timeout:
-                    raise TimeoutError(f"batch {self.name!r} not finished after {timeout} s: {counts}. "
-                                       "It keeps running; wait again, or check workers with `mediaq doctor`.")
+                now = time.monotonic()
+                if now >= next_look:  # is anyone working? (two round trips, every 2 s)
+                    alive, next_look = bool(await read_workers(self.client.redis)), now + 2.0
+                    if view is not None:
+                        view.note(None if alive else "no live worker: start one")
+                if timeout is not None and now - start > timeout:
+                    raise TimeoutError(self._timeout_message(timeout, counts, alive))
                 await asyncio.sleep(poll_interval)
+        except asyncio.CancelledError:
+            if not _interrupted_in_kernel():
+                raise
+            if not counts:  # interrupted before the first count came back
+                with contextlib.suppress(Exception):
+                    counts = await asyncio.wait_for(self.status(), 5)
+            raise WaitInterrupted(self.interrupted_message(counts)) from None
         finally:
             if view is not None:
                 view.close()
+
+    def interrupted_message(self, counts: dict[str, int]) -> str:
+        """``"stopped waiting; batch X continues, 50/300 done"``."""
+        return f"stopped waiting; batch {self.name} continues, {_done(counts)}/{sum(counts.values())} done"
+
+    def _timeout_message(self, timeout: float, counts: dict[str, int], alive: bool | None) -> str:
+        where = f"batch {self.name!r} not finished after {timeout:g} s: {_done(counts)}/{sum(counts.values())} done"
+        if not alive:
+            return (f"{where}, and no worker is alive: the jobs wait in Redis until one starts "
+                    "(mediaq.start_worker(), `mediaq worker`; `mediaq doctor` checks)")
+        return f"{where} ({counts}). It keeps running; wait again, or check workers with `mediaq doctor`."
 
     # -- results ----------------------------------------------------------------------------
     async def results(self, *, all_attempts: bool = False) -> pd.DataFrame:
@@ -172,7 +216,7 @@ class Batch:
         pending = builder.pending_ids  # only these need a state
         codes = await status_codes(self.client.redis, self.client.settings.queue_name, pending,
                                    int(time.time() * 1000))
-        states = {i: STATES[c] if c < len(STATES) else "complete" for i, c in zip(pending, codes, strict=True)}
+        states = {i: STATES[c] for i, c in zip(pending, codes, strict=True) if c < len(STATES)}
         origin = {new: old for old, new in self._retries.items()}
         retry_of = pd.array([origin.get(i) for i in ids], dtype="string")
         return builder.frame(statuses=states, extra_columns={"retry_of": retry_of})
@@ -236,6 +280,6 @@ class Batch:
     async def delete(self) -> None:
         """Forget the batch (its jobs and results stay until they expire)."""
         await self.client.redis.delete(self.key, self.ids_key, keys.batch_retries(self.name),
-                                       keys.batch_counts(self.name))
+                                       keys.batch_counts(self.name), keys.batch_errors(self.name))
         await self.client.redis.zrem(keys.BATCHES, self.name)
 

@@ -51,6 +51,10 @@ class Client(ClientBase):
         super().__init__(settings, url, views)
         self.redis = redis
         self.cache = cache
+        try:  # the loop its connections belong to (a monitor runs every refresh and button action there)
+            self.loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self.loop = None
 
     async def close(self) -> None:
         """Close both connection pools."""
@@ -113,6 +117,25 @@ class Client(ClientBase):
         except TimeoutError:
             raise TimeoutError(f"job {job_id!r} gave no result within {timeout} s; is a worker running? "
                                "(`mediaq doctor` checks)") from None
+
+    async def job_info(self, job_id: str) -> dict[str, Any]:
+        """Everything about one job, as a dict: function, arguments by name, status, tries, times, and
+        its result fields or error type, code, message and traceback (what ``HGETALL arq:job:<id>`` and
+        ``GET arq:result:<id>`` hold, decoded). ``status`` is ``not_found`` for an unknown id.
+
+        >>> info = await client.job_info("thumb:42")     # doctest: +SKIP
+        >>> info["status"], info["error_message"]         # doctest: +SKIP
+        ('failed', 'cannot identify image file')
+        """
+        from mediaq.runtime.scripts import STATES, status_codes
+
+        builder = await FrameBuilder(signatures=self.signatures()).read(self.redis, [job_id], self.loads)
+        statuses = {}
+        if builder.pending_ids:
+            (code,) = await status_codes(self.redis, self.settings.queue_name, [job_id], int(time.time() * 1000))
+            statuses[job_id] = STATES[code] if code < len(STATES) else "complete"
+        row = builder.frame(statuses=statuses).iloc[0].to_dict()
+        return {k: (None if v is pd.NA or (isinstance(v, float) and v != v) else v) for k, v in row.items()}
 
     async def abort_job(self, job_id: str) -> None:
         """Ask workers to abort ``job_id`` (queued: never started; running: cancelled)."""

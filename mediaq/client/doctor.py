@@ -13,7 +13,8 @@ from typing import Any
 
 from mediaq.errors import MediaqError
 from mediaq.runtime import keys
-from mediaq.runtime.heartbeat import read_health, read_workers
+from mediaq.runtime.heartbeat import read_dead_workers, read_health, read_workers
+from mediaq.runtime.serialization import result_outcome
 from mediaq.runtime.settings import Settings, redact_url
 
 __all__ = ["diagnose", "queue_status"]
@@ -45,8 +46,15 @@ async def diagnose(settings: Settings) -> list[tuple[str, str, str]]:
                        f"cache db {settings.cache_db})", ""))
         redis = client.redis
         workers = await read_workers(redis)
+        dead = await read_dead_workers(redis)
         health = await read_health(redis, settings.queue_name)
+        if dead and not workers:  # the queue's health line may be a killed worker's last one
+            health = None
         counts = await client.queue_counts()
+        for beat in dead:
+            checks.append(("warn", f"worker {beat.get('host')}:{beat.get('pid')} is gone (its process ended "
+                           "without stopping; killed?) though its heartbeat has not expired yet",
+                           "its jobs are recovered by any live worker; see its log for why it died"))
         if workers:
             checks.append(("ok", f"{len(workers)} mediaq worker(s) alive: " + ", ".join(
                 f"{w['host']}:{w['pid']} ({w.get('ongoing', 0)} running)" for w in workers), ""))
@@ -101,6 +109,7 @@ async def _recent_failures(client: Any, sample: int = 5000) -> list[tuple[str, s
         if len(found) >= sample:
             break
     reasons: Counter[str] = Counter()
+    aborted = 0
     for start in range(0, len(found), 1000):
         for raw in await redis.mget(found[start:start + 1000]):
             try:
@@ -108,14 +117,18 @@ async def _recent_failures(client: Any, sample: int = 5000) -> list[tuple[str, s
             except Exception:
                 reasons["unreadable result record (foreign serializer?)"] += 1
                 continue
-            if record and not record.get("s"):
+            outcome = result_outcome(record) if record else None
+            if outcome == "aborted":  # asked for (batch.abort()), not a failure
+                aborted += 1
+            elif outcome == "failed":
                 err = record.get("r")
                 reasons[f"{record.get('f')}: {getattr(err, 'type', type(err).__name__)}"
                         f"{' [' + err.code + ']' if getattr(err, 'code', None) else ''}"] += 1
+    also = f" ({aborted} aborted on request)" if aborted else ""
     if not reasons:
-        return [("ok", f"no failed job among {len(found)} result(s)", "")]
+        return [("ok", f"no failed job among {len(found)} result(s){also}", "")]
     top = ", ".join(f"{reason} x{n}" for reason, n in reasons.most_common(5))
-    return [("warn", f"{sum(reasons.values())} failed job(s) among {len(found)} result(s): {top}",
+    return [("warn", f"{sum(reasons.values())} failed job(s) among {len(found)} result(s){also}: {top}",
              "`await batch.failed()` shows each file and error; fix or skip them, then `batch.retry_failed()`")]
 
 
@@ -130,4 +143,12 @@ async def queue_status(settings: Settings) -> dict[str, Any]:
         batches = await client.batches()
         recent = {name: await client.batch(name).status() for name in list(batches["batch"])[-10:]}
     return {"counts": counts, "workers": workers, "in_progress": sum(w.get("ongoing", 0) for w in workers),
-            "batches": recent}
+            "batches": recent, "warnings": _status_warnings(counts, workers)}
+
+
+def _status_warnings(counts: dict[str, int], workers: list[dict[str, Any]]) -> list[str]:
+    """What ``mediaq status`` must say loudly: jobs waiting with nobody to run them."""
+    if counts["queued"] and not workers:
+        return [f"{counts['queued']} job(s) waiting and no live worker: start one (`mediaq worker`, or "
+                "mediaq.start_worker() in a notebook)"]
+    return []

@@ -33,6 +33,7 @@ import pandas as pd
 
 from mediaq.errors import JobError
 from mediaq.runtime.keys import JOB_PREFIX, RESULT_PREFIX
+from mediaq.runtime.serialization import result_outcome
 
 __all__ = ["BASE_COLUMNS", "FrameBuilder", "fetch_records", "gc_paused", "iter_records", "records_frame"]
 
@@ -183,7 +184,7 @@ class FrameBuilder:
         fixed["enqueue_time"] += [r.get("et") for r in recs]
         fixed["start_time"] += [r.get("st") for r in done]
         fixed["finish_time"] += [r.get("ft") for r in done]
-        status = ["complete" if s else "failed" for s in success]
+        status = [result_outcome(r) if r else "failed" for r in done]
         for i, (job_id, result, job) in enumerate(records):
             if result is None:
                 status[i] = "queued" if job else "not_found"

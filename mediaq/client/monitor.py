@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
+import threading
+import time
 import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any, ClassVar
 
 from mediaq.client.base import QueueClient
 from mediaq.client.batch import Batch
-from mediaq.client.snapshot import RATE_WINDOW, Snapshot, queue_snapshot
+from mediaq.client.snapshot import RATE_WINDOW, ErrorGroup, Snapshot, queue_snapshot
 from mediaq.errors import ConfigError
 
 __all__ = ["ACTIONS", "Monitor", "RateWindow"]
@@ -30,12 +33,29 @@ __all__ = ["ACTIONS", "Monitor", "RateWindow"]
 #: What the buttons do, by name: the method of :class:`Monitor` each one runs.
 ACTIONS = {"retry": "retry_failed", "abort": "abort_queued", "start": "start_local_worker",
            "stop": "stop_local_worker"}
-#: ``(monitor, event)``; event is ``"refresh"``, ``"error"``, ``"action"`` or ``"closed"``
+#: ``(monitor, event)``; event is ``"refresh"``, ``"error"``, ``"action"``, ``"detail"`` or ``"closed"``
 Listener = Callable[["Monitor", str], None]
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+async def _create_task(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    return asyncio.get_running_loop().create_task(coro, name="mediaq-monitor")
 
 
 class RateWindow:
     """Moving-window rate of a growing count (a batch's finished jobs): ``update(t, n)``, ``rate()``.
+
+    Every view of a monitor takes its rates from these windows, so the header and a batch's bar
+    never disagree. A rate is only given once it is measured (two samples at least ``min_span``
+    seconds apart), idle time before the count first moved is not averaged in, and the rate drops
+    to 0 as soon as the count stops moving (no change for ``idle`` seconds, or for three of its usual
+    gaps between changes when jobs are slow), instead of fading over the window.
 
     >>> w = RateWindow(window=30)
     >>> w.update(0.0, 10); w.update(2.0, 20); w.update(4.0, 40)
@@ -43,31 +63,49 @@ class RateWindow:
     7.5
     >>> w.eta(pending=75)
     10.0
+    >>> w.update(8.0, 40); w.update(11.0, 40)
+    >>> w.rate()
+    0.0
+    >>> w = RateWindow(); w.update(0.0, 5); w.update(1.0, 5); w.update(2.5, 5)   # never moved: at rest
+    >>> w.rate()
+    0.0
     """
 
-    def __init__(self, window: float = RATE_WINDOW) -> None:
+    def __init__(self, window: float = RATE_WINDOW, *, min_span: float = 2.0, idle: float = 3.0) -> None:
         self.window = window
+        self.min_span = min_span
+        self.idle = idle
         self.samples: collections.deque[tuple[float, int]] = collections.deque()
 
     def update(self, t: float, n: int) -> None:
-        if self.samples and n < self.samples[-1][1]:  # the count went back (a retry): start over
-            self.samples.clear()
-        self.samples.append((t, n))
-        while len(self.samples) > 2 and t - self.samples[1][0] >= self.window:
-            self.samples.popleft()
+        s = self.samples
+        if s and n < s[-1][1]:  # the count went back (a retry): start over
+            s.clear()
+        s.append((t, n))
+        while len(s) > 2 and (t - s[1][0] >= self.window or s[1][1] == s[0][1] != n):
+            s.popleft()  # too old, or idle before the count first moved
 
     def rate(self) -> float | None:
-        """Per second over the window, or ``None`` with less than a second of samples."""
-        if len(self.samples) < 2:
+        """Per second over the window; ``None`` until measured; 0 once the count stopped moving."""
+        s = self.samples
+        if len(s) < 2:
             return None
-        (t0, n0), (t1, n1) = self.samples[0], self.samples[-1]
-        return (n1 - n0) / (t1 - t0) if t1 - t0 >= 1.0 else None
+        (t0, n0), (t1, n1) = s[0], s[-1]
+        if n1 == n0:
+            return 0.0 if t1 - t0 >= self.min_span else None
+        if t1 - t0 < self.min_span:
+            return None
+        changes = [t for (t, n), (_, before) in zip(list(s)[1:], s, strict=False) if n != before]
+        usual_gap = (changes[-1] - t0) / len(changes)
+        if t1 - changes[-1] > max(self.idle, 3 * usual_gap):
+            return 0.0
+        return (n1 - n0) / (t1 - t0)
 
     def eta(self, pending: int) -> float | None:
         """Seconds until ``pending`` more are done at the current rate (``None``: unknown)."""
-        rate = self.rate()
         if pending == 0:
             return 0.0
+        rate = self.rate()
         return pending / rate if rate else None
 
 
@@ -97,17 +135,22 @@ class Monitor:
         self.snapshot: Snapshot | None = None  # the last good snapshot
         self.error: str | None = None  # the last refresh's error, None when it worked
         self.refreshes = 0
+        #: seconds the last good refresh took: reading the snapshot and redrawing every view
+        self.refresh_seconds: float | None = None
         #: the last action's outcome: its message, and whether it failed
         self.action_message = ""
         self.action_failed = False
+        #: the last drill-down: ``(title, value)``, value a job's dict or a failure group's DataFrame
+        self.detail: tuple[str, Any] | None = None
         self._rates: dict[str, RateWindow] = {}
+        self._queue_rate = RateWindow()
         self._task: asyncio.Task[None] | None = None
         self._actions: set[asyncio.Task[Any]] = set()
+        self._requested = 0  # actions asked for and not finished (counted at once, from any thread)
+        self._requested_lock = threading.Lock()
         self._listeners: list[Listener] = []
-        try:
-            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            self._loop = None
+        #: the loop the client's connections belong to: every refresh and action runs there
+        self._loop: asyncio.AbstractEventLoop | None = getattr(client, "loop", None) or _running_loop()
 
     def __repr__(self) -> str:
         what = f"batch={self.batch.name!r}" if self.batch is not None else "whole queue"
@@ -128,15 +171,23 @@ class Monitor:
 
         A monitor already refreshing the same queue and batch is stopped first.
         """
-        loop = self._loop = asyncio.get_running_loop()
+        running = asyncio.get_running_loop()
+        home = self._loop = self._home() or running
         key = self._key()
         previous = Monitor._live.get(key)
         if previous is not None and previous is not self:
             previous.close()
         Monitor._live[key] = self
         if self._task is None or self._task.done():
-            self._task = loop.create_task(self._run(), name="mediaq-monitor")
+            if running is home:
+                self._task = home.create_task(self._run(), name="mediaq-monitor")
+            else:  # built on another thread's loop: refresh where the connections live
+                self._task = asyncio.run_coroutine_threadsafe(_create_task(self._run()), home).result()
         return self
+
+    def _home(self) -> asyncio.AbstractEventLoop | None:
+        loop = self._loop  # a loop that no longer runs cannot take an action (a script after asyncio.run)
+        return loop if loop is not None and loop.is_running() else None
 
     def _key(self) -> tuple[str, int, str, str | None]:
         s = self.client.settings
@@ -149,12 +200,16 @@ class Monitor:
     @property
     def busy(self) -> bool:
         """Whether an action is under way (its buttons stay disabled meanwhile)."""
-        return bool(self._actions)
+        return self._requested > 0
 
     def close(self) -> None:
         """Stop refreshing (views keep their last state)."""
-        if self._task is not None:
-            self._task.cancel()
+        task, home = self._task, self._home()
+        if task is not None:
+            if home is not None and _running_loop() is not home:
+                home.call_soon_threadsafe(task.cancel)
+            else:
+                task.cancel()
         self._notify("closed")
 
     async def aclose(self) -> None:
@@ -179,6 +234,11 @@ class Monitor:
     async def refresh(self) -> Snapshot:
         """Read a snapshot and notify. On a Redis error the last good snapshot stays and
         :attr:`error` says what went wrong; the snapshot read is returned either way."""
+        started = time.perf_counter()
+        if self.local_worker is None or not self.local_worker.alive:  # one this kernel started is shown too
+            from mediaq.runtime.localworker import running_worker
+
+            self.local_worker = running_worker(self.client.settings) or self.local_worker
         snap = await queue_snapshot(self.client, self.batch, self.local_worker, window=self.window,
                                     timeout=self.timeout)
         self.refreshes += 1
@@ -190,47 +250,122 @@ class Monitor:
         self.snapshot = snap
         for b in snap.batches:
             self._rates.setdefault(b.name, RateWindow()).update(snap.time, b.done)
+        self._queue_rate.update(snap.time, snap.complete + snap.failed + snap.aborted)
         self._notify("refresh")
+        self.refresh_seconds = time.perf_counter() - started
         return snap
 
     def rates(self) -> dict[str, tuple[float | None, float | None]]:
-        """``{batch: (jobs/s over the moving window, ETA in s)}`` from the refreshes so far."""
-        out = {}
+        """``{batch: (jobs/s, ETA in s)}`` from the refreshes so far: ``(None, None)`` until a rate is
+        measured, and while no worker is alive (nothing will move); a finished batch has ETA 0."""
+        out: dict[str, tuple[float | None, float | None]] = {}
         snap = self.snapshot
         for b in snap.batches if snap else ():
             window = self._rates.get(b.name)
-            rate = window.rate() if window else None
-            if rate is None and snap is not None and not b.finished:
-                rate = snap.rate() or None  # not enough history yet: the queue's rate
-            out[b.name] = (rate, (b.pending / rate if rate else None) if b.pending else 0.0)
+            if b.finished:
+                out[b.name] = (window.rate() if window else None, 0.0)
+            elif snap is None or not snap.workers or window is None:
+                out[b.name] = (None, None)
+            else:
+                out[b.name] = (window.rate(), window.eta(b.pending))
         return out
 
-    # -- actions --------------------------------------------------------------------------------------
-    def act(self, name: str) -> asyncio.Task[Any] | None:
-        """Start action ``name`` (a key of :data:`ACTIONS`) in the background, as a button does; its
-        message lands in :attr:`action_message`. ``None`` if there is no event loop to run it on."""
-        coro: Coroutine[Any, Any, str] = getattr(self, ACTIONS[name])()
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # a front end calling back outside the loop: use the monitor's
-            if self._loop is None or self._loop.is_closed():
-                coro.close()
-                self._report("no running event loop: build the view in a notebook cell", failed=True)
-                return None
-            loop = self._loop
-        task = loop.create_task(self._act(coro))
-        self._actions.add(task)
-        task.add_done_callback(self._actions.discard)
-        self._notify("action")
-        return task
+    def rate(self) -> float | None:
+        """The header's jobs/s: the batch's when one batch is watched (the same figure as its bar),
+        else the whole queue's; ``None`` until measured or while no worker is alive and jobs wait."""
+        snap = self.snapshot
+        if snap is None:
+            return None
+        if self.batch is not None:
+            return self.rates().get(self.batch.name, (None, None))[0]
+        if not snap.workers and snap.waiting:
+            return None
+        return self._queue_rate.rate()
 
-    async def _act(self, coro: Coroutine[Any, Any, str]) -> None:
+    # -- drill-down ---------------------------------------------------------------------------------------
+    def look(self, what: str, arg: Any) -> concurrent.futures.Future[Any] | asyncio.Task[Any] | None:
+        """Fetch a drill-down in the background, on the client's loop (as :meth:`act`): ``("job", job_id)``
+        or ``("failures", ErrorGroup)``; the result lands in :attr:`detail` with a ``"detail"`` event."""
+        home = self._home()
+        if home is None:
+            self._report("no running event loop: build the view in a notebook cell", failed=True)
+            return None
+        coro = self._look(what, arg)
+        if _running_loop() is home:
+            return home.create_task(coro)
+        return asyncio.run_coroutine_threadsafe(coro, home)
+
+    async def _look(self, what: str, arg: Any) -> None:
         try:
-            message = await coro
-            failed = False
+            if what == "job":
+                info = await self.client.job_info(str(arg).strip())
+                self.detail = (f"job {arg}", info)
+            else:
+                self.detail = (f"{arg.count} x {arg.function} {arg.short_type}"
+                               + (f" [{arg.code}]" if arg.code else ""), await self.failure_jobs(arg))
         except Exception as exc:
-            message, failed = f"{type(exc).__name__}: {exc}", True
-        self._actions.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self.detail = (f"{what} {arg}", f"{type(exc).__name__}: {exc}")
+        self._notify("detail")
+
+    async def failure_jobs(self, group: ErrorGroup) -> Any:
+        """The failed jobs of one error group as a DataFrame: the batch's, or for the whole queue
+        those among the last failures workers listed."""
+        if self.batch is not None:
+            df = await self.batch.failed()
+        else:
+            from mediaq.client.frames import FrameBuilder
+            from mediaq.runtime.stats import MAX_FAILURES, read_failures
+
+            ids = list(dict.fromkeys(str(f["job_id"]) for f in await read_failures(self.client.redis, MAX_FAILURES)))
+            builder = await FrameBuilder(signatures=self.client.signatures()).read(self.client.redis, ids,
+                                                                                  self.client.loads)
+            df = builder.frame()
+            df = df[df["status"] == "failed"]
+        code = df["error_code"].fillna("") == (group.code or "")
+        keep = (df["function"] == group.function) & (df["error_type"] == group.type) & code
+        return df[keep].reset_index(drop=True)
+
+    # -- actions --------------------------------------------------------------------------------------
+    def act(self, name: str) -> asyncio.Future[Any] | concurrent.futures.Future[Any] | None:
+        """Start action ``name`` (a key of :data:`ACTIONS`) in the background, as a button does; its
+        message lands in :attr:`action_message`. Returns its task (a ``concurrent.futures.Future``
+        when called from another thread), or ``None`` if it could not start.
+
+        Front ends call back on threads and loops of their own (JupyterLab sends widget messages to a
+        kernel subshell: another thread, another event loop), while the client's Redis connections
+        belong to the loop they were made on. So the action always runs on that loop, never on the
+        caller's: a connection used from two loops fails with "Future attached to a different loop".
+        """
+        home = self._home()
+        if home is None:
+            self._report("no running event loop: build the view in a notebook cell", failed=True)
+            return None
+        with self._requested_lock:
+            if self._requested:  # the buttons are disabled meanwhile; a second click starts nothing
+                return None
+            self._requested += 1
+        coro: Coroutine[Any, Any, str] = getattr(self, ACTIONS[name])()
+        if _running_loop() is home:
+            self._notify("action")
+            return home.create_task(self._act(coro))
+        return asyncio.run_coroutine_threadsafe(self._act(coro, notify=True), home)
+
+    async def _act(self, coro: Coroutine[Any, Any, str], notify: bool = False) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._actions.add(task)
+        try:
+            if notify:
+                self._notify("action")
+            try:
+                message = await coro
+                failed = False
+            except Exception as exc:
+                message, failed = f"{type(exc).__name__}: {exc}", True
+        finally:
+            self._actions.discard(task)
+            with self._requested_lock:
+                self._requested -= 1
         self._report(message, failed=failed)
         with contextlib.suppress(Exception):
             await self.refresh()
@@ -241,8 +376,11 @@ class Monitor:
 
     async def wait_actions(self) -> None:
         """Wait for the actions started with :meth:`act` (tests, scripts)."""
-        while self._actions:
-            await asyncio.gather(*self._actions, return_exceptions=True)
+        while self._requested:
+            if self._actions:
+                await asyncio.gather(*self._actions, return_exceptions=True)
+            else:  # asked for from another thread, not started yet on this loop
+                await asyncio.sleep(0.01)
 
     async def retry_failed(self) -> str:
         """``batch.retry_failed()``."""

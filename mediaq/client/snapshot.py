@@ -3,7 +3,7 @@
 :func:`queue_snapshot` reads only O(1) things: ``ZCOUNT`` on the queue, the workers' heartbeats
 (:func:`mediaq.runtime.heartbeat.read_workers`) and the outcome counters workers keep (:mod:`mediaq.runtime.stats`). It
 never lists job keys and never reads job bodies, so a refresh costs the same number of Redis round
-trips (8 for one batch, 11 for the whole queue) with ten jobs queued or ten million.
+trips (9 for one batch, 12 for the whole queue) with ten jobs queued or ten million.
 
 The counts are for display: ``in_progress`` comes from heartbeats (up to one health-check interval
 old) and complete/failed from counters flushed every second. ``batch.status()`` is the exact answer.
@@ -29,7 +29,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mediaq.runtime import keys
 from mediaq.runtime.heartbeat import read_workers
-from mediaq.runtime.stats import MAX_FAILURES, read_batch_counts, read_failures, read_queue_stats, read_throughput
+from mediaq.runtime.stats import (
+    MAX_FAILURES,
+    read_batch_counts,
+    read_errors,
+    read_failures,
+    read_queue_stats,
+    read_throughput,
+)
 
 if TYPE_CHECKING:
     from mediaq.client.batch import Batch
@@ -38,6 +45,7 @@ if TYPE_CHECKING:
 __all__ = [
     "RATE_WINDOW",
     "BatchCounts",
+    "ErrorGroup",
     "Failure",
     "LocalWorkerInfo",
     "Snapshot",
@@ -86,16 +94,18 @@ class BatchCounts:
     total: int
     complete: int
     failed: int
-    #: ``{function: {"complete": n, "failed": n}}``
+    #: ``{function: {"complete": n, "failed": n, "aborted": n}}``
     by_function: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: jobs stopped by ``batch.abort()`` (not failures: nothing to retry or look into)
+    aborted: int = 0
 
     @property
     def done(self) -> int:
-        return min(self.total, self.complete + self.failed)
+        return min(self.total, self.complete + self.failed + self.aborted)
 
     @property
     def pending(self) -> int:
-        return max(0, self.total - self.complete - self.failed)
+        return max(0, self.total - self.complete - self.failed - self.aborted)
 
     @property
     def fraction(self) -> float:
@@ -125,6 +135,20 @@ class Failure:
 
 
 @dataclass(frozen=True)
+class ErrorGroup:
+    """Failures with the same function, error type and code, counted over every attempt."""
+
+    function: str
+    type: str
+    code: str | None
+    count: int
+
+    @property
+    def short_type(self) -> str:
+        return self.type.rsplit(".", 1)[-1]
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """What the queue and its workers are doing, at :attr:`time` (epoch seconds)."""
 
@@ -139,7 +163,8 @@ class Snapshot:
     #: Whole queue: finished since the counters were created.
     complete: int = 0
     failed: int = 0
-    #: Whole queue, finished jobs by function: ``{function: {"complete": n, "failed": n}}``.
+    aborted: int = 0
+    #: Whole queue, finished jobs by function: ``{function: {"complete": n, "failed": n, "aborted": n}}``.
     by_function: dict[str, dict[str, int]] = field(default_factory=dict)
     #: The dashboard's batch, or the most recent batches when it watches the whole queue.
     batches: tuple[BatchCounts, ...] = ()
@@ -147,6 +172,8 @@ class Snapshot:
     local_worker: LocalWorkerInfo | None = None
     #: The last failures, newest first (only the batch's when a batch is watched).
     failures: tuple[Failure, ...] = ()
+    #: Failures grouped by function, error type and code, most first (the batch's when a batch is watched).
+    errors: tuple[ErrorGroup, ...] = ()
     #: ``(epoch second, complete, failed)`` for every second of the window, oldest first.
     throughput: tuple[tuple[int, int, int], ...] = ()
     #: Why this snapshot is empty (Redis unreachable...), else ``None``.
@@ -159,7 +186,17 @@ class Snapshot:
     def counts(self) -> dict[str, int]:
         """The whole queue's counts by state."""
         return {"queued": self.queued, "deferred": self.deferred, "in_progress": self.in_progress,
-                "complete": self.complete, "failed": self.failed}
+                "complete": self.complete, "failed": self.failed, "aborted": self.aborted}
+
+    @property
+    def waiting(self) -> int:
+        """Jobs that need a worker: queued now, or running (the whole queue)."""
+        return self.queued + self.in_progress
+
+    @property
+    def stranded(self) -> bool:
+        """Jobs are waiting and no worker is alive to take them."""
+        return not self.error and not self.workers and self.queued > 0
 
     def rate(self, window: int = RATE_WINDOW) -> float:
         """Jobs finished per second over the last ``window`` whole seconds (see :func:`throughput_rate`)."""
@@ -203,13 +240,14 @@ async def queue_snapshot(client: Client, batch: Batch | str | None = None, local
     now = time.time()
     try:
         async with asyncio.timeout(timeout):
-            ready_deferred, stats, workers, raw_failures, per_second, batches = await asyncio.gather(
+            ready_deferred, stats, workers, raw_failures, per_second, batches, errors = await asyncio.gather(
                 _zcounts(redis, queue, now),
                 read_queue_stats(redis),
                 read_workers(redis),
                 read_failures(redis, MAX_FAILURES if name else failures),
                 read_throughput(redis, window),
                 _batch_counts(redis, name, recent_batches),
+                read_errors(redis, name),
             )
     except TimeoutError:
         return Snapshot(time=now, queue_name=queue, local_worker=local,
@@ -232,7 +270,9 @@ async def queue_snapshot(client: Client, batch: Batch | str | None = None, local
         deferred=deferred, in_progress=in_progress,
         complete=sum(c.get("complete", 0) for c in stats.values()),
         failed=sum(c.get("failed", 0) for c in stats.values()),
-        by_function=stats, batches=batches, workers=infos, local_worker=local, failures=tuple(fails[:failures]),
+        aborted=sum(c.get("aborted", 0) for c in stats.values()),
+        errors=tuple(ErrorGroup(*g) for g in errors), by_function=stats, batches=batches, workers=infos,
+        local_worker=local, failures=tuple(fails[:failures]),
         throughput=tuple((s, per_second.get(s, {}).get("complete", 0), per_second.get(s, {}).get("failed", 0))
                          for s in range(first, int(now) + 1)),
     )
@@ -265,9 +305,11 @@ async def _batch_counts(redis: Any, name: str | None, recent: int) -> tuple[Batc
     for n, f, c in zip(names, functions, counts, strict=True):
         by_function = c["by_function"]
         if len(by_function) == 1:  # its failures less the retried ones, as the batch's own figures
-            by_function = {next(iter(by_function)): {"complete": c["complete"], "failed": c["failed"]}}
+            by_function = {next(iter(by_function)): {"complete": c["complete"], "failed": c["failed"],
+                                                      "aborted": c["aborted"]}}
         out.append(BatchCounts(name=n, function=f.decode() if f else None, total=c["total"],
-                               complete=c["complete"], failed=c["failed"], by_function=by_function))
+                               complete=c["complete"], failed=c["failed"], aborted=c["aborted"],
+                               by_function=by_function))
     return tuple(out)
 
 

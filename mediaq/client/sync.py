@@ -31,6 +31,7 @@ import pandas as pd
 from mediaq.client.base import ClientBase, Views
 from mediaq.client.batch import Batch
 from mediaq.client.connection import Client, connect
+from mediaq.errors import WaitInterrupted
 from mediaq.runtime.connections import with_db
 from mediaq.runtime.iqdb_ids import SyncPostIdMap
 from mediaq.runtime.iqdb_index import SyncIqdbIndex
@@ -160,7 +161,13 @@ class SyncBatch:
 
     def wait(self, *, progress: bool = True, timeout: float | None = None,
              poll_interval: float = 0.5) -> dict[str, int]:
-        return run_sync(self.batch.wait(progress=progress, timeout=timeout, poll_interval=poll_interval))
+        try:
+            return run_sync(self.batch.wait(progress=progress, timeout=timeout, poll_interval=poll_interval))
+        except KeyboardInterrupt as exc:
+            if isinstance(exc, WaitInterrupted):
+                raise
+            counts = run_sync(self.batch.status(), timeout=10)
+            raise WaitInterrupted(self.batch.interrupted_message(counts)) from None
 
     def results(self, *, all_attempts: bool = False) -> pd.DataFrame:
         return run_sync(self.batch.results(all_attempts=all_attempts))
@@ -223,6 +230,9 @@ class SyncClient(ClientBase):
 
     def result(self, job_id: str, timeout: float | None = 60.0, poll_delay: float = 0.1) -> Any:
         return run_sync(self.client.result(job_id, timeout, poll_delay))
+
+    def job_info(self, job_id: str) -> dict[str, Any]:
+        return run_sync(self.client.job_info(job_id))
 
     def abort_job(self, job_id: str) -> None:
         run_sync(self.client.abort_job(job_id))

@@ -1,4 +1,4 @@
-"""The ``mediaq`` command: demo, worker, redis, status, doctor. Only argument parsing lives here."""
+"""The ``mediaq`` command: demo, worker, redis, status, doctor, dashboard, logs. Only argument parsing lives here."""
 
 from __future__ import annotations
 
@@ -133,6 +133,31 @@ def doctor(ctx: click.Context) -> None:
     from mediaq.faces.console import run_doctor
 
     sys.exit(asyncio.run(run_doctor(_settings(ctx))))
+
+
+@cli.command()
+@click.option("--port", default=8866, show_default=True, help="Port on 127.0.0.1.")
+@click.option("--token", default=None, help="The page's token (default: a new random one, printed).")
+@click.option("--batch", default=None, help="Follow one batch (default: the whole queue and its newest batches).")
+@click.option("--interval", default=1.0, show_default=True, help="Seconds between refreshes.")
+@click.pass_context
+def dashboard(ctx: click.Context, port: int, token: str | None, batch: str | None, interval: float) -> None:
+    """The live queue view in a browser tab (Voilà, loopback only, with a token)."""
+    from mediaq.faces.webview import serve
+
+    sys.exit(serve(_settings(ctx), port=port, token=token, batch=batch, interval=interval))
+
+
+@cli.command()
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines (like `tail -f`).")
+@click.option("--worker", "pid", type=int, default=None, help="Only this worker's log (its pid).")
+@click.option("--lines", "-n", default=20, show_default=True, help="Lines of each log to start with.")
+@click.pass_context
+def logs(ctx: click.Context, follow: bool, pid: int | None, lines: int) -> None:
+    """The local workers' logs (like `docker-compose logs arq-worker --follow`)."""
+    from mediaq.faces.logs import print_logs
+
+    sys.exit(print_logs(_settings(ctx), follow=follow, pid=pid, lines=lines))
 
 
 def main() -> None:

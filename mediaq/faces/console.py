@@ -35,5 +35,7 @@ async def print_status(settings: Settings) -> None:
     counts, workers = status["counts"], status["workers"]
     print(f"queue {settings.queue_name!r}: {counts['queued']} queued, {counts['deferred']} deferred, "
           f"{status['in_progress']} in progress; {len(workers)} worker(s) alive")
+    for warning in status["warnings"]:
+        print(f"WARNING: {warning}")
     for name, c in status["batches"].items():
         print(f"  batch {name}: " + ", ".join(f"{k} {v}" for k, v in c.items() if v))

@@ -10,6 +10,7 @@ from typing import Any
 
 from mediaq.client.base import ProgressView, Views
 from mediaq.faces.progress import TqdmProgress, progress_bar
+from mediaq.faces.render import short_label
 
 __all__ = ["FaceViews"]
 
@@ -18,7 +19,7 @@ class FaceViews(Views):
     """Progress as ``tqdm.auto`` bars, dashboards as :class:`mediaq.faces.widgets.Dashboard`."""
 
     def progress(self, total: int | None, desc: str, unit: str = "job") -> ProgressView:
-        return TqdmProgress(progress_bar(total=total, desc=desc, unit=unit))
+        return TqdmProgress(progress_bar(total=total, desc=short_label(desc), unit=unit))
 
     def dashboard(self, client: Any, batch: Any = None, **options: Any) -> Any:
         from mediaq.faces.widgets import Dashboard

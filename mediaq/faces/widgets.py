@@ -27,10 +27,14 @@ from mediaq.faces.render import (
     batch_summary,
     format_html,
     format_text,
+    html_banner,
     html_counts,
+    html_errors,
     html_failures,
     html_functions,
+    html_job,
     html_workers,
+    short_label,
     sparkline_svg,
 )
 
@@ -141,6 +145,7 @@ class Dashboard:
         title = f"batch <code>{_esc(self.batch.name)}</code>" if self.batch is not None else "whole queue"
         self.header = widgets.HTML(f"<b>mediaq</b> · {title} · starting…")
         self.status = widgets.HTML("")
+        self.banner = widgets.HTML("")
         self.progress_box = widgets.VBox([])
         self._bars: dict[str, tuple[widgets.FloatProgress, widgets.HTML, widgets.HBox]] = {}
         self.counts = widgets.HTML("")
@@ -148,38 +153,53 @@ class Dashboard:
         self.chart = widgets.HTML(sparkline_svg(()))
         self.workers = widgets.HTML("")
         self.local_label = widgets.HTML("")
+        fixed = {"layout": widgets.Layout(width="auto", flex="0 0 auto")}  # a long message never squeezes them
         self.buttons = {
-            "start": widgets.Button(description="Start worker", icon="play", tooltip="mediaq.start_worker()"),
-            "stop": widgets.Button(description="Stop worker", icon="stop", tooltip="stop the local worker"),
+            "start": widgets.Button(description="Start worker", icon="play", tooltip="mediaq.start_worker()",
+                                    **fixed),
+            "stop": widgets.Button(description="Stop worker", icon="stop", tooltip="stop the local worker", **fixed),
             "retry": widgets.Button(description="Retry failed", icon="redo", button_style="warning",
-                                    tooltip="batch.retry_failed()"),
+                                    tooltip="batch.retry_failed()", **fixed),
             "abort": widgets.Button(description="Abort queued", icon="ban", button_style="danger",
-                                    tooltip="batch.abort(): queued jobs never start, running ones are cancelled"),
+                                    tooltip="batch.abort(): queued jobs never start, running ones are cancelled",
+                                    **fixed),
         }
         for name, button in self.buttons.items():
             button.on_click(lambda _, name=name: self.monitor.act(name))
         if self.batch is None:
             for key in ("retry", "abort"):
                 self.buttons[key].tooltip = "needs a batch: Dashboard(client, batch)"
-        self.action_label = widgets.HTML("")
+        self.action_label = widgets.HTML("", layout=widgets.Layout(width="100%"))
+        self.errors = widgets.HTML("")
+        self.error_buttons = widgets.HBox([], layout=widgets.Layout(flex_flow="row wrap"))
         self.failures = widgets.HTML("")
+        self.job_id = widgets.Text(placeholder="job id", continuous_update=False,
+                                   layout=widgets.Layout(width="260px"))
+        self.job_id.observe(lambda change: change["new"].strip() and self.monitor.look("job", change["new"]),
+                            names="value")
+        self.lookup = widgets.Button(description="Look up", icon="search", tooltip="the job's arguments, status, "
+                                     "tries, times, result or traceback", **fixed)
+        self.lookup.on_click(lambda _: self.job_id.value.strip() and self.monitor.look("job", self.job_id.value))
+        self.detail = widgets.Output(layout=widgets.Layout(max_height="360px", overflow="auto"))
         row = widgets.Layout(align_items="flex-start", flex_flow="row wrap")
         self.widget = widgets.VBox([
-            self.header, self.status, self.progress_box,
+            self.header, self.status, self.banner, self.progress_box,
             widgets.HBox([widgets.VBox([self.counts, self.functions]), self.chart], layout=row),
             _section("workers"), self.workers,
             widgets.HBox([self.local_label, self.buttons["start"], self.buttons["stop"]]),
+            _section("failures by error (click one for its jobs)"), self.errors, self.error_buttons,
             _section("last failures"), self.failures,
-            widgets.HBox([self.buttons["retry"], self.buttons["abort"], self.action_label]),
+            widgets.HBox([self.buttons["retry"], self.buttons["abort"]]), self.action_label,
+            _section("a job"), widgets.HBox([self.job_id, self.lookup]), self.detail,
         ], layout=widgets.Layout(border="1px solid #ccc", padding="4px 8px"))
         self.widget.add_class("mediaq-dashboard")
         self._draw_buttons()
 
     def _bar(self, name: str) -> tuple[widgets.FloatProgress, widgets.HTML, widgets.HBox]:
         if name not in self._bars:
-            bar = widgets.FloatProgress(value=0.0, min=0.0, max=1.0, description=name[-32:],
-                                        style={"description_width": "initial"},
-                                        layout=widgets.Layout(width="460px"))
+            bar = widgets.FloatProgress(value=0.0, min=0.0, max=1.0, description=short_label(name),
+                                        tooltip=name, style={"description_width": "initial"},
+                                        layout=widgets.Layout(width="420px", flex="0 0 auto"))
             label = widgets.HTML("")
             self._bars[name] = (bar, label, widgets.HBox([bar, label]))
         return self._bars[name]
@@ -196,6 +216,8 @@ class Dashboard:
         elif event == "action":
             self._draw_action()
             self._draw_buttons()
+        elif event == "detail":
+            self._draw_detail()
         elif event == "closed":
             self._draw_header(stopped=True)
 
@@ -206,7 +228,7 @@ class Dashboard:
             bar, label, row = self._bar(b.name)
             bar.value = b.fraction
             bar.bar_style = ("success" if not b.failed else "warning") if b.finished else ("info" if b.done else "")
-            label.value = _esc(batch_summary(b, *rates[b.name]))
+            label.value = _esc(batch_summary(b, *rates[b.name], bool(snap.workers)))
             rows.append(row)
         if tuple(rows) != tuple(self.progress_box.children):
             self.progress_box.children = tuple(rows)
@@ -214,22 +236,59 @@ class Dashboard:
                 for w in self._bars.pop(name):
                     w.close()
         self.status.value = ""
+        self.banner.value = html_banner(snap)
         self.counts.value = html_counts(snap)
         self.functions.value = html_functions(snap)
         self.chart.value = sparkline_svg(snap.throughput)
         self.workers.value = html_workers(snap)
+        self.errors.value = html_errors(snap)
+        self._draw_error_buttons(snap)
         self.failures.value = html_failures(snap)
         self._draw_buttons()
         self._draw_header()
+
+    def _draw_error_buttons(self, snap: Snapshot) -> None:
+        groups = snap.errors[:8]
+        if [getattr(b, "group", None) for b in self.error_buttons.children] == list(groups):
+            return
+        for old in self.error_buttons.children:
+            old.close()
+        buttons = []
+        for g in groups:
+            b = widgets.Button(description=f"{g.short_type}{' ' + g.code if g.code else ''} ×{g.count}",
+                               tooltip=f"{g.function}: {g.type} — list these jobs", icon="list",
+                               layout=widgets.Layout(width="auto"))
+            b.group = g
+            b.on_click(lambda button: self.monitor.look("failures", button.group))
+            buttons.append(b)
+        self.error_buttons.children = tuple(buttons)
+
+    def _draw_detail(self) -> None:
+        if self.monitor.detail is None:
+            return
+        title, value = self.monitor.detail
+        self.detail.outputs = ()  # (clear_output() needs a kernel)
+        if isinstance(value, dict):
+            self.detail.append_display_data(widgets.HTML(html_job(value)))
+        elif isinstance(value, str):
+            self.detail.append_display_data(widgets.HTML(f'<span style="color:{_RED}">{_esc(title)}: '
+                                                         f"{_esc(value)}</span>"))
+        else:
+            self.detail.append_display_data(widgets.HTML(f"<b>{_esc(title)}</b>: {len(value)} job(s)"))
+            self.detail.append_display_data(value)
 
     def _draw_header(self, stopped: bool = False) -> None:
         title = f"batch <code>{_esc(self.batch.name)}</code>" if self.batch is not None else "whole queue"
         snap = self.snapshot
         when = time.strftime("%H:%M:%S", time.localtime(snap.time)) if snap else "never"
         state = "stopped" if stopped or not self.running else f"every {self.interval:g} s"
-        rate = f" · {snap.rate():.1f} jobs/s" if snap else ""
+        rate = self.monitor.rate()
+        shown = f" · {rate:.1f} jobs/s" if rate is not None else (" · no live worker" if snap and not snap.workers
+                                                                   else "")
+        cost = self.monitor.refresh_seconds
+        took = f' title="refresh took {1000 * cost:.1f} ms" data-refresh-ms="{1000 * cost:.2f}"' if cost else ""
         self.header.value = (f"<b>mediaq</b> · {title} · queue <code>{_esc(self.client.settings.queue_name)}</code>"
-                             f"{rate} · updated {when} ({state})")
+                             f'{shown} · <span class="mediaq-updated"{took}>updated {when} ({state})</span>')
 
     def _draw_action(self) -> None:
         m = self.monitor
@@ -255,14 +314,14 @@ class Dashboard:
         return f"<mediaq.Dashboard {what} interval={self.interval:g} {'running' if self.running else 'stopped'}>"
 
     def __str__(self) -> str:
-        return format_text(self.snapshot, self.rates()) if self.snapshot else repr(self)
+        return format_text(self.snapshot, self.rates(), self.monitor.rate()) if self.snapshot else repr(self)
 
     def _repr_html_(self) -> str:
         """A static snapshot (nbconvert, front ends without widgets)."""
         if self.snapshot is None:
             why = f" ({_esc(self.error)})" if self.error else ""
             return f"<div>{_esc(repr(self))}: no snapshot yet{why}</div>"
-        return format_html(self.snapshot, self.rates())
+        return format_html(self.snapshot, self.rates(), self.monitor.rate())
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
         """The live widget, with a static HTML snapshot and text for front ends without widgets."""

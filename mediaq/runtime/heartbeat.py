@@ -8,13 +8,32 @@ three health-check intervals) and its key in the ``mediaq:workers`` sorted set, 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import Any
 
 from mediaq.runtime import keys
 
-__all__ = ["parse_health_check", "read_health", "read_workers"]
+__all__ = ["parse_health_check", "read_dead_workers", "read_health", "read_workers"]
+
+
+def _dead_here(beat: dict[str, Any]) -> bool:
+    """Whether the heartbeat's process runs on this machine and is gone (older beats without an identity: no)."""
+    from mediaq.runtime.recovery import WorkerIdentity
+
+    if "created" not in beat:
+        return False
+    other = WorkerIdentity(str(beat.get("host")), int(beat.get("pid", 0)), float(beat["created"]),
+                           beat.get("boot_id"), beat.get("pidns"))
+    return _this_machine().same_machine(other) and not other.process_alive()
+
+
+@functools.cache
+def _this_machine() -> Any:
+    from mediaq.runtime.recovery import WorkerIdentity
+
+    return WorkerIdentity.current()
 
 _FIELD = re.compile(r"(\w+)=(\d+)")
 
@@ -35,7 +54,19 @@ async def read_health(redis: Any, queue_name: str) -> dict[str, Any] | None:
 
 
 async def read_workers(redis: Any) -> list[dict[str, Any]]:
-    """Live mediaq workers' heartbeats: host, pid, started, last (epoch s), ongoing, finished, max_jobs."""
+    """Live mediaq workers' heartbeats: host, pid, started, last (epoch s), ongoing, finished, max_jobs.
+
+    A worker on this machine whose process is gone (SIGKILLed, OOM-killed) is left out at once,
+    though its heartbeat has not expired yet (:func:`read_dead_workers` lists those)."""
+    return [b for b in await _read_beats(redis) if not _dead_here(b)]
+
+
+async def read_dead_workers(redis: Any) -> list[dict[str, Any]]:
+    """Heartbeats not expired yet of workers on this machine whose process is gone."""
+    return [b for b in await _read_beats(redis) if _dead_here(b)]
+
+
+async def _read_beats(redis: Any) -> list[dict[str, Any]]:
     import time
 
     # heartbeats expire by themselves; the set only says where to look (two round trips in all)

@@ -23,7 +23,9 @@ mediaq's keys, in the queue database unless noted:
 ``mediaq:batch:<name>:ids``            sorted set: every job id, scored by enqueue order
 ``mediaq:batch:<name>:retries``        hash: original id -> retry id
 ``mediaq:batch:<name>:counts``         hash: complete/failed, ``<function>:<outcome>`` (worker counters)
+``mediaq:batch:<name>:errors``         hash: failures by ``<function>\t<error type>\t<code>`` (worker counters)
 ``mediaq:stats``                       hash: ``<function>:<outcome>`` for the whole queue
+``mediaq:errors``                      hash: failures by ``<function>\t<error type>\t<code>``, whole queue
 ``mediaq:failures``                    list: the last failures, newest first (JSON)
 ``mediaq:throughput:<epoch // 600>``   hash: ``<epoch second>:<outcome>`` -> n (expires after an hour)
 ``mediaq:workers``                     sorted set: heartbeat key -> time of its last beat
@@ -51,6 +53,7 @@ __all__ = [
     "CLAIMANTS",
     "CLAIMS_PREFIX",
     "DEFAULT_QUEUE",
+    "ERRORS",
     "FAILURES",
     "HEALTH_CHECK_SUFFIX",
     "HEARTBEAT_PREFIX",
@@ -70,6 +73,7 @@ __all__ = [
     "WORKERS",
     "batch",
     "batch_counts",
+    "batch_errors",
     "batch_ids",
     "batch_retries",
     "claims",
@@ -91,6 +95,7 @@ HEALTH_CHECK_SUFFIX = ":health-check"
 # -- mediaq's --------------------------------------------------------------------------------------------
 BATCHES = "mediaq:batches"
 STATS = "mediaq:stats"
+ERRORS = "mediaq:errors"
 FAILURES = "mediaq:failures"
 THROUGHPUT_PREFIX = "mediaq:throughput:"
 WORKERS = "mediaq:workers"
@@ -124,6 +129,10 @@ def batch_retries(name: str) -> str:
 
 def batch_counts(name: str) -> str:
     return f"mediaq:batch:{name}:counts"
+
+
+def batch_errors(name: str) -> str:
+    return f"mediaq:batch:{name}:errors"
 
 
 def throughput(second: int) -> str:

@@ -22,9 +22,9 @@ from typing import Any
 
 from mediaq.errors import WorkerStartError
 from mediaq.runtime.settings import Settings
-from mediaq.runtime.worker import READY_FILE_ENV
+from mediaq.runtime.worker import LIFELINE_FD_ENV, READY_FILE_ENV
 
-__all__ = ["LocalWorker", "start_worker"]
+__all__ = ["LocalWorker", "running_worker", "start_worker"]
 
 logger = logging.getLogger("mediaq.runtime.localworker")
 _RUNNING: weakref.WeakSet[LocalWorker] = weakref.WeakSet()
@@ -34,7 +34,9 @@ class LocalWorker:
     """Handle on one ``arq mediaq.worker.WorkerSettings`` subprocess.
 
     Stopped with :meth:`stop` (SIGTERM, then SIGKILL after ``timeout``), on leaving a ``with``
-    block, or when the interpreter exits.
+    block, or when the process that started it ends, however it ends: the worker holds the read end
+    of a pipe whose write end only this process has, and stops when it reads end-of-file (so a
+    kernel's workers stop when the kernel shuts down, restarts or is killed).
     """
 
     def __init__(self, settings: Settings, *, burst: bool = False, log_file: Path | None = None) -> None:
@@ -44,6 +46,7 @@ class LocalWorker:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_file = log_file or Path(tempfile.mkstemp(prefix="worker-", suffix=".log", dir=log_dir)[1])
         self._proc: subprocess.Popen[bytes] | None = None
+        self._lifeline: int | None = None  # the pipe's write end: closed when this process ends
 
     def __repr__(self) -> str:
         state = "alive" if self.alive else ("exited" if self._proc else "not started")
@@ -64,9 +67,14 @@ class LocalWorker:
         cmd = [sys.executable, "-m", "arq", "mediaq.worker.WorkerSettings"]
         if self.burst:
             cmd.append("--burst")
-        with open(self.log_file, "ab") as log:
-            self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          env=env, start_new_session=True)
+        read_end, self._lifeline = os.pipe()  # both close-on-exec: only the worker gets the read end
+        env[LIFELINE_FD_ENV] = str(read_end)
+        try:
+            with open(self.log_file, "ab") as log:
+                self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                              env=env, start_new_session=True, pass_fds=(read_end,))
+        finally:
+            os.close(read_end)
         _RUNNING.add(self)
         deadline = time.monotonic() + timeout
         while not ready.exists():
@@ -117,14 +125,21 @@ class LocalWorker:
                 logger.warning("worker %d did not stop within %g s; killing it", proc.pid, timeout)
                 os.killpg(proc.pid, signal.SIGKILL)  # the pool processes too
                 proc.wait()
+        self._close_lifeline()
         _RUNNING.discard(self)
         return proc.returncode
+
+    def _close_lifeline(self) -> None:
+        if self._lifeline is not None:
+            os.close(self._lifeline)
+            self._lifeline = None
 
     def kill(self) -> None:
         """SIGKILL the worker and its pool at once (what a crash looks like)."""
         if self._proc is not None and self._proc.poll() is None:
             os.killpg(self._proc.pid, signal.SIGKILL)
             self._proc.wait()
+        self._close_lifeline()
         _RUNNING.discard(self)
 
     def logs(self, n: int = 50) -> str:
@@ -142,20 +157,40 @@ class LocalWorker:
 
 
 def start_worker(settings: Settings | None = None, *, burst: bool = False, timeout: float = 60.0,
-                 **overrides: Any) -> LocalWorker:
+                 new: bool = False, **overrides: Any) -> LocalWorker:
     """Start ``arq mediaq.worker.WorkerSettings`` in a subprocess with these settings.
 
     ``overrides`` are setting names (``max_jobs=4``, ``storage="/data/media"``). Returns once the
     worker is ready; if it dies while starting, :class:`~mediaq.errors.WorkerStartError` shows why.
+    A worker this process started with the same settings and still alive is returned instead of a
+    second one (running a notebook cell again does not pile up workers); ``new=True`` starts
+    another one anyway (more throughput). The worker stops when this process ends.
 
     >>> w = start_worker(max_jobs=4)   # doctest: +SKIP
     >>> w.alive                        # doctest: +SKIP
+    True
+    >>> start_worker(max_jobs=4) is w  # doctest: +SKIP
     True
     """
     settings = settings or Settings.load()
     if overrides:
         settings = settings.replace(**overrides)
+    if not (burst or new):
+        running = running_worker(settings)
+        if running is not None and running.settings == settings:
+            logger.info("reusing %r", running)
+            return running
     return LocalWorker(settings, burst=burst).start(timeout)
+
+
+def running_worker(settings: Settings) -> LocalWorker | None:
+    """The newest live, non-burst worker this process started on the same Redis and queue, if any."""
+    def same_queue(s: Settings) -> bool:
+        return (s.redis_url, s.state_dir, s.queue_db, s.queue_name) == (
+            settings.redis_url, settings.state_dir, settings.queue_db, settings.queue_name)
+
+    live = [w for w in list(_RUNNING) if w.alive and not w.burst and same_queue(w.settings)]
+    return max(live, key=lambda w: w.pid or 0, default=None)
 
 
 @atexit.register

@@ -19,14 +19,15 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from mediaq.runtime.keys import IN_PROGRESS_PREFIX, JOB_PREFIX, RESULT_PREFIX
+from mediaq.runtime.serialization import ABORTED_TYPE
 
 __all__ = ["DAY_MS", "STATES", "ChunkSender", "batch_counts", "enqueue_chunk", "job_entry", "status_codes"]
 
 DAY_MS = 86_400_000
 
 #: Job states, in the order of the status script's codes.
-STATES = ("not_found", "queued", "deferred", "in_progress", "complete", "failed")
-_RESULT_UNKNOWN = 6  # a result whose success flag must be read in Python (pickle mode)
+STATES = ("not_found", "queued", "deferred", "in_progress", "complete", "failed", "aborted")
+_RESULT_UNKNOWN = 7  # a result whose success flag must be read in Python (pickle mode)
 
 # Per job one EXISTS and one PSETEX; the queue and the batch's id set get one multi-member ZADD per
 # 500 jobs. Fewer calls per job matter twice: a call from Lua costs about 1 us, and every write is
@@ -81,8 +82,10 @@ return skipped
 """
 
 # How arq tells a job's state, as a Lua function shared by the scripts below: 0 not found,
-# 1 queued, 2 deferred, 3 in progress, 4 complete, 5 failed, -1 a result whose success flag must be
-# read in Python (pickle mode). Success is the 4th byte of a msgpack result (see serialization).
+# 1 queued, 2 deferred, 3 in progress, 4 complete, 5 failed, 6 aborted, -1 a result whose success
+# flag must be read in Python (pickle mode). Success is the 4th byte of a msgpack result (see
+# serialization); a failure is an abort when its error type, within the first 64 bytes, is
+# asyncio.CancelledError (one more GETRANGE, for failures only).
 #
 # arq's own order is result, in-progress key, queue score. A job in the queue has no result (arq's
 # finish removes it from the queue and writes the result in one MULTI), so ids are classified 500 at
@@ -109,7 +112,12 @@ local function classify_many(ids, queue, now)
           code = -1
           if string.sub(head, 2, 3) == '\\161s' then
             local b = string.byte(head, 4)
-            if b == 195 then code = 4 elseif b == 194 then code = 5 end
+            if b == 195 then code = 4
+            elseif b == 194 then
+              code = 5
+              local first = redis.call('GETRANGE', '{RESULT_PREFIX}' .. id, 0, 63)
+              if string.find(first, '{ABORTED_TYPE}', 1, true) then code = 6 end
+            end
           end
         elseif redis.call('EXISTS', '{IN_PROGRESS_PREFIX}' .. id) == 1 then code = 3
         elseif redis.call('EXISTS', '{JOB_PREFIX}' .. id) == 1 then code = 1
@@ -144,7 +152,7 @@ return out
 """.replace("UNKNOWN", str(_RESULT_UNKNOWN))
 
 # Counts for a batch without sending its ids back and forth: walk ranks [start, stop] of the batch's
-# id set on the server, skipping ids that were superseded by a retry. Returns the 6 counts, then the
+# id set on the server, skipping ids that were superseded by a retry. Returns the 7 counts, then the
 # ids whose result must be read in Python (pickle mode).
 COUNT_LUA = _CLASSIFY + """
 local queue, now, idset, retries = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
@@ -156,7 +164,7 @@ if redis.call('EXISTS', retries) == 1 then
   end
   ids = kept
 end
-local counts = {0, 0, 0, 0, 0, 0}
+local counts = {0, 0, 0, 0, 0, 0, 0}
 local unknown = {}
 local codes = classify_many(ids, queue, now)
 for i = 1, #codes do

@@ -29,7 +29,24 @@ import msgpack
 
 from mediaq.errors import ConfigError, JobError
 
-__all__ = ["exception_to_dict", "get_serializer", "msgpack_dumps", "msgpack_loads"]
+__all__ = ["ABORTED_TYPE", "exception_to_dict", "get_serializer", "msgpack_dumps", "msgpack_loads", "result_outcome"]
+
+#: The error type of a job aborted by ``batch.abort()`` / ``Job.abort()`` (arq fails it with CancelledError).
+ABORTED_TYPE = "asyncio.CancelledError"
+
+
+def result_outcome(record: dict[str, Any]) -> str:
+    """``"complete"``, ``"failed"`` or ``"aborted"`` for a result record (either serializer).
+
+    >>> result_outcome({"s": False, "r": asyncio.CancelledError()})
+    'aborted'
+    """
+    if record.get("s"):
+        return "complete"
+    err = record.get("r")
+    if isinstance(err, asyncio.CancelledError) or getattr(err, "type", None) == ABORTED_TYPE:
+        return "aborted"
+    return "failed"
 
 _EXC_EXT = 1  # msgpack extension type code for an exception record
 
@@ -101,9 +118,11 @@ def msgpack_dumps(obj: Any) -> bytes:
 
     In a result record the success flag ``s`` is written first, so its 4th byte tells success
     (``0xc3``) from failure (``0xc2``): batch status reads 4 bytes per result, not the whole record.
+    The result ``r`` comes next, so a failure's error type (an aborted job's is
+    :data:`ABORTED_TYPE`) is within its first 64 bytes.
     """
     if isinstance(obj, dict) and "s" in obj and "r" in obj:
-        obj = {"s": obj["s"], **{k: v for k, v in obj.items() if k != "s"}}
+        obj = {"s": obj["s"], "r": obj["r"], **{k: v for k, v in obj.items() if k not in ("s", "r")}}
     return msgpack.packb(obj, default=_default, use_bin_type=True, datetime=True)
 
 

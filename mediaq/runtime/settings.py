@@ -76,8 +76,10 @@ class Settings:
 
     #: Where image outputs go: ``{storage}/thumbs``, ``/medium``, ``/large``. A local folder, or an
     #: object-store URL (``s3://bucket/prefix``, ``gs://``, ``az://``, ``memory://``): see
-    #: :mod:`mediaq.runtime.storage.urls`. Kept as an absolute path or a URL.
-    storage: str = "media"
+    #: :mod:`mediaq.runtime.storage.urls`. Kept as an absolute path or a URL. Default
+    #: ``{state_dir}/media``: the same folder whatever the working folder (a notebook's kernel runs in
+    #: ``notebooks/``).
+    storage: str | None = None
     thumb_width: int = 250
     thumb_height: int = 200
     thumb_format: str = "jpeg"
@@ -108,7 +110,8 @@ class Settings:
         _check(self.worker_processes >= 0, "worker_processes", self.worker_processes, ">= 0")
         # paths are made absolute once, so a worker started elsewhere writes to the same place
         object.__setattr__(self, "state_dir", Path(self.state_dir).expanduser().absolute())
-        object.__setattr__(self, "storage", normalize_root(self.storage))
+        storage = self.state_dir / "media" if self.storage is None else self.storage
+        object.__setattr__(self, "storage", normalize_root(storage))
 
     # -- construction -------------------------------------------------------------------------
     @classmethod

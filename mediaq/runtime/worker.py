@@ -29,10 +29,14 @@ from mediaq.runtime.connections import redis_settings_for, worker_retry
 from mediaq.runtime.jobspec import JobSpec
 from mediaq.runtime.settings import Settings
 
-__all__ = ["READY_FILE_ENV", "build_worker_settings", "checked_job_loads", "harden_arq_worker", "job_record_problem"]
+__all__ = ["LIFELINE_FD_ENV", "READY_FILE_ENV", "build_worker_settings", "checked_job_loads", "harden_arq_worker",
+           "job_record_problem"]
 
 logger = logging.getLogger("arq.mediaq")  # under "arq" so the arq CLI's log config shows it
 READY_FILE_ENV = "MEDIAQ_WORKER_READY_FILE"
+#: The read end of a pipe held open by the process that started this worker (mediaq.start_worker):
+#: end-of-file means that process ended, however it ended, and the worker shuts down.
+LIFELINE_FD_ENV = "MEDIAQ_WORKER_LIFELINE_FD"
 
 
 async def _startup(ctx: dict[str, Any]) -> None:
@@ -55,10 +59,10 @@ async def _startup(ctx: dict[str, Any]) -> None:
     )
     if settings.redis_url is None:  # embedded: bring the server back if it dies under us
         ctx["watchdog"] = asyncio.create_task(_watch_embedded(settings))
-    ctx["stats"] = {"ongoing": 0, "finished": 0}
-    ctx["heartbeat"] = asyncio.create_task(_heartbeat(ctx))
+    ctx["stats"] = {"ongoing": 0}
     # recovery: free the jobs of dead workers (a predecessor with our pid too) before claiming any
-    identity = WorkerIdentity.current(storage=settings.storage)
+    identity = ctx["identity"] = WorkerIdentity.current(storage=settings.storage)
+    ctx["heartbeat"] = asyncio.create_task(_heartbeat(ctx))
     claims = ctx["claims"] = Claims(ctx["redis"], identity)
     interval = settings.health_check_interval
     janitor = ctx["janitor_obj"] = Janitor(ctx["redis"], identity, interval=interval, heartbeat_ttl=3 * interval,
@@ -72,10 +76,12 @@ async def _startup(ctx: dict[str, Any]) -> None:
     ctx["claims_writer"] = asyncio.create_task(claims.run())
     ctx["janitor"] = asyncio.create_task(janitor.run(startup_dead=dead))
     ctx["stats_flush"] = asyncio.create_task(_flush_stats(ctx))
+    _watch_lifeline()
     ready = os.environ.get(READY_FILE_ENV)
     if ready:
         Path(ready).write_text(str(os.getpid()))
-    logger.info("mediaq worker ready: %d processes, max_jobs=%d", settings.processes, settings.max_jobs)
+    logger.info("mediaq worker ready: pid=%d, %d processes, max_jobs=%d", os.getpid(), settings.processes,
+                settings.max_jobs)
 
 
 async def _shutdown(ctx: dict[str, Any]) -> None:
@@ -128,16 +134,21 @@ def _heartbeat_key() -> str:
 
 
 async def _heartbeat(ctx: dict[str, Any]) -> None:
-    """Write this worker's heartbeat every health-check interval (expires after three)."""
+    """Write this worker's heartbeat every second, so its running and finished figures are live; it
+    expires after three health-check intervals. It carries the process identity (start time, boot
+    and pid namespace), so readers on the same machine tell a killed worker at once."""
     import json
     import socket
     import time
 
     settings: Settings = ctx["settings"]
+    identity = ctx["identity"]
     key, started = _heartbeat_key(), time.time()
     while True:
         record = {"host": socket.gethostname(), "pid": os.getpid(), "started": started, "last": time.time(),
-                  "max_jobs": settings.max_jobs, "processes": settings.processes, **ctx["stats"]}
+                  "max_jobs": settings.max_jobs, "processes": settings.processes, **ctx["stats"],
+                  "finished": ctx["worker_stats"].finished, "created": identity.created,
+                  "boot_id": identity.boot_id, "pidns": identity.pidns}
         try:
             async with ctx["redis"].pipeline(transaction=False) as pipe:
                 pipe.set(key, json.dumps(record), px=int(settings.health_check_interval * 3000))
@@ -145,7 +156,7 @@ async def _heartbeat(ctx: dict[str, Any]) -> None:
                 await pipe.execute()
         except Exception:  # Redis away: the next beat will tell
             logger.debug("heartbeat failed", exc_info=True)
-        await asyncio.sleep(settings.health_check_interval)
+        await asyncio.sleep(min(1.0, settings.health_check_interval))
 
 
 async def _flush_stats(ctx: dict[str, Any], interval: float = 1.0) -> None:
@@ -165,8 +176,29 @@ async def _job_start(ctx: dict[str, Any]) -> None:
 
 async def _job_end(ctx: dict[str, Any]) -> None:
     ctx["stats"]["ongoing"] -= 1
-    ctx["stats"]["finished"] += 1
     ctx["claims"].release(ctx["job_id"])
+
+
+def _watch_lifeline() -> None:
+    """Shut down (as on SIGTERM) when the process that started this worker ends (see LIFELINE_FD_ENV)."""
+    import signal
+
+    fd = os.environ.pop(LIFELINE_FD_ENV, None)
+    if not fd:
+        return
+    loop = asyncio.get_running_loop()
+
+    def parent_gone() -> None:
+        try:
+            if os.read(int(fd), 1):  # nobody writes; anything but end-of-file is ignored
+                return
+        except OSError:
+            pass
+        loop.remove_reader(int(fd))
+        logger.warning("the process that started this worker ended: shutting down")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    loop.add_reader(int(fd), parent_gone)
 
 
 async def _watch_embedded(settings: Settings, interval: float = 1.0) -> None:
