@@ -50,4 +50,4 @@ def test_default_storage_does_not_depend_on_the_working_folder(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)  # a kernel started in notebooks/ must not write into the checkout
     s = Settings.load(env={"MEDIAQ_STATE_DIR": str(tmp_path / "state")})
     assert s.storage == str(tmp_path / "state" / "media")
-    assert Settings.load(env={"MEDIAQ_STORAGE": "out"}).storage == tmp_path / "out"  # an explicit one is kept
+    assert Settings.load(env={"MEDIAQ_STORAGE": "out"}).storage == str(tmp_path / "out")  # an explicit one is kept
