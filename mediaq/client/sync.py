@@ -31,7 +31,7 @@ import pandas as pd
 from mediaq.client.base import ClientBase, Views
 from mediaq.client.batch import Batch
 from mediaq.client.connection import Client, connect
-from mediaq.runtime.connections import with_db
+from mediaq.runtime.connections import sync_client, with_db
 from mediaq.runtime.iqdb_index import SyncIqdbIndex
 from mediaq.runtime.iqdb_server import SyncRemoteIqdb
 from mediaq.runtime.settings import Settings
@@ -238,6 +238,7 @@ class SyncClient(ClientBase):
         expires: float | dt.timedelta | None = None,
         chunk_size: int = 1000,
         progress: bool = False,
+        durable: int | bool | None = None,
         _job_id: str | Callable[[Any], str] | None = None,
         _defer_by: float | dt.timedelta | None = None,
         _defer_until: dt.datetime | None = None,
@@ -245,8 +246,8 @@ class SyncClient(ClientBase):
     ) -> SyncBatch:
         return SyncBatch(run_sync(self.client.enqueue_many(
             function, items, job_id=job_id, batch=batch, defer_by=defer_by, defer_until=defer_until, expires=expires,
-            chunk_size=chunk_size, progress=progress, _job_id=_job_id, _defer_by=_defer_by, _defer_until=_defer_until,
-            _expires=_expires)))
+            chunk_size=chunk_size, progress=progress, durable=durable, _job_id=_job_id, _defer_by=_defer_by,
+            _defer_until=_defer_until, _expires=_expires)))
 
     def reindex(self, source: Any, *, iqdb: bool = True, batch: str | None = None, pattern: str = "**/*",
                 chunk_size: int = 1000) -> SyncBatch:
@@ -259,11 +260,9 @@ class SyncClient(ClientBase):
         if self.settings.iqdb_url:
             return SyncRemoteIqdb(self.settings.iqdb_url)
         if self._sync_redis is None:
-            import redis
-
             timeout = self.settings.connect_timeout
-            self._sync_redis = redis.Redis.from_url(with_db(self.url, self.settings.queue_db),
-                                                    socket_connect_timeout=timeout, socket_timeout=max(30.0, timeout))
+            self._sync_redis = sync_client(with_db(self.url, self.settings.queue_db),
+                                           socket_connect_timeout=timeout, socket_timeout=max(30.0, timeout))
         return SyncIqdbIndex(self._sync_redis)
 
     def batch(self, name: str) -> SyncBatch:

@@ -206,6 +206,10 @@ def _enqueue_argv(queue_name: str, jobs: Sequence[tuple[str, int, int, bytes]], 
     return argv
 
 
+def _chunk_size(argv: list[Any]) -> int:
+    return (len(argv) - 2) // 4
+
+
 def _decoded(ids: list[Any]) -> list[str]:
     return [i.decode() if isinstance(i, bytes) else i for i in ids]
 
@@ -220,12 +224,18 @@ class ChunkSender:
     most one chunk in doubt (sent, its reply lost with the connection) and nothing after.
     (redis-py's own calls only write a command several loop turns after they are scheduled, which
     is why this talks to a pooled connection directly.)
+
+    In durable mode (``durability``, see :mod:`mediaq.runtime.replication`) the script call is
+    followed by ``WAIT`` on the same connection, sent with it, and a chunk lands only once enough
+    replicas acknowledged it: :meth:`landed` raises :class:`~mediaq.errors.ReplicationTimeout`
+    otherwise (the chunk is then on the primary, not confirmed on the replicas).
     """
 
-    def __init__(self, redis: Any, queue_name: str, id_list_key: str = "") -> None:
+    def __init__(self, redis: Any, queue_name: str, id_list_key: str = "", durability: Any = None) -> None:
         self.redis = redis
         self.queue_name = queue_name
         self.id_list_key = id_list_key
+        self.durability = durability
         self._connection: Any = None
         self._sha: str | None = None
         self._in_flight: list[Any] | None = None  # argv of the chunk sent and not landed yet
@@ -233,7 +243,11 @@ class ChunkSender:
     @property
     def in_flight(self) -> int:
         """How many jobs were (or were being) sent and have not landed yet: 0 or one chunk's worth."""
-        return 0 if self._in_flight is None else (len(self._in_flight) - 2) // 4
+        return 0 if self._in_flight is None else _chunk_size(self._in_flight)
+
+    @property
+    def _durable(self) -> bool:
+        return self.durability is not None and self.durability.on
 
     async def send(self, jobs: Sequence[tuple[str, int, int, bytes]]) -> None:
         if self._in_flight is not None:
@@ -252,7 +266,13 @@ class ChunkSender:
         else:
             await connection.check_health()
         self._in_flight = argv  # from here on the server may have it, even if writing fails part way
-        await connection.send_command("EVALSHA", self._sha, 0, *argv, check_health=False)
+        await self._send(argv)
+
+    async def _send(self, argv: list[Any]) -> None:
+        commands: list[tuple[Any, ...]] = [("EVALSHA", self._sha, 0, *argv)]
+        if self._durable:
+            commands.append(self.durability.command())
+        await self._connection.send_packed_command(self._connection.pack_commands(commands), check_health=False)
 
     async def landed(self) -> list[str]:
         """The ids the chunk in flight skipped because they already existed."""
@@ -264,9 +284,15 @@ class ChunkSender:
         try:
             reply = await self._connection.read_response()
         except NoScriptError:  # the server's script cache was flushed between two chunks
+            if self._durable:
+                await self._connection.read_response()  # the WAIT after it
             self._sha = await self.redis.script_load(ENQUEUE_LUA)
-            await self._connection.send_command("EVALSHA", self._sha, 0, *argv)
+            await self._send(argv)
             reply = await self._connection.read_response()
+        if self._durable:
+            acked = await self._connection.read_response()
+            self._in_flight = None  # every reply is read: the connection is clean, the chunk is on the primary
+            self.durability.check(acked, f"a chunk of {_chunk_size(argv)} jobs")
         self._in_flight = None  # only now: until its reply is read the chunk is still in flight
         return _decoded(reply)
 
