@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,6 +150,24 @@ class LocalReplicaSet:
         if node.alive:
             assert node.proc is not None
             node.proc.send_signal(signal.SIGCONT)
+
+    def kill_lagging(self, primary: Node, lag: float, until: Callable[[], bool] = lambda: False) -> Node:
+        """SIGKILL ``primary`` while its replicas lag behind: pause them, wait until ``until()`` holds or
+        ``lag`` seconds passed (keep it below ``down_after_ms``, or the Sentinels count them down too),
+        kill the primary, resume them. What the primary wrote meanwhile and could not hand to the
+        sockets is lost with it. Returns ``primary``."""
+        replicas = [n for n in self.data if n is not primary and n.alive]
+        for node in replicas:
+            self.pause(node)
+        try:
+            deadline = time.monotonic() + lag
+            while not until() and time.monotonic() < deadline:
+                time.sleep(0.0005)
+            self.kill(primary)
+        finally:
+            for node in replicas:
+                self.resume(node)
+        return primary
 
     def restart(self, node: Node, timeout: float = 30.0) -> Node:
         """Start a dead data node again as a replica of the current primary, and wait until it is in sync."""
