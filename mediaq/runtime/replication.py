@@ -152,9 +152,9 @@ async def replication_status(redis: Any, url: str) -> dict[str, Any]:
     offset = int(info.get("master_repl_offset", 0) or 0)
     if role == "master":
         pool = redis.connection_pool
-        host = getattr(pool, "master_address", None) or (
-            pool.connection_kwargs.get("host"), pool.connection_kwargs.get("port"))
-        out["primary"] = f"{host[0]}:{host[1]}"
+        kw = pool.connection_kwargs
+        address = getattr(pool, "master_address", None) or (kw.get("host"), kw.get("port"))
+        out["primary"] = f"{address[0]}:{address[1]}" if address[0] else str(kw.get("path", "?"))
         for i in range(int(info.get("connected_slaves", 0) or 0)):
             r = info.get(f"slave{i}")
             if isinstance(r, dict):
