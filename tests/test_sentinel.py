@@ -21,6 +21,8 @@ from mediaq.errors import ConfigError
 from mediaq.runtime import keys
 from mediaq.runtime.connections import SentinelURL, with_db
 from mediaq.runtime.replicaset import LocalReplicaSet
+from mediaq.runtime.replication import Durability
+from mediaq.runtime.scripts import enqueue_chunk, job_entry
 from mediaq.runtime.server import resolve_redis_url
 from mediaq.runtime.settings import Settings, redact_url
 
@@ -74,6 +76,10 @@ async def test_durable_enqueue_job_without_replicas_raises(settings):
         with pytest.raises(mediaq.ReplicationTimeout, match=r"0 of the 1 replica\(s\)"):
             await client.enqueue_job("noop", 1, _job_id="one")
         assert await client.redis.exists(keys.JOB_PREFIX + "one")  # on the primary, not confirmed
+        entry = job_entry(client.dumps, "two", "noop", [2], {}, None)  # the path of batch.retry_failed
+        with pytest.raises(mediaq.ReplicationTimeout, match="a chunk of 1 jobs"):
+            await enqueue_chunk(client.redis, settings.queue_name, [entry], durability=Durability(1, 0.2))
+        assert await enqueue_chunk(client.redis, settings.queue_name, [entry]) == ["two"]  # it was written
 
 
 async def test_worker_logs_results_its_replicas_did_not_confirm_and_goes_on(client, start_worker):
@@ -123,6 +129,8 @@ async def test_durable_writes_on_a_replica_set(replica_set, tmp_path: Path):
         assert len(batch) == 2000
     async with await mediaq.connect(settings=settings, durable_replicas=1) as client:
         assert await client.enqueue_job("noop", 1, _job_id="r:one") == "r:one"
+        entry = job_entry(client.dumps, "r:two", "noop", [2], {}, None)
+        assert await enqueue_chunk(client.redis, settings.queue_name, [entry], durability=Durability(1, 2)) == []
     async with await mediaq.connect(settings=settings, durable_replicas=1, durable_aof=True,
                                     durable_timeout=0.3) as client:
         with pytest.raises(mediaq.ReplicationTimeout, match="appendonly yes"):  # the replica keeps no AOF

@@ -24,6 +24,7 @@ from mediaq.client.base import QueueClient
 from mediaq.client.frames import FrameBuilder, fetch_records
 from mediaq.errors import ConfigError
 from mediaq.runtime import keys
+from mediaq.runtime.replication import Durability
 from mediaq.runtime.scripts import STATES, batch_counts, enqueue_chunk, job_entry, status_codes
 
 __all__ = ["Batch", "new_batch_name"]
@@ -209,7 +210,8 @@ class Batch:
         new_ids = list(links.values())
         if entries:
             # ids that exist already (a rerun of retry_failed) are skipped, and still linked
-            await enqueue_chunk(self.client.redis, self.client.settings.queue_name, entries, self.ids_key)
+            await enqueue_chunk(self.client.redis, self.client.settings.queue_name, entries, self.ids_key,
+                                Durability.from_settings(self.client.settings))
             await self.client.redis.hset(keys.batch_retries(self.name), mapping=links)
         await self.load()
         return new_ids

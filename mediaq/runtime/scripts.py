@@ -190,13 +190,24 @@ def job_entry(dumps: Any, job_id: str, function: str, args: Sequence[Any], kwarg
 
 
 async def enqueue_chunk(
-    redis: Any, queue_name: str, jobs: Sequence[tuple[str, int, int, bytes]], id_list_key: str = ""
+    redis: Any, queue_name: str, jobs: Sequence[tuple[str, int, int, bytes]], id_list_key: str = "",
+    durability: Any = None,
 ) -> list[str]:
     """Write ``(job_id, score_ms, expires_ms, payload)`` jobs atomically; return the ids skipped
     because they already exist as a job or a result. ``id_list_key`` (a batch's sorted set of ids,
-    scored by insertion order) gets every id not in it yet, skipped ones included."""
+    scored by insertion order) gets every id not in it yet, skipped ones included. In durable mode
+    (``durability``, see :mod:`mediaq.runtime.replication`) the script and ``WAIT`` go on one
+    connection, and too few replicas raise :class:`~mediaq.errors.ReplicationTimeout`."""
     script = _script(redis, "enqueue", ENQUEUE_LUA)
-    return _decoded(await script(args=_enqueue_argv(queue_name, jobs, id_list_key)))
+    argv = _enqueue_argv(queue_name, jobs, id_list_key)
+    if durability is None or not durability.on:
+        return _decoded(await script(args=argv))
+    async with redis.pipeline(transaction=False) as pipe:
+        await script(args=argv, client=pipe)
+        pipe.execute_command(*durability.command())
+        skipped, acked = await pipe.execute()
+    durability.check(acked, f"a chunk of {len(jobs)} jobs")
+    return _decoded(skipped)
 
 
 def _enqueue_argv(queue_name: str, jobs: Sequence[tuple[str, int, int, bytes]], id_list_key: str) -> list[Any]:
