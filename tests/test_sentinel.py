@@ -51,7 +51,7 @@ def test_bad_sentinel_urls_are_clear_errors(url, says):
 
 def test_no_password_is_ever_printed():
     url = "redis+sentinel://:hunter2@h:1,h:2/m/1?sentinel_password=swordfish"
-    shown = redact_url(url) + repr(Settings.load(env={}, redis_url=url))
+    shown = redact_url(url) + repr(Settings.load(env={}, redis_url=url)) + repr(SentinelURL.parse(url))
     assert "hunter2" not in shown and "swordfish" not in shown and "***" in shown
 
 

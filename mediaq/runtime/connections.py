@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
@@ -53,9 +53,9 @@ class SentinelURL:
     master: str
     db: int | None = None
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never printed
     sentinel_username: str | None = None
-    sentinel_password: str | None = None
+    sentinel_password: str | None = field(default=None, repr=False)
     ssl: bool = False
 
     @classmethod
