@@ -19,12 +19,14 @@ availability"). Data lives in memory only (no AOF unless ``appendonly=True``).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import secrets
 import signal
 import socket
 import subprocess
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +36,8 @@ from mediaq.errors import ServerError
 from mediaq.runtime.server import HOST, find_server_binary
 
 __all__ = ["LocalReplicaSet", "Node"]
+
+_RUNNING: weakref.WeakSet[LocalReplicaSet] = weakref.WeakSet()  # stopped when the interpreter exits
 
 
 def _free_port() -> int:
@@ -98,6 +102,7 @@ class LocalReplicaSet:
     def start(self, timeout: float = 30.0) -> LocalReplicaSet:
         """Start the primary, its replicas (in sync) and the Sentinels (agreeing on the primary)."""
         self.folder.mkdir(parents=True, exist_ok=True)
+        _RUNNING.add(self)
         try:
             primary, *replicas = self.data
             self._start_data(primary, None, timeout)
@@ -115,6 +120,7 @@ class LocalReplicaSet:
 
     def stop(self) -> None:
         """Stop every process (SIGTERM, then SIGKILL); the folder stays."""
+        _RUNNING.discard(self)
         for node in [*self.sentinels, *self.data]:
             if node.alive:
                 assert node.proc is not None
@@ -326,3 +332,10 @@ class LocalReplicaSet:
             return "\n".join(self._log(node).read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+@atexit.register
+def _stop_all() -> None:
+    for replica_set in list(_RUNNING):
+        with contextlib.suppress(Exception):
+            replica_set.stop()
