@@ -97,6 +97,9 @@ async def _bench(ctx: BenchContext) -> list[dict]:
         rows.append(row(f"acknowledged results lost per failover, mean of {n}, {scenario}: durable",
                         statistics.mean(durable_f["results_lost"]), statistics.mean(plain["results_lost"]),
                         "results", higher_is_better=False, baseline_name="asynchronous replication"))
+        rows.append(row(f"jobs without a result 300 s after the last failover, {scenario}: durable",
+                        durable_f["stuck"][0], plain["stuck"][0], "jobs", higher_is_better=False,
+                        baseline_name="asynchronous replication"))
         print(f"# failover {scenario}: jobs lost per failover async {plain['jobs_lost']} durable "
               f"{durable_f['jobs_lost']}; results lost async {plain['results_lost']} durable "
               f"{durable_f['results_lost']}", file=sys.stderr)
@@ -134,12 +137,29 @@ class Rig:
                                                      for i in range(start, min(n, start + 5000))))
         return done
 
-    async def drain(self, name: str, n: int, timeout: float = 600) -> None:
+    async def drain(self, name: str, n: int, timeout: float = 600) -> int:
+        """Wait until every job of batch ``name`` has a result; returns how many still had none after
+        ``timeout`` s (0 expected), and says what state they are in."""
         deadline = time.monotonic() + timeout
         while await self.results(name, n) < n:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"batch {name} not done within {timeout} s:\n{self.worker.logs(20)}")
+                return await self._report_stuck(name, n, timeout)
             await asyncio.sleep(0.05)
+        return 0
+
+    async def _report_stuck(self, name: str, n: int, timeout: float) -> int:
+        redis = self.client.redis
+        ids = [f"{name}:{i}" for i in range(n)]
+        codes = await status_codes(redis, self.settings.queue_name, ids, int(time.time() * 1000))
+        stuck = [(j, STATES[c]) for j, c in zip(ids, codes, strict=True)
+                 if c < len(STATES) and STATES[c] in ("not_found", "queued", "deferred", "in_progress")]
+        for job_id, state in stuck[:5]:
+            ttl = await redis.pttl(keys.IN_PROGRESS_PREFIX + job_id)
+            claimed = [k.decode() async for k in redis.scan_iter(match=keys.CLAIMS_PREFIX + "*")
+                       if await redis.sismember(k, job_id)]
+            print(f"# STUCK {job_id}: {state}, in-progress TTL {ttl} ms, claimed by {claimed}", file=sys.stderr)
+        print(f"# {len(stuck)} job(s) of {name} without a result {timeout:g} s after the scenario", file=sys.stderr)
+        return len(stuck)
 
     async def throughput(self, n: int) -> tuple[float, float]:
         """(enqueue jobs/s, worker jobs/s) for ``n`` no-op jobs, the worker held back while enqueueing."""
@@ -158,7 +178,8 @@ class Rig:
     async def failovers(self, count: int, size: int, *, lag: bool) -> dict[str, list[float]]:
         from witness_worker import lost_results
 
-        out: dict[str, list[float]] = {k: [] for k in ("client", "worker", "sentinel", "jobs_lost", "results_lost")}
+        out: dict[str, list[float]] = {k: [] for k in ("client", "worker", "sentinel", "jobs_lost", "results_lost",
+                                                          "stuck")}
         before = set(lost_results(self.witness))
         batches = []
         for _ in range(count):
@@ -188,8 +209,10 @@ class Rig:
             await self.bulk(name, size, payload).run()  # the rerun completes the batch
             batches.append(name)
             out["worker"].append(await self._worker_back(killed["at"]))
+        stuck = 0
         for name in batches:
-            await self.drain(name, size)
+            stuck += await self.drain(name, size, timeout=300 if not stuck else 5)
+        out["stuck"] = [stuck]
         lost = set(lost_results(self.witness)) - before
         for name in batches:  # per failover: each batch's enqueue was cut by its own failover
             out["results_lost"].append(sum(1 for j in lost if j.startswith(name + ":")))
