@@ -136,7 +136,10 @@ def _durable_classes() -> tuple[type, type]:
 def durable_arq_redis(pool: Any, durability: Durability, **kwargs: Any) -> Any:
     """An ``ArqRedis`` on ``pool`` (``kwargs`` are ``ArqRedis``'s) with ``durability`` for its
     transactions that write a job record or a result."""
-    cls, _ = _durable_classes()
+    cls, pipeline = _durable_classes()
+    if durability.on and "_execute_transaction" not in vars(pipeline.__mro__[1]):
+        raise ConfigError("durable mode hooks redis-py's Pipeline._execute_transaction, which this redis-py "
+                          "does not have; install the redis version mediaq pins, or set durable_replicas=0")
     redis = cls(connection_pool=pool, **kwargs)
     redis.durability = durability
     return redis
