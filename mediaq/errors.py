@@ -10,6 +10,7 @@ Tree::
     ├── WorkerStartError         a local worker died while starting (carries its last log lines)
     ├── UnknownJobError          a job name that no worker registers
     ├── EnqueueError             a bulk enqueue stopped part way (says which chunks were written)
+    ├── ReplicationTimeout       durable mode: a write reached the primary but too few replicas in time
     ├── JobError                 a job failed; raised on the client with the worker's type, message, traceback
     ├── IqdbError                anything IQDB
     │   ├── InvalidImageError    the image cannot be decoded (also a ValueError)
@@ -44,6 +45,7 @@ __all__ = [
     "MediaqError",
     "PermanentJobError",
     "RedisUnavailable",
+    "ReplicationTimeout",
     "ServerError",
     "TransientJobError",
     "UnknownJobError",
@@ -121,6 +123,22 @@ class EnqueueError(MediaqError):
         self.chunks_written = chunks_written
         self.batch = batch
         self.in_doubt = in_doubt
+
+
+class ReplicationTimeout(MediaqError):
+    """Durable mode: a write reached the primary, but fewer than ``wanted`` replicas acknowledged it
+    within ``timeout`` seconds (``acked`` did). The write is on the primary and stays there unless
+    the primary fails before a replica has it; a failover right now could lose it.
+
+    Raised by ``enqueue_job`` and logged by workers (for a result); a bulk enqueue turns it into an
+    :class:`EnqueueError` whose ``in_doubt`` chunk is the one not confirmed.
+    """
+
+    def __init__(self, message: str, *, acked: int, wanted: int, timeout: float) -> None:
+        super().__init__(message)
+        self.acked = acked
+        self.wanted = wanted
+        self.timeout = timeout
 
 
 class JobError(MediaqError):

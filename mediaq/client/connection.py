@@ -34,6 +34,7 @@ from mediaq.runtime.connections import client_pool, with_db
 from mediaq.runtime.iqdb_ids import PostIdMap
 from mediaq.runtime.iqdb_index import IqdbIndex
 from mediaq.runtime.iqdb_server import RemoteIqdb
+from mediaq.runtime.replication import Durability, durable_arq_redis
 from mediaq.runtime.server import resolve_redis_url
 from mediaq.runtime.settings import Settings, redact_url
 
@@ -155,6 +156,7 @@ class Client(ClientBase):
         chunk_size: int = 1000,
         progress: bool = False,
         force: bool = False,
+        durable: int | bool | None = None,
         _job_id: str | Callable[[Any], str] | None = None,
         _defer_by: float | dt.timedelta | None = None,
         _defer_until: dt.datetime | None = None,
@@ -168,8 +170,10 @@ class Client(ClientBase):
         Ids that exist as a job or a result are skipped, not overwritten (``batch.skipped``), so a
         rerun with deterministic ids does not duplicate work; ``force=True`` runs the finished ones
         again (their old results are replaced), skipping only jobs still queued or running. ``batch``
-        names the batch (default: a
-        new name); the same name again adds to that batch. The options may also be spelled as
+        names the batch (default: a new name); the same name again adds to that batch. ``durable``:
+        durable mode for this call (the number of replicas each chunk must reach before it counts as
+        written; default: the ``durable_replicas`` setting, see :mod:`mediaq.runtime.replication`).
+        The options may also be spelled as
         ``enqueue_job`` spells them (``_job_id``, ``_defer_by``...; see
         :class:`~mediaq.client.enqueue.EnqueueOptions`).
         """
@@ -179,7 +183,8 @@ class Client(ClientBase):
                                        _expires=_expires)
         view = self.views.progress(None, "enqueue") if progress else None
         return await BulkEnqueue(self, function, items, options, batch=batch, chunk_size=chunk_size,
-                                 progress=view, force=force).run()
+                                 progress=view, force=force,
+                                 durability=Durability.from_settings(self.settings, durable)).run()
 
     async def reindex(
         self,
@@ -287,8 +292,10 @@ async def connect(url: str | None = None, *, settings: Settings | None = None, v
     server_url = await asyncio.to_thread(resolve_redis_url, settings)
     client_base = ClientBase(settings, server_url)
     timeout = settings.connect_timeout
-    redis = ArqRedis(client_pool(with_db(server_url, settings.queue_db), timeout), job_serializer=client_base.dumps,
-                     job_deserializer=client_base.loads, default_queue_name=settings.queue_name or keys.DEFAULT_QUEUE)
+    redis = durable_arq_redis(  # in durable mode, enqueue_job waits for the replicas (see runtime.replication)
+        client_pool(with_db(server_url, settings.queue_db), timeout), Durability.from_settings(settings),
+        job_serializer=client_base.dumps, job_deserializer=client_base.loads,
+        default_queue_name=settings.queue_name or keys.DEFAULT_QUEUE)
     cache = aioredis.Redis(
         connection_pool=client_pool(with_db(server_url, settings.cache_db, keep_explicit=False), timeout))
     try:

@@ -17,7 +17,7 @@ from mediaq.runtime.heartbeat import read_dead_workers, read_health, read_worker
 from mediaq.runtime.serialization import result_outcome
 from mediaq.runtime.settings import Settings, redact_url
 
-__all__ = ["diagnose", "queue_status"]
+__all__ = ["describe_replication", "diagnose", "queue_status"]
 
 
 async def diagnose(settings: Settings) -> list[tuple[str, str, str]]:
@@ -71,11 +71,52 @@ async def diagnose(settings: Settings) -> list[tuple[str, str, str]]:
             checks.append(("ok", f"{counts['queued']} job(s) queued, {counts['deferred']} deferred", ""))
         else:
             checks.append(("ok", f"no job waiting ({counts['deferred']} deferred)", ""))
+        checks += await _replication(client)
         checks += await _retrying(client)
         checks += await _recent_failures(client)
     finally:
         await client.close()
     return checks
+
+
+async def _replication(client: Any) -> list[tuple[str, str, str]]:
+    """Primary, replicas and Sentinels as they are now, against what durable mode needs."""
+    from mediaq.runtime.replication import replication_status
+
+    rep = await replication_status(client.redis, client.url)
+    checks = [("ok", describe_replication(rep), "")]
+    for s in rep["sentinels"] or []:
+        if "error" in s:
+            checks.append(("warn", f"Sentinel {s['address']} does not answer ({s['error']})",
+                           "a failover needs a majority of the Sentinels: restart it"))
+        elif s["primary"] != rep["primary"]:
+            checks.append(("warn", f"Sentinel {s['address']} names {s['primary']} as primary, not {rep['primary']}",
+                           "a failover may be under way; if it stays so, check that Sentinel's network"))
+    online = sum(1 for r in rep["replicas"] if r["state"] == "online")
+    wanted = client.settings.durable_replicas
+    if wanted > online:
+        checks.append(("FAIL", f"durable mode needs {wanted} replica(s) but the primary has {online} online",
+                       f"every durable write now waits {client.settings.durable_timeout:g} s and fails with "
+                       "ReplicationTimeout: start the replicas, or lower MEDIAQ_DURABLE_REPLICAS"))
+    elif rep["sentinels"] is not None and not online:
+        checks.append(("warn", "the primary has no replica online: a failover would have nothing to promote",
+                       "start a replica (`replicaof <primary host> <port>` in its config)"))
+    return checks
+
+
+def describe_replication(rep: dict[str, Any]) -> str:
+    """One line: the primary, its replicas and (for Sentinels) how many agree on it.
+
+    >>> describe_replication({"primary": "10.0.0.1:6379", "replicas": [{"address": "10.0.0.2:6379",
+    ...     "state": "online", "lag_bytes": 0}], "sentinels": None, "master_name": None})
+    'primary 10.0.0.1:6379; replicas: 10.0.0.2:6379 (online, 0 bytes behind)'
+    """
+    replicas = ", ".join(f"{r['address']} ({r['state']}, {r['lag_bytes']} bytes behind)" for r in rep["replicas"])
+    line = f"primary {rep['primary']}; replicas: {replicas or 'none'}"
+    if rep["sentinels"] is not None:
+        agree = sum(1 for s in rep["sentinels"] if s.get("primary") == rep["primary"])
+        line += f"; {agree} of {len(rep['sentinels'])} Sentinel(s) name it primary of {rep['master_name']!r}"
+    return line
 
 
 async def _retrying(client: Any) -> list[tuple[str, str, str]]:
@@ -134,16 +175,20 @@ async def _recent_failures(client: Any, sample: int = 5000) -> list[tuple[str, s
 
 async def queue_status(settings: Settings) -> dict[str, Any]:
     """What ``mediaq status`` shows, as data: ``counts`` (queued, deferred), ``workers`` (heartbeats),
-    ``in_progress``, and ``batches``: the last ten batches' counts by state, oldest first."""
+    ``in_progress``, ``batches``: the last ten batches' counts by state, oldest first, and
+    ``replication``: the primary, its replicas and the Sentinels' view
+    (:func:`~mediaq.runtime.replication.replication_status`)."""
     from mediaq.client.connection import connect
+    from mediaq.runtime.replication import replication_status
 
     async with await connect(settings=settings) as client:
+        replication = await replication_status(client.redis, client.url)
         counts = await client.queue_counts()
         workers = await read_workers(client.redis)
         batches = await client.batches()
         recent = {name: await client.batch(name).status() for name in list(batches["batch"])[-10:]}
     return {"counts": counts, "workers": workers, "in_progress": sum(w.get("ongoing", 0) for w in workers),
-            "batches": recent, "warnings": _status_warnings(counts, workers)}
+            "batches": recent, "replication": replication, "warnings": _status_warnings(counts, workers)}
 
 
 def _status_warnings(counts: dict[str, int], workers: list[dict[str, Any]]) -> list[str]:

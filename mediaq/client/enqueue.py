@@ -34,7 +34,8 @@ from redis.exceptions import RedisError, ResponseError
 from mediaq.client.base import ProgressView, QueueClient
 from mediaq.client.batch import Batch, new_batch_name
 from mediaq.client.frames import gc_paused
-from mediaq.errors import ConfigError, EnqueueError
+from mediaq.errors import ConfigError, EnqueueError, ReplicationTimeout
+from mediaq.runtime.replication import Durability
 from mediaq.runtime.scripts import ChunkSender, job_entry
 
 __all__ = ["BulkEnqueue", "EnqueueOptions", "split_item"]
@@ -128,7 +129,7 @@ class BulkEnqueue:
 
     def __init__(self, client: QueueClient, function: str, items: Iterable[Any], options: EnqueueOptions, *,
                  batch: str | None = None, chunk_size: int = 1000, progress: ProgressView | None = None,
-                 force: bool = False) -> None:
+                 durability: Durability | None = None, force: bool = False) -> None:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise ConfigError(f"chunk_size={chunk_size!r} must be an integer >= 1")
         self.client = client
@@ -142,7 +143,9 @@ class BulkEnqueue:
         self.written = 0  # jobs in chunks the server confirmed
         self.chunks = 0
         self._entries = self.entries(items)
-        self._sender = ChunkSender(client.redis, client.settings.queue_name, self.batch.ids_key, force=force)
+        self.durability = durability or Durability.from_settings(client.settings)
+        self._sender = ChunkSender(client.redis, client.settings.queue_name, self.batch.ids_key, self.durability,
+                                   force=force)
 
     # -- steps --------------------------------------------------------------------------------------
     def entries(self, items: Iterable[Any]) -> Iterator[Entry]:
@@ -179,7 +182,7 @@ class BulkEnqueue:
         size = self._sender.in_flight
         try:
             self.skipped.extend(await self._sender.landed())
-        except (RedisError, OSError) as exc:
+        except (RedisError, OSError, ReplicationTimeout) as exc:
             raise self.failure(exc, size, sent=True) from exc
         self.written += size
         self.chunks += 1
@@ -190,12 +193,19 @@ class BulkEnqueue:
         """What a Redis error while writing a chunk of ``size`` means for the batch.
 
         An error reply means the script ran and wrote nothing (it checks before it writes); a
-        connection that broke after the chunk went out leaves it written whole or not at all.
+        connection that broke after the chunk went out leaves it written whole or not at all; in
+        durable mode, a chunk that too few replicas acknowledged is on the primary only, and a
+        failover may still take it away: in doubt too.
         """
         in_doubt = size if sent and not isinstance(exc, ResponseError) else 0
-        what = (f"the connection broke while the next chunk of {size} was in flight, so it was "
-                "written whole or not at all and which is unknown until Redis is back"
-                if in_doubt else f"the failed chunk of {size} was not written at all")
+        if isinstance(exc, ReplicationTimeout):
+            what = (f"the next chunk of {size} reached the primary but not enough replicas in time, so it is "
+                    "not confirmed: a failover now could lose it")
+        elif in_doubt:
+            what = (f"the connection broke while the next chunk of {size} was in flight, so it was "
+                    "written whole or not at all and which is unknown until Redis is back")
+        else:
+            what = f"the failed chunk of {size} was not written at all"
         return EnqueueError(
             f"Redis failed after {self.chunks} chunk(s) ({self.written} jobs) of batch {self.batch.name!r} were "
             f"written; {what} ({exc}). Rerun the same call with deterministic job ids to complete the batch "

@@ -32,7 +32,7 @@ from mediaq.client.base import ClientBase, Views
 from mediaq.client.batch import Batch
 from mediaq.client.connection import Client, connect
 from mediaq.errors import WaitInterrupted
-from mediaq.runtime.connections import with_db
+from mediaq.runtime.connections import sync_client, with_db
 from mediaq.runtime.iqdb_ids import SyncPostIdMap
 from mediaq.runtime.iqdb_index import SyncIqdbIndex
 from mediaq.runtime.iqdb_server import SyncRemoteIqdb
@@ -250,6 +250,7 @@ class SyncClient(ClientBase):
         chunk_size: int = 1000,
         progress: bool = False,
         force: bool = False,
+        durable: int | bool | None = None,
         _job_id: str | Callable[[Any], str] | None = None,
         _defer_by: float | dt.timedelta | None = None,
         _defer_until: dt.datetime | None = None,
@@ -257,8 +258,8 @@ class SyncClient(ClientBase):
     ) -> SyncBatch:
         return SyncBatch(run_sync(self.client.enqueue_many(
             function, items, job_id=job_id, batch=batch, defer_by=defer_by, defer_until=defer_until, expires=expires,
-            chunk_size=chunk_size, progress=progress, force=force, _job_id=_job_id, _defer_by=_defer_by,
-            _defer_until=_defer_until, _expires=_expires)))
+            chunk_size=chunk_size, progress=progress, force=force, durable=durable, _job_id=_job_id,
+            _defer_by=_defer_by, _defer_until=_defer_until, _expires=_expires)))
 
     def reindex(self, source: Any, *, iqdb: bool = True, batch: str | None = None, pattern: str = "**/*",
                 chunk_size: int = 1000, force: bool = False) -> SyncBatch:
@@ -269,11 +270,9 @@ class SyncClient(ClientBase):
         """The configured IQDB backend, blocking: the embedded index in this Redis, or the server at
         ``MEDIAQ_IQDB_URL`` (with the id map in this Redis, as :meth:`Client.iqdb`)."""
         if self._sync_redis is None:
-            import redis
-
             timeout = self.settings.connect_timeout
-            self._sync_redis = redis.Redis.from_url(with_db(self.url, self.settings.queue_db),
-                                                    socket_connect_timeout=timeout, socket_timeout=max(30.0, timeout))
+            self._sync_redis = sync_client(with_db(self.url, self.settings.queue_db),
+                                           socket_connect_timeout=timeout, socket_timeout=max(30.0, timeout))
         if self.settings.iqdb_url:
             return SyncRemoteIqdb(self.settings.iqdb_url, ids=SyncPostIdMap(self._sync_redis))
         return SyncIqdbIndex(self._sync_redis)

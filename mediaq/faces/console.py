@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from mediaq.client.doctor import diagnose, queue_status
+from mediaq.client.doctor import describe_replication, diagnose, queue_status
 from mediaq.runtime.settings import Settings
 
 __all__ = ["check_line", "print_status", "run_doctor"]
@@ -35,6 +35,7 @@ async def print_status(settings: Settings) -> None:
     counts, workers = status["counts"], status["workers"]
     print(f"queue {settings.queue_name!r}: {counts['queued']} queued, {counts['deferred']} deferred, "
           f"{status['in_progress']} in progress; {len(workers)} worker(s) alive")
+    print("redis: " + describe_replication(status["replication"]))
     for warning in status["warnings"]:
         print(f"WARNING: {warning}")
     for name, c in status["batches"].items():

@@ -195,9 +195,10 @@ class IqdbIndex(_IndexBase):
     @classmethod
     def from_settings(cls, settings: Settings | None = None, *, prefix: str = IQDB_PREFIX) -> IqdbIndex:
         """An index on its own connection to the queue database of ``settings`` (close with :meth:`aclose`)."""
-        import redis.asyncio as aioredis
+        from mediaq.runtime.connections import async_client
 
-        index = cls(aioredis.Redis.from_url(_queue_url(settings)), prefix=prefix)
+        settings = settings or Settings.load()
+        index = cls(async_client(_queue_url(settings), settings.connect_timeout), prefix=prefix)
         index._owns_client = True
         return index
 
@@ -276,9 +277,9 @@ class SyncIqdbIndex(_IndexBase):
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, *, prefix: str = IQDB_PREFIX) -> SyncIqdbIndex:
-        import redis
+        from mediaq.runtime.connections import sync_client
 
-        index = cls(redis.Redis.from_url(_queue_url(settings)), prefix=prefix)
+        index = cls(sync_client(_queue_url(settings)), prefix=prefix)
         index._owns_client = True
         return index
 

@@ -39,9 +39,11 @@ class LocalWorker:
     kernel's workers stop when the kernel shuts down, restarts or is killed).
     """
 
-    def __init__(self, settings: Settings, *, burst: bool = False, log_file: Path | None = None) -> None:
+    def __init__(self, settings: Settings, *, burst: bool = False, log_file: Path | None = None,
+                 arq_settings: str = "mediaq.worker.WorkerSettings") -> None:
         self.settings = settings
         self.burst = burst
+        self.arq_settings = arq_settings  # what `arq` runs: mediaq's, or your own built from mediaq.worker
         log_dir = settings.state_dir / "workers"
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_file = log_file or Path(tempfile.mkstemp(prefix="worker-", suffix=".log", dir=log_dir)[1])
@@ -64,7 +66,7 @@ class LocalWorker:
         env.update(self.settings.to_env())
         env[READY_FILE_ENV] = str(ready)
         env.setdefault("PYTHONUNBUFFERED", "1")
-        cmd = [sys.executable, "-m", "arq", "mediaq.worker.WorkerSettings"]
+        cmd = [sys.executable, "-m", "arq", self.arq_settings]
         if self.burst:
             cmd.append("--burst")
         read_end, self._lifeline = os.pipe()  # both close-on-exec: only the worker gets the read end

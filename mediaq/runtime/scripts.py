@@ -207,14 +207,24 @@ def job_entry(dumps: Any, job_id: str, function: str, args: Sequence[Any], kwarg
 
 
 async def enqueue_chunk(
-    redis: Any, queue_name: str, jobs: Sequence[tuple[str, int, int, bytes]], id_list_key: str = "", *,
-    force: bool = False,
+    redis: Any, queue_name: str, jobs: Sequence[tuple[str, int, int, bytes]], id_list_key: str = "",
+    durability: Any = None, *, force: bool = False,
 ) -> list[str]:
     """Write ``(job_id, score_ms, expires_ms, payload)`` jobs atomically; return the ids skipped
     because they already exist as a job or a result (``force``: as a job). ``id_list_key`` (a batch's
-    sorted set of ids, scored by insertion order) gets every id not in it yet, skipped ones included."""
+    sorted set of ids, scored by insertion order) gets every id not in it yet, skipped ones included.
+    In durable mode (``durability``, see :mod:`mediaq.runtime.replication`) the script and ``WAIT``
+    go on one connection, and too few replicas raise :class:`~mediaq.errors.ReplicationTimeout`."""
     script = _script(redis, "enqueue", ENQUEUE_LUA)
-    return _decoded(await script(args=_enqueue_argv(queue_name, jobs, id_list_key, force)))
+    argv = _enqueue_argv(queue_name, jobs, id_list_key, force)
+    if durability is None or not durability.on:
+        return _decoded(await script(args=argv))
+    async with redis.pipeline(transaction=False) as pipe:
+        await script(args=argv, client=pipe)
+        pipe.execute_command(*durability.command())
+        skipped, acked = await pipe.execute()
+    durability.check(acked, f"a chunk of {len(jobs)} jobs")
+    return _decoded(skipped)
 
 
 def _enqueue_argv(queue_name: str, jobs: Sequence[tuple[str, int, int, bytes]], id_list_key: str,
@@ -223,6 +233,10 @@ def _enqueue_argv(queue_name: str, jobs: Sequence[tuple[str, int, int, bytes]], 
     for job_id, score, expires_ms, payload in jobs:
         argv += [job_id, score, expires_ms, payload]
     return argv
+
+
+def _chunk_size(argv: list[Any]) -> int:
+    return (len(argv) - 3) // 4  # queue, id set, force flag, then 4 values a job
 
 
 def _decoded(ids: list[Any]) -> list[str]:
@@ -239,12 +253,19 @@ class ChunkSender:
     most one chunk in doubt (sent, its reply lost with the connection) and nothing after.
     (redis-py's own calls only write a command several loop turns after they are scheduled, which
     is why this talks to a pooled connection directly.)
+
+    In durable mode (``durability``, see :mod:`mediaq.runtime.replication`) the script call is
+    followed by ``WAIT`` on the same connection, sent with it, and a chunk lands only once enough
+    replicas acknowledged it: :meth:`landed` raises :class:`~mediaq.errors.ReplicationTimeout`
+    otherwise (the chunk is then on the primary, not confirmed on the replicas).
     """
 
-    def __init__(self, redis: Any, queue_name: str, id_list_key: str = "", *, force: bool = False) -> None:
+    def __init__(self, redis: Any, queue_name: str, id_list_key: str = "", durability: Any = None, *,
+                 force: bool = False) -> None:
         self.redis = redis
         self.queue_name = queue_name
         self.id_list_key = id_list_key
+        self.durability = durability
         self.force = force
         self._connection: Any = None
         self._sha: str | None = None
@@ -253,7 +274,11 @@ class ChunkSender:
     @property
     def in_flight(self) -> int:
         """How many jobs were (or were being) sent and have not landed yet: 0 or one chunk's worth."""
-        return 0 if self._in_flight is None else (len(self._in_flight) - 3) // 4
+        return 0 if self._in_flight is None else _chunk_size(self._in_flight)
+
+    @property
+    def _durable(self) -> bool:
+        return self.durability is not None and self.durability.on
 
     async def send(self, jobs: Sequence[tuple[str, int, int, bytes]]) -> None:
         if self._in_flight is not None:
@@ -272,7 +297,13 @@ class ChunkSender:
         else:
             await connection.check_health()
         self._in_flight = argv  # from here on the server may have it, even if writing fails part way
-        await connection.send_command("EVALSHA", self._sha, 0, *argv, check_health=False)
+        await self._send(argv)
+
+    async def _send(self, argv: list[Any]) -> None:
+        commands: list[tuple[Any, ...]] = [("EVALSHA", self._sha, 0, *argv)]
+        if self._durable:
+            commands.append(self.durability.command())
+        await self._connection.send_packed_command(self._connection.pack_commands(commands), check_health=False)
 
     async def landed(self) -> list[str]:
         """The ids the chunk in flight skipped because they already existed."""
@@ -284,9 +315,15 @@ class ChunkSender:
         try:
             reply = await self._connection.read_response()
         except NoScriptError:  # the server's script cache was flushed between two chunks
+            if self._durable:
+                await self._connection.read_response()  # the WAIT after it
             self._sha = await self.redis.script_load(ENQUEUE_LUA)
-            await self._connection.send_command("EVALSHA", self._sha, 0, *argv)
+            await self._send(argv)
             reply = await self._connection.read_response()
+        if self._durable:
+            acked = await self._connection.read_response()
+            self._in_flight = None  # every reply is read: the connection is clean, the chunk is on the primary
+            self.durability.check(acked, f"a chunk of {_chunk_size(argv)} jobs")
         self._in_flight = None  # only now: until its reply is read the chunk is still in flight
         return _decoded(reply)
 

@@ -34,7 +34,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mediaq.errors import ConfigError, RedisUnavailable, ServerError
-from mediaq.runtime.connections import ping
+from mediaq.runtime.connections import SENTINEL_SCHEMES, SentinelURL, ping
 from mediaq.runtime.settings import Settings, redact_url
 
 __all__ = ["EmbeddedServer", "find_server_binary", "resolve_redis_url"]
@@ -321,9 +321,12 @@ def resolve_redis_url(settings: Settings | None = None, *, start: bool = True) -
     settings = settings or Settings.load()
     if settings.redis_url:
         parts = urlsplit(settings.redis_url)
-        if parts.scheme not in ("redis", "rediss", "unix"):
+        if parts.scheme not in ("redis", "rediss", "unix", *SENTINEL_SCHEMES):
             raise ConfigError(f"MEDIAQ_REDIS_URL={redact_url(settings.redis_url)!r}: expected a "
-                              "redis://[:password@]host:port URL")
+                              "redis://[:password@]host:port URL, or redis+sentinel://[:password@]host:port"
+                              "[,host:port...]/<primary name> for Sentinels")
+        if parts.scheme in SENTINEL_SCHEMES:
+            SentinelURL.parse(settings.redis_url)  # a clear error now rather than at the first connection
         return settings.redis_url
     server = EmbeddedServer(settings.state_dir, settings.redis_server, settings.redis_bind)
     if start:

@@ -39,7 +39,9 @@ def _default_state_dir() -> Path:
 class Settings:
     """Every mediaq setting. Build it with :meth:`load`; it is immutable (use :meth:`replace`)."""
 
-    #: Redis URL (``redis://:password@host:port/db``). ``None``: the embedded server in ``state_dir``.
+    #: Redis URL (``redis://:password@host:port/db``), or Sentinels watching a primary and its replicas
+    #: (``redis+sentinel://:password@host:port,host:port/<primary name>``; see
+    #: :mod:`mediaq.runtime.connections`). ``None``: the embedded server in ``state_dir``.
     redis_url: str | None = None
     #: Folder of the embedded server (its config, data, password, log) and of local worker logs.
     state_dir: Path = field(default_factory=_default_state_dir)
@@ -56,6 +58,16 @@ class Settings:
     queue_db: int = 1
     cache_db: int = 0
     queue_name: str = keys.DEFAULT_QUEUE
+
+    #: Durable mode: a bulk-enqueue chunk, an ``enqueue_job`` and a worker's result count as written
+    #: only once this many replicas acknowledged them (``WAIT``); 0 is off (Redis replicates in the
+    #: background, and a failover can lose the last writes the primary acknowledged).
+    durable_replicas: int = 0
+    #: Seconds to wait for those replicas before the write fails with ``ReplicationTimeout``.
+    durable_timeout: float = 5.0
+    #: Wait until the replicas have also written it to their append-only file (``WAITAOF``, Redis 7.2+ /
+    #: Valkey; the replicas need ``appendonly yes``), not only received it.
+    durable_aof: bool = False
 
     #: Worker settings from the seed.
     max_tries: int = 3
@@ -103,7 +115,8 @@ class Settings:
         for name in ("max_tries", "max_jobs", "thumb_width", "thumb_height", "medium_edge", "large_edge",
                      "max_image_pixels"):
             _check(getattr(self, name) >= 1, name, getattr(self, name), "an integer >= 1")
-        for name in ("job_timeout", "connect_timeout", "health_check_interval"):
+        _check(self.durable_replicas >= 0, "durable_replicas", self.durable_replicas, "an integer >= 0")
+        for name in ("job_timeout", "connect_timeout", "health_check_interval", "durable_timeout"):
             _check(getattr(self, name) > 0, name, getattr(self, name), "a number > 0")
         _check(0 <= self.queue_db <= 15 and 0 <= self.cache_db <= 15, "queue_db", self.queue_db, "0..15")
         _check(1 <= self.thumb_quality <= 100, "thumb_quality", self.thumb_quality, "1..100")
@@ -181,8 +194,10 @@ class Settings:
 
 
 def redact_url(url: str) -> str:
-    """``redis://:secret@host:1/0`` -> ``redis://:***@host:1/0``: never print a password."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    """``redis://:secret@host:1/0`` -> ``redis://:***@host:1/0``: never print a password (nor one given
+    as a query option, ``?sentinel_password=...``)."""
+    url = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    return re.sub(r"([?&][a-z_]*password=)[^&]*", r"\1***", url)
 
 
 def _check(ok: bool, name: str, value: Any, allowed: str) -> None:

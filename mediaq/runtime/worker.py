@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mediaq.runtime import keys
-from mediaq.runtime.connections import redis_settings_for, worker_retry
+from mediaq.runtime.connections import WORKER_RETRIES, client_pool, redis_settings_for, with_db
 from mediaq.runtime.jobspec import JobSpec
 from mediaq.runtime.settings import Settings
 
@@ -40,11 +40,7 @@ LIFELINE_FD_ENV = "MEDIAQ_WORKER_LIFELINE_FD"
 
 
 async def _startup(ctx: dict[str, Any]) -> None:
-    import redis.asyncio as aioredis
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-
-    from mediaq.runtime.connections import with_db
+    from mediaq.runtime.connections import async_client
     from mediaq.runtime.jobspec import make_process_pool
     from mediaq.runtime.recovery import Claims, Janitor, WorkerIdentity
 
@@ -52,11 +48,8 @@ async def _startup(ctx: dict[str, Any]) -> None:
     ctx["settings"] = settings
     ctx["pool"] = make_process_pool(settings.processes)
     ctx["resources"] = {}  # what jobs keep per process (mediaq.jobs.resources): arq copies ctx per job
-    ctx["cache"] = aioredis.Redis.from_url(
-        with_db(ctx["mediaq_url"], settings.cache_db, keep_explicit=False),
-        socket_connect_timeout=settings.connect_timeout, socket_timeout=30,
-        retry=worker_retry(), retry_on_error=[RedisConnectionError, RedisTimeoutError],
-    )
+    ctx["cache"] = async_client(with_db(ctx["mediaq_url"], settings.cache_db, keep_explicit=False),
+                                settings.connect_timeout, retries=WORKER_RETRIES)
     if settings.redis_url is None:  # embedded: bring the server back if it dies under us
         ctx["watchdog"] = asyncio.create_task(_watch_embedded(settings))
     ctx["stats"] = {"ongoing": 0}
@@ -225,12 +218,16 @@ def harden_arq_worker() -> bool:
     the exception ends the worker. Patched here, in the worker process only (called when the
     ``WorkerSettings`` are built): such an error is logged, the slot of the job being started is given
     back (``start_jobs`` had counted it without starting it), the janitor is asked to look for an
-    in-progress key left by it, and polling continues a second later. Returns whether it patched.
+    in-progress key left by it, and polling continues a second later. In durable mode, a result that
+    too few replicas acknowledged in time (:class:`~mediaq.errors.ReplicationTimeout`, raised by the
+    job's task and re-raised here by arq) is logged as an error and polling goes on. Returns whether it patched.
     """
     from arq.worker import Worker
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
     from redis.exceptions import WatchError
+
+    from mediaq.errors import ReplicationTimeout
 
     if getattr(Worker, "_mediaq_hardened", False):
         return False
@@ -251,6 +248,8 @@ def harden_arq_worker() -> bool:
     async def hardened_poll_iteration(self: Any) -> None:
         try:
             await poll_iteration(self)
+        except ReplicationTimeout as exc:  # a result of a job that ended: written, not confirmed
+            logger.error("durable mode: %s", exc)
         except errors as exc:
             logger.warning("Redis failed in the worker loop (%s: %s); polling again in 1 s", type(exc).__name__, exc)
             janitor = self.ctx.get("janitor_obj")
@@ -311,6 +310,18 @@ def checked_job_loads(loads: Any) -> Any:
     return checked
 
 
+def worker_redis(settings: Settings, url: str, *, job_serializer: Any, job_deserializer: Any) -> Any:
+    """The worker's ``ArqRedis`` on the queue db: a :func:`~mediaq.runtime.connections.client_pool` with the
+    worker's retry budget, for a single server and for Sentinels alike (arq's own Sentinel path has
+    neither timeouts nor retries), in the durable mode of ``settings`` (:mod:`mediaq.runtime.replication`:
+    a result counts as written once the replicas have it)."""
+    from mediaq.runtime.replication import Durability, durable_arq_redis
+
+    pool = client_pool(with_db(url, settings.queue_db), settings.connect_timeout, retries=WORKER_RETRIES)
+    return durable_arq_redis(pool, Durability.from_settings(settings), job_serializer=job_serializer,
+                             job_deserializer=job_deserializer, default_queue_name=settings.queue_name)
+
+
 def build_worker_settings(settings: Settings, jobs: Mapping[str, JobSpec]) -> type:
     """A ``WorkerSettings`` class for ``settings`` running ``jobs`` (arq reads its attributes)."""
     from arq.worker import func
@@ -323,6 +334,7 @@ def build_worker_settings(settings: Settings, jobs: Mapping[str, JobSpec]) -> ty
     from mediaq.runtime.stats import WorkerStats
 
     stats = WorkerStats(*get_serializer(settings.serializer))
+    loads = checked_job_loads(stats.loads)
     functions = [
         func(spec.coroutine, name=spec.name, timeout=spec.timeout, max_tries=spec.max_tries,
              keep_result=spec.keep_result)
@@ -330,7 +342,8 @@ def build_worker_settings(settings: Settings, jobs: Mapping[str, JobSpec]) -> ty
     ]
     attrs = {
         "functions": functions,
-        "redis_settings": redis_settings_for(settings, url),
+        "redis_settings": redis_settings_for(settings, url),  # for `arq --check`; the worker runs on redis_pool
+        "redis_pool": worker_redis(settings, url, job_serializer=stats.dumps, job_deserializer=loads),
         "queue_name": settings.queue_name,
         "max_jobs": settings.max_jobs,
         "job_timeout": settings.job_timeout,
@@ -340,7 +353,7 @@ def build_worker_settings(settings: Settings, jobs: Mapping[str, JobSpec]) -> ty
         "poll_delay": settings.poll_delay,
         "allow_abort_jobs": True,
         "job_serializer": stats.dumps,
-        "job_deserializer": checked_job_loads(stats.loads),
+        "job_deserializer": loads,
         "on_startup": _startup,
         "on_shutdown": _shutdown,
         "on_job_start": _job_start,
