@@ -25,7 +25,9 @@ from mediaq.client.base import QueueClient
 from mediaq.client.frames import FrameBuilder, fetch_records
 from mediaq.errors import ConfigError, WaitInterrupted
 from mediaq.runtime import keys
+from mediaq.runtime.connections import honour_cancel
 from mediaq.runtime.heartbeat import read_workers
+from mediaq.runtime.replication import Durability
 from mediaq.runtime.scripts import STATES, batch_counts, enqueue_chunk, job_entry, status_codes
 from mediaq.runtime.serialization import result_outcome
 
@@ -171,6 +173,7 @@ class Batch:
         try:
             while True:
                 counts = await self.status()
+                honour_cancel()  # a stop that redis-py let slip (see honour_cancel): obeyed here
                 done, total = _done(counts), sum(counts.values())
                 if view is not None:
                     view.show(done, total, failed=counts["failed"], running=counts["in_progress"])
@@ -253,7 +256,8 @@ class Batch:
         new_ids = list(links.values())
         if entries:
             # ids that exist already (a rerun of retry_failed) are skipped, and still linked
-            await enqueue_chunk(self.client.redis, self.client.settings.queue_name, entries, self.ids_key)
+            await enqueue_chunk(self.client.redis, self.client.settings.queue_name, entries, self.ids_key,
+                                Durability.from_settings(self.client.settings))
             await self.client.redis.hset(keys.batch_retries(self.name), mapping=links)
         await self.load()
         return new_ids

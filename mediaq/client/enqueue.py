@@ -21,7 +21,6 @@ mediaq.errors.ConfigError: job_id and _job_id are the same option: give one
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import time
 import uuid
@@ -35,6 +34,7 @@ from mediaq.client.base import ProgressView, QueueClient
 from mediaq.client.batch import Batch, new_batch_name
 from mediaq.client.frames import gc_paused
 from mediaq.errors import ConfigError, EnqueueError, ReplicationTimeout
+from mediaq.runtime.connections import honour_cancel
 from mediaq.runtime.replication import Durability
 from mediaq.runtime.scripts import ChunkSender, job_entry
 
@@ -227,7 +227,7 @@ class BulkEnqueue:
                         await self.landed()
                 if not chunk:
                     break
-                _honour_cancel()  # nothing is sent after a stop
+                honour_cancel()  # nothing is sent after a stop
                 try:
                     await self._sender.send(chunk)
                 except (RedisError, OSError) as exc:
@@ -236,27 +236,13 @@ class BulkEnqueue:
             await self._sender.aclose()
             if self.progress is not None:
                 self.progress.close()
-        _honour_cancel()
+        honour_cancel()
         batch.skipped = self.skipped
         if already_there:
             await batch.load()
         else:  # a new batch holds exactly what this call wrote, in order: no need to read it back
             batch.set_ids(list(self.seen))
         return batch
-
-
-def _honour_cancel() -> None:
-    """Raise ``CancelledError`` if this task was asked to stop and the request went missing.
-
-    A cancel lands at the task's next await, unless a library swallows it on the way: redis-py's
-    writes use ``asyncio.wait_for``, which on Python 3.11 returns normally when the write it waits for
-    completes in the same loop turn as the cancel. ``Task.cancelling()`` still counts the request, so
-    checking it before each chunk means a stop button is always obeyed, at the latest before the
-    next chunk goes out.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError()
 
 
 def _to_ms(value: float | dt.timedelta | None) -> int | None:

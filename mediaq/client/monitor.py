@@ -27,6 +27,7 @@ from mediaq.client.base import QueueClient
 from mediaq.client.batch import Batch
 from mediaq.client.snapshot import RATE_WINDOW, ErrorGroup, Snapshot, queue_snapshot
 from mediaq.errors import ConfigError
+from mediaq.runtime.connections import honour_cancel
 
 __all__ = ["ACTIONS", "Monitor", "RateWindow"]
 
@@ -229,6 +230,7 @@ class Monitor:
             except Exception as exc:  # one bad refresh must not end the loop
                 self.error = f"refresh failed: {type(exc).__name__}: {exc}"
                 self._notify("error")
+            honour_cancel()  # a close() that redis-py let slip (see honour_cancel) ends the loop here
             await asyncio.sleep(self.interval)
 
     async def refresh(self) -> Snapshot:
