@@ -1,5 +1,5 @@
-"""The tests' shared helpers, one copy each: a free loopback port, waiting for a condition, and
-small generated inputs (random ratings, a PNG header claiming any size).
+"""The tests' shared helpers, one copy each: a free loopback port, waiting for a condition, parsing
+a source file, and small generated inputs (random ratings, a PNG header claiming any size).
 
 ``eventually`` is the only way the tests wait: it polls until a condition holds and returns at once
 when it does, so a slow (busy) machine only makes a test slower, never wrong; the timeout is a bound
@@ -8,18 +8,35 @@ for a broken run, never a sleep a test relies on.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import inspect
 import socket
 import struct
+import subprocess
+import sys
 import time
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-__all__ = ["eventually", "eventually_sync", "free_port", "png_header", "random_ratings"]
+__all__ = ["eventually", "eventually_sync", "free_port", "parse_source", "png_header", "random_ratings"]
+
+
+def parse_source(path: Path) -> ast.Module:
+    """``ast.parse`` of a file, proof against CPython 3.11.7's flaky ``SystemError: AST constructor
+    recursion depth mismatch`` (seen after many tests ran in one process): it parses afresh in a
+    new interpreter then."""
+    source = Path(path).read_text(encoding="utf-8")
+    try:
+        return ast.parse(source, str(path))
+    except SystemError:
+        dumped = subprocess.run([sys.executable, "-c", "import ast, sys; print(ast.dump(ast.parse(sys.stdin.read())))"],
+                                input=source, capture_output=True, text=True, check=True).stdout
+        return eval(dumped, vars(ast))  # the dump of our own file, rebuilt as nodes
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -6,6 +6,7 @@ import ast
 from pathlib import Path
 
 import arq.constants
+from helpers import parse_source
 
 import mediaq
 from mediaq.runtime import keys
@@ -33,7 +34,7 @@ def _docstrings(tree: ast.AST) -> set[int]:
 
 def spelled_keys(path: Path) -> list[str]:
     """String literals (not docstrings) in ``path`` that start like a Redis key of arq's or mediaq's."""
-    tree = ast.parse(path.read_text())
+    tree = parse_source(path)
     docs = _docstrings(tree)
     return [f"{path.name}:{node.lineno}: {node.value[:40]!r}" for node in ast.walk(tree)
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs

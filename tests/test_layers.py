@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import parse_source
 
 import mediaq
 
@@ -38,20 +39,10 @@ def _modules() -> dict[str, Path]:
 MODULES = _modules()
 
 
-def _parse(path: Path) -> ast.Module:
-    source = path.read_text()
-    try:
-        return ast.parse(source, str(path))
-    except SystemError:  # CPython 3.11.7's "AST constructor recursion depth mismatch" flake: parse afresh
-        dumped = subprocess.run([sys.executable, "-c", "import ast, sys; print(ast.dump(ast.parse(sys.stdin.read())))"],
-                                input=source, capture_output=True, text=True, check=True).stdout
-        return eval(dumped, vars(ast))  # the dump of our own file, rebuilt as nodes
-
-
 def imports_of(module: str) -> set[str]:
     """The mediaq modules ``module`` imports, anywhere in its file."""
     found = set()
-    for node in ast.walk(_parse(MODULES[module])):
+    for node in ast.walk(parse_source(MODULES[module])):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:

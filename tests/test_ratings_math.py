@@ -137,9 +137,11 @@ def test_math_imports_neither_arq_nor_redis() -> None:
     """The module's own imports (importing the ``mediaq`` package itself pulls in the client)."""
     import ast
 
+    from helpers import parse_source
+
     import mediaq.pure.ratings as module
 
-    tree = ast.parse(open(module.__file__, encoding="utf-8").read())
+    tree = parse_source(module.__file__)
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
                 for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree)
