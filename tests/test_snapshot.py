@@ -12,6 +12,7 @@ import mediaq
 from mediaq.client.monitor import RateWindow
 from mediaq.client.snapshot import BatchCounts, Failure, Snapshot, WorkerInfo, queue_snapshot, throughput_rate
 from mediaq.faces.render import format_duration, format_html, format_text, sparkline_svg
+from mediaq.runtime import keys
 from mediaq.runtime.server import EmbeddedServer
 
 
@@ -113,14 +114,19 @@ class _Wire:
 
 async def _fill(client, n: int, batch: str) -> None:
     """``n`` ids deferred by an hour (so the running worker leaves them alone) in arq's queue and in a
-    batch: ids only, as a snapshot never reads job bodies."""
+    batch, and ``n`` more held in a paused bulk batch's pending set: ids only, as a snapshot never
+    reads job bodies."""
     later = int(time.time() * 1000) + 3_600_000
+    held = keys.batch_pending(f"{batch}-bulk")
     for start in range(0, n, 5000):
         ids = {f"f{i}": later for i in range(start, min(n, start + 5000))}
         async with client.redis.pipeline(transaction=False) as pipe:
             pipe.zadd(client.settings.queue_name, ids)
             pipe.zadd(f"mediaq:batch:{batch}:ids", ids)
+            pipe.zadd(held, {f"h{i}": i for i in range(start, min(n, start + 5000))})
             await pipe.execute()
+    await client.redis.sadd(keys.BULK_PAUSED, held)  # paused: the running worker leaves it alone
+    await client.redis.sadd(keys.BULK_ACTIVE, held)
     await client.redis.zadd("mediaq:batches", {batch: time.time()})
 
 
@@ -131,17 +137,21 @@ async def test_fixed_round_trips_whatever_the_queue_length(client, start_worker,
     await eventually(lambda: queue_snapshot(client), lambda s: s.workers and s.failed == 3)
     await client.redis.zadd("mediaq:batches", {f"old{i}": 0 for i in range(3)})  # a whole-queue view shows 3
     wire = _Wire(monkeypatch)
-    costs = {}
+    costs, held = {}, 0
     for n in (10, 30_000):
+        held += n
         await _fill(client, n, f"big{n}")
         costs[n] = (await wire.cost(queue_snapshot(client, f"big{n}")), await wire.cost(queue_snapshot(client)))
         snap = await queue_snapshot(client, f"big{n}")
         assert (snap.deferred, snap.batches[0].total, snap.failed, len(snap.workers)) == (n, n, 3, 1)
+        assert snap.held == held and snap.queued == held  # held bulk jobs count as queued
     (batch_small, whole_small), (batch_big, whole_big) = costs[10], costs[30_000]
     assert batch_small[0] == batch_big[0] <= 10
     assert whole_small[0] == whole_big[0] <= 14
     for _, commands in (batch_big, whole_big):
-        assert not {"KEYS", "SCAN", "ZRANGE", "GET", "SMEMBERS"} & set(commands)
+        # SMEMBERS only of the bulk sets (one member per bulk batch), never of anything per job
+        assert not {"KEYS", "SCAN", "ZRANGE", "GET"} & set(commands)
+        assert commands.count("SMEMBERS") <= 2
         assert commands.count("MGET") == 1  # the workers' heartbeats
 
 

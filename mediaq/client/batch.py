@@ -1,8 +1,9 @@
 """A named set of jobs, stored in Redis so a restarted kernel can reattach: ``client.batch(name)``.
 
-Keys: ``mediaq:batch:<name>`` (hash: function, created), ``mediaq:batch:<name>:ids`` (sorted set of
-every job id, scored by enqueue order), ``mediaq:batch:<name>:retries`` (hash: original id -> retry id), and the
-sorted set ``mediaq:batches``. A retried job is replaced by its retry in counts and results
+Keys: ``mediaq:batch:<name>`` (hash: function, created, priority), ``mediaq:batch:<name>:ids`` (sorted set
+of every job id, scored by enqueue order), ``mediaq:batch:<name>:retries`` (hash: original id -> retry id),
+``mediaq:batch:<name>:pending`` (a bulk batch's jobs not in the queue yet: :mod:`mediaq.runtime.bulk`),
+and the sorted set ``mediaq:batches``. A retried job is replaced by its retry in counts and results
 (``results(all_attempts=True)`` shows both, linked by ``retry_of``).
 
 >>> batch = client.batch("thumbs-2026-11-30")        # doctest: +SKIP
@@ -25,6 +26,7 @@ from mediaq.client.base import QueueClient
 from mediaq.client.frames import FrameBuilder, fetch_records
 from mediaq.errors import ConfigError, WaitInterrupted
 from mediaq.runtime import keys
+from mediaq.runtime.bulk import MIN_WINDOW, abort_pending, drop_pending, topup, window_size
 from mediaq.runtime.connections import honour_cancel
 from mediaq.runtime.heartbeat import read_workers
 from mediaq.runtime.replication import Durability
@@ -68,6 +70,7 @@ class Batch:
         self._retries: dict[str, str] = {}
         self._final: dict[str, str] = {}  # id -> complete/failed: results never change, cache them
         self.function: str | None = None
+        self.priority: str | None = None  # "live" or "bulk" (see mediaq.runtime.bulk), once known
 
     @property
     def key(self) -> str:
@@ -77,9 +80,15 @@ class Batch:
     def ids_key(self) -> str:
         return keys.batch_ids(self.name)
 
+    @property
+    def pending_key(self) -> str:
+        """The sorted set where a bulk batch's jobs wait until they are released into the queue."""
+        return keys.batch_pending(self.name)
+
     def __repr__(self) -> str:
         n = len(self._ids) if self._ids is not None else "?"
-        return f"<Batch {self.name!r} {self.function or ''} jobs={n}>"
+        bulk = " bulk" if self.priority == "bulk" else ""
+        return f"<Batch {self.name!r} {self.function or ''}{bulk} jobs={n}>"
 
     def __len__(self) -> int:
         if self._ids is None:
@@ -87,13 +96,17 @@ class Batch:
                                "(enqueue_many and every other method load them)")
         return len(self.active_ids)
 
-    async def register(self, function: str) -> None:
-        """Record the batch in Redis (its function and creation time are kept from the first call)."""
+    async def register(self, function: str, priority: str = "live") -> None:
+        """Record the batch in Redis (its function and creation time are kept from the first call, its
+        priority is the last call's)."""
         redis = self.client.redis
-        self.function = function
-        await redis.hsetnx(self.key, "function", function)
-        await redis.hsetnx(self.key, "created", str(time.time()))
-        await redis.zadd(keys.BATCHES, {self.name: time.time()}, nx=True)
+        self.function, self.priority = function, priority
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.hsetnx(self.key, "function", function)
+            pipe.hsetnx(self.key, "created", str(time.time()))
+            pipe.hset(self.key, "priority", priority)
+            pipe.zadd(keys.BATCHES, {self.name: time.time()}, nx=True)
+            await pipe.execute()
 
     async def load(self) -> Batch:
         """Read the batch's ids and retry links from Redis."""
@@ -101,13 +114,14 @@ class Batch:
         async with redis.pipeline(transaction=False) as pipe:
             pipe.zrange(self.ids_key, 0, -1)
             pipe.hgetall(keys.batch_retries(self.name))
-            pipe.hget(self.key, "function")
-            raw_ids, retries, function = await pipe.execute()
+            pipe.hmget(self.key, ["function", "priority"])
+            raw_ids, retries, (function, priority) = await pipe.execute()
         if not raw_ids and function is None:
             raise ConfigError(f"no batch named {self.name!r} in Redis; `await client.batches()` lists them")
         self._ids = [i.decode() for i in raw_ids]
         self._retries = {k.decode(): v.decode() for k, v in retries.items()}
         self.function = function.decode() if function else None
+        self.priority = priority.decode() if priority else "live"
         return self
 
     def set_ids(self, ids: list[str]) -> None:
@@ -132,7 +146,7 @@ class Batch:
         ids = self.active_ids
         todo = [i for i in ids if i not in self._final]
         codes = await status_codes(self.client.redis, self.client.settings.queue_name, todo,
-                                   int(time.time() * 1000))
+                                   int(time.time() * 1000), pending=self.pending_key)
         unknown = [i for i, c in zip(todo, codes, strict=True) if c >= len(STATES)]
         states = {i: STATES[c] for i, c in zip(todo, codes, strict=True) if c < len(STATES)}
         if unknown:  # pickle mode: read the success flag in Python
@@ -146,7 +160,8 @@ class Batch:
     async def status(self) -> dict[str, int]:
         """Counts by state, computed on the server over the batch's ids (one script call per 10k jobs)."""
         counts, unknown = await batch_counts(self.client.redis, self.client.settings.queue_name, self.ids_key,
-                                             keys.batch_retries(self.name), int(time.time() * 1000))
+                                             keys.batch_retries(self.name), int(time.time() * 1000),
+                                             pending=self.pending_key)
         out = dict(zip(STATES, counts, strict=True))
         if unknown:  # pickle mode: read the success flag in Python
             for _, result, _ in await fetch_records(self.client.redis, unknown, self.client.loads):
@@ -170,8 +185,13 @@ class Batch:
         counts: dict[str, int] = {}
         alive: bool | None = None
         next_look = 0.0
+        window = MIN_WINDOW
         try:
+            if self.priority is None:
+                self.priority = (await self.client.redis.hget(self.key, "priority") or b"live").decode()
             while True:
+                if self.priority == "bulk":  # keep it flowing even when only stock arq workers run it
+                    await topup(self.client.redis, self.client.settings.queue_name, window)
                 counts = await self.status()
                 honour_cancel()  # a stop that redis-py let slip (see honour_cancel): obeyed here
                 done, total = _done(counts), sum(counts.values())
@@ -181,7 +201,9 @@ class Batch:
                     return counts
                 now = time.monotonic()
                 if now >= next_look:  # is anyone working? (two round trips, every 2 s)
-                    alive, next_look = bool(await read_workers(self.client.redis)), now + 2.0
+                    workers = await read_workers(self.client.redis)
+                    alive, next_look = bool(workers), now + 2.0
+                    window = window_size(self.client.settings, workers)
                     if view is not None:
                         view.note(None if alive else "no live worker: start one")
                 if timeout is not None and now - start > timeout:
@@ -218,7 +240,7 @@ class Batch:
             self.client.redis, ids, self.client.loads)
         pending = builder.pending_ids  # only these need a state
         codes = await status_codes(self.client.redis, self.client.settings.queue_name, pending,
-                                   int(time.time() * 1000))
+                                   int(time.time() * 1000), pending=self.pending_key)
         states = {i: STATES[c] for i, c in zip(pending, codes, strict=True) if c < len(STATES)}
         origin = {new: old for old, new in self._retries.items()}
         retry_of = pd.array([origin.get(i) for i in ids], dtype="string")
@@ -256,22 +278,52 @@ class Batch:
         new_ids = list(links.values())
         if entries:
             # ids that exist already (a rerun of retry_failed) are skipped, and still linked
+            pending = self.pending_key if self.priority == "bulk" else ""
             await enqueue_chunk(self.client.redis, self.client.settings.queue_name, entries, self.ids_key,
-                                Durability.from_settings(self.client.settings))
+                                Durability.from_settings(self.client.settings), pending=pending)
             await self.client.redis.hset(keys.batch_retries(self.name), mapping=links)
         await self.load()
         return new_ids
 
     async def abort(self) -> int:
         """Abort every job not finished yet (queued ones never start; running ones are cancelled).
-        Returns how many were asked to abort."""
+        Returns how many were asked to abort. A bulk batch's jobs that were not released into the
+        queue yet get their aborted result at once, here."""
+        settings = self.client.settings
+        aborted = await abort_pending(self.client.redis, self.pending_key, loads=self.client.loads,
+                                      dumps=self.client.dumps, queue_name=settings.queue_name,
+                                      keep_result_ms=int(settings.keep_result * 1000))
         states = await self.job_states()
         pending = [i for i, s in states.items() if s in ("queued", "deferred", "in_progress")]
         if pending:
             now = int(time.time() * 1000)
             for start in range(0, len(pending), 5000):
                 await self.client.redis.zadd(keys.ABORT_SET, {i: now for i in pending[start:start + 5000]})
-        return len(pending)
+        return aborted + len(pending)
+
+    async def pause(self) -> None:
+        """Stop releasing this bulk batch's jobs into the queue (the ones already there still run:
+        at most the window). Other bulk batches get the room. :meth:`resume` undoes it."""
+        await self._check_bulk("paused")
+        await self.client.redis.sadd(keys.BULK_PAUSED, self.pending_key)
+
+    async def resume(self) -> None:
+        """Release this bulk batch's jobs again (after :meth:`pause`)."""
+        await self._check_bulk("resumed")
+        await self.client.redis.srem(keys.BULK_PAUSED, self.pending_key)
+        await topup(self.client.redis, self.client.settings.queue_name, window_size(
+            self.client.settings, await read_workers(self.client.redis)))
+
+    async def is_paused(self) -> bool:
+        """Whether :meth:`pause` holds this batch."""
+        return bool(await self.client.redis.sismember(keys.BULK_PAUSED, self.pending_key))
+
+    async def _check_bulk(self, what: str) -> None:
+        priority = (await self.client.redis.hget(self.key, "priority") or b"").decode()
+        if priority != "bulk":
+            hint = "no such batch" if not priority else f"its jobs went into the queue at once (priority={priority!r})"
+            raise ConfigError(f"batch {self.name!r} cannot be {what}: {hint}. Only bulk batches "
+                              "(enqueue_many(..., priority='bulk'), reindex) are released a window at a time.")
 
     def __bool__(self) -> bool:  # a batch is a handle, truthy even before its ids are loaded
         return True
@@ -282,7 +334,10 @@ class Batch:
                                            **options)
 
     async def delete(self) -> None:
-        """Forget the batch (its jobs and results stay until they expire)."""
+        """Forget the batch (its jobs and results stay until they expire). A bulk batch's jobs that
+        were not released into the queue yet are dropped: they would never run (abort or wait first
+        to keep a record of them)."""
+        await drop_pending(self.client.redis, self.pending_key)
         await self.client.redis.delete(self.key, self.ids_key, keys.batch_retries(self.name),
                                        keys.batch_counts(self.name), keys.batch_errors(self.name))
         await self.client.redis.zrem(keys.BATCHES, self.name)

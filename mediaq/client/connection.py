@@ -29,7 +29,7 @@ from mediaq.client.enqueue import BulkEnqueue, EnqueueOptions
 from mediaq.client.frames import FrameBuilder
 from mediaq.client.library import image_frame, plain_id
 from mediaq.errors import ConfigError, JobError, RedisUnavailable
-from mediaq.runtime import keys
+from mediaq.runtime import bulk, keys
 from mediaq.runtime.connections import client_pool, with_db
 from mediaq.runtime.iqdb_ids import PostIdMap
 from mediaq.runtime.iqdb_index import IqdbIndex
@@ -157,6 +157,7 @@ class Client(ClientBase):
         progress: bool = False,
         force: bool = False,
         durable: int | bool | None = None,
+        priority: str | None = None,
         _job_id: str | Callable[[Any], str] | None = None,
         _defer_by: float | dt.timedelta | None = None,
         _defer_until: dt.datetime | None = None,
@@ -173,6 +174,11 @@ class Client(ClientBase):
         names the batch (default: a new name); the same name again adds to that batch. ``durable``:
         durable mode for this call (the number of replicas each chunk must reach before it counts as
         written; default: the ``durable_replicas`` setting, see :mod:`mediaq.runtime.replication`).
+        ``priority``: ``"live"`` puts every job in the queue now, in enqueue order with the
+        application's own jobs; ``"bulk"`` releases them a window at a time as the workers have
+        room, so jobs enqueued meanwhile (an upload's thumbnail) wait for at most that window, and
+        bulk batches take turns (:mod:`mediaq.runtime.bulk`; ``batch.pause()``/``resume()``).
+        Default: the batch's priority when adding to one, else live.
         The options may also be spelled as
         ``enqueue_job`` spells them (``_job_id``, ``_defer_by``...; see
         :class:`~mediaq.client.enqueue.EnqueueOptions`).
@@ -181,10 +187,16 @@ class Client(ClientBase):
         options = EnqueueOptions.merge(job_id=job_id, defer_by=defer_by, defer_until=defer_until, expires=expires,
                                        _job_id=_job_id, _defer_by=_defer_by, _defer_until=_defer_until,
                                        _expires=_expires)
+        if priority is None:
+            stored = await self.redis.hget(keys.batch(batch), "priority") if batch else None
+            priority = stored.decode() if stored else "live"
         view = self.views.progress(None, "enqueue") if progress else None
-        return await BulkEnqueue(self, function, items, options, batch=batch, chunk_size=chunk_size,
-                                 progress=view, force=force,
+        made = await BulkEnqueue(self, function, items, options, batch=batch, chunk_size=chunk_size,
+                                 progress=view, force=force, priority=priority,
                                  durability=Durability.from_settings(self.settings, durable)).run()
+        if priority == "bulk":  # the first window now, without waiting for a worker's next top-up
+            await bulk.release(self.redis, self.settings)
+        return made
 
     async def reindex(
         self,
@@ -195,6 +207,7 @@ class Client(ClientBase):
         pattern: str = "**/*",
         chunk_size: int = 1000,
         force: bool = False,
+        priority: str = "bulk",
     ) -> Batch:
         """Regenerate thumbnail, variants and IQDB entry for every image of a folder tree or DataFrame.
 
@@ -206,7 +219,8 @@ class Client(ClientBase):
 
         A rerun within ``keep_result`` (a day) skips the images already done (``batch.skipped``);
         ``force=True`` does them all again, follow-ups included (after changing the thumbnail size or
-        the IQDB server, say). Jobs still queued or running are never doubled.
+        the IQDB server, say). Jobs still queued or running are never doubled. ``priority``: bulk by
+        default, so the application's own jobs keep running first (see :meth:`enqueue_many`).
         """
         frame = image_frame(source, pattern) if not isinstance(source, pd.DataFrame) else source
         missing = {"image_id", "source_path"} - set(frame.columns)
@@ -217,7 +231,7 @@ class Client(ClientBase):
         items = [{"image_id": plain_id(i), "source_path": str(p), "iqdb": iqdb, "batch": name, **redo}
                  for i, p in zip(frame["image_id"], frame["source_path"], strict=True)]
         return await self.enqueue_many("reindex_image", items, job_id="reindex:{image_id}", batch=name,
-                                       chunk_size=chunk_size, force=force)
+                                       chunk_size=chunk_size, force=force, priority=priority)
 
     def iqdb(self) -> IqdbIndex | RemoteIqdb:
         """The configured IQDB backend: the embedded index shared through this Redis, or the server
@@ -307,4 +321,6 @@ async def connect(url: str | None = None, *, settings: Settings | None = None, v
                 "server asks for a client certificate)." if "SSL" in str(exc) or "certificate" in str(exc) else "")
         raise RedisUnavailable(f"cannot use Redis at {redact_url(server_url)}: {exc}.{hint} Check MEDIAQ_REDIS_URL, "
                                "or run `mediaq doctor`.") from None
+    if await redis.exists(keys.BULK_ACTIVE):  # bulk batches wait: carry on where a crashed kernel left off
+        await bulk.release(redis, settings)
     return Client(settings, server_url, redis, cache, views)

@@ -34,11 +34,12 @@ from mediaq.client.base import ProgressView, QueueClient
 from mediaq.client.batch import Batch, new_batch_name
 from mediaq.client.frames import gc_paused
 from mediaq.errors import ConfigError, EnqueueError, ReplicationTimeout
+from mediaq.runtime.bulk import PENDING_TTL_MS
 from mediaq.runtime.connections import honour_cancel
 from mediaq.runtime.replication import Durability
 from mediaq.runtime.scripts import ChunkSender, job_entry
 
-__all__ = ["BulkEnqueue", "EnqueueOptions", "split_item"]
+__all__ = ["PRIORITIES", "BulkEnqueue", "EnqueueOptions", "check_priority", "split_item"]
 
 Entry = tuple[str, int, int, bytes]  # (job id, score ms, expires ms, payload): see job_entry
 JobIdMaker = Callable[[Any, list[Any], dict[str, Any], int], str]
@@ -114,6 +115,23 @@ class EnqueueOptions:
         return fmt
 
 
+#: ``live``: into the queue at once, in enqueue order with the application's jobs; ``bulk``: a bounded
+#: window at a time, so live jobs never wait behind the whole batch (:mod:`mediaq.runtime.bulk`).
+PRIORITIES = ("live", "bulk")
+
+
+def check_priority(priority: Any) -> None:
+    """:class:`~mediaq.errors.ConfigError` unless ``priority`` is one of :data:`PRIORITIES`.
+
+    >>> check_priority("urgent")
+    Traceback (most recent call last):
+    ...
+    mediaq.errors.ConfigError: priority='urgent': use 'live' (now) or 'bulk' (as workers have room)
+    """
+    if priority not in PRIORITIES:
+        raise ConfigError(f"priority={priority!r}: use 'live' (now) or 'bulk' (as workers have room)")
+
+
 def split_item(item: Any) -> tuple[list[Any], dict[str, Any]]:
     """An item's job arguments: a dict is keyword arguments, a tuple or list positional ones, anything
     else the one positional argument."""
@@ -129,9 +147,14 @@ class BulkEnqueue:
 
     def __init__(self, client: QueueClient, function: str, items: Iterable[Any], options: EnqueueOptions, *,
                  batch: str | None = None, chunk_size: int = 1000, progress: ProgressView | None = None,
-                 durability: Durability | None = None, force: bool = False) -> None:
+                 durability: Durability | None = None, force: bool = False, priority: str = "live") -> None:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise ConfigError(f"chunk_size={chunk_size!r} must be an integer >= 1")
+        check_priority(priority)
+        if priority == "bulk" and (options.defer_by is not None or options.defer_until is not None):
+            raise ConfigError("a bulk batch runs as the workers have room (priority='bulk'), so it cannot be "
+                              "deferred: drop defer_by/defer_until, or enqueue with priority='live'")
+        self.priority = priority
         self.client = client
         self.function = function
         self.options = options
@@ -145,13 +168,15 @@ class BulkEnqueue:
         self._entries = self.entries(items)
         self.durability = durability or Durability.from_settings(client.settings)
         self._sender = ChunkSender(client.redis, client.settings.queue_name, self.batch.ids_key, self.durability,
-                                   force=force)
+                                   force=force, pending=self.batch.pending_key if priority == "bulk" else "")
 
     # -- steps --------------------------------------------------------------------------------------
     def entries(self, items: Iterable[Any]) -> Iterator[Entry]:
         """arq job records of ``items`` (ids repeated within the call are skipped), made lazily."""
         id_for = self.options.id_maker()
         expires_ms = self.options.expires_ms()
+        if expires_ms is None and self.priority == "bulk":  # it may wait long before it reaches the queue
+            expires_ms = PENDING_TTL_MS
         dumps, function, name = self.client.dumps, self.function, self.batch.name
         for index, item in enumerate(items):
             args, kwargs = split_item(item)
@@ -216,7 +241,7 @@ class BulkEnqueue:
     async def run(self) -> Batch:
         """Register the batch, send every chunk (one in flight while the next is built), and return it."""
         batch = self.batch
-        await batch.register(self.function)
+        await batch.register(self.function, self.priority)
         already_there = await self.client.redis.zcard(batch.ids_key)
         try:
             while True:

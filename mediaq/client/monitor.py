@@ -33,7 +33,7 @@ __all__ = ["ACTIONS", "Monitor", "RateWindow"]
 
 #: What the buttons do, by name: the method of :class:`Monitor` each one runs.
 ACTIONS = {"retry": "retry_failed", "abort": "abort_queued", "start": "start_local_worker",
-           "stop": "stop_local_worker"}
+           "stop": "stop_local_worker", "pause": "toggle_pause"}
 #: ``(monitor, event)``; event is ``"refresh"``, ``"error"``, ``"action"``, ``"detail"`` or ``"closed"``
 Listener = Callable[["Monitor", str], None]
 
@@ -397,6 +397,16 @@ class Monitor:
         if self.batch is None:
             return "no batch to abort"
         return f"asked {await self.batch.abort()} job(s) to abort"
+
+    async def toggle_pause(self) -> str:
+        """``batch.pause()``, or ``batch.resume()`` when it is paused (bulk batches only)."""
+        if self.batch is None:
+            return "no batch to pause"
+        if await self.batch.is_paused():
+            await self.batch.resume()
+            return "resumed: its jobs are released again"
+        await self.batch.pause()
+        return "paused: no more of its jobs are released (the ones in the queue still run)"
 
     async def start_local_worker(self) -> str:
         """``mediaq.start_worker(client.settings)``, in a thread."""

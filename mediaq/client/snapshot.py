@@ -1,9 +1,10 @@
 """A plain, read-only snapshot of the queue for dashboards, read at a fixed cost whatever the queue length.
 
 :func:`queue_snapshot` reads only O(1) things: ``ZCOUNT`` on the queue, the workers' heartbeats
-(:func:`mediaq.runtime.heartbeat.read_workers`) and the outcome counters workers keep (:mod:`mediaq.runtime.stats`). It
+(:func:`mediaq.runtime.heartbeat.read_workers`), the outcome counters workers keep (:mod:`mediaq.runtime.stats`)
+and the sizes of the bulk batches' pending sets (:func:`mediaq.runtime.bulk.bulk_state`). It
 never lists job keys and never reads job bodies, so a refresh costs the same number of Redis round
-trips (9 for one batch, 12 for the whole queue) with ten jobs queued or ten million.
+trips (10 for one batch, 13 for the whole queue) with ten jobs queued or ten million.
 
 The counts are for display: ``in_progress`` comes from heartbeats (up to one health-check interval
 old) and complete/failed from counters flushed every second. ``batch.status()`` is the exact answer.
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -28,6 +29,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mediaq.runtime import keys
+from mediaq.runtime.bulk import bulk_state
 from mediaq.runtime.heartbeat import read_workers
 from mediaq.runtime.stats import (
     MAX_FAILURES,
@@ -98,6 +100,12 @@ class BatchCounts:
     by_function: dict[str, dict[str, int]] = field(default_factory=dict)
     #: jobs stopped by ``batch.abort()`` (not failures: nothing to retry or look into)
     aborted: int = 0
+    #: a bulk batch's jobs not released into the queue yet (part of ``pending``; see mediaq.runtime.bulk)
+    held: int = 0
+    #: a bulk batch that ``batch.pause()`` holds
+    paused: bool = False
+    #: a bulk batch (released a window at a time, see mediaq.runtime.bulk)
+    bulk: bool = False
 
     @property
     def done(self) -> int:
@@ -154,8 +162,11 @@ class Snapshot:
 
     time: float
     queue_name: str = keys.DEFAULT_QUEUE
-    #: Whole queue: ready to run and not running (ZCOUNT up to now, less the jobs running).
+    #: Whole queue: ready to run and not running (ZCOUNT up to now, less the jobs running), bulk
+    #: batches' jobs not released into arq's queue yet included (:attr:`held`).
     queued: int = 0
+    #: Of :attr:`queued`: bulk jobs held back so live jobs go first (:mod:`mediaq.runtime.bulk`).
+    held: int = 0
     #: Whole queue: scheduled later (deferred, or waiting for a retry).
     deferred: int = 0
     #: Whole queue: running now, from the workers' heartbeats.
@@ -240,7 +251,7 @@ async def queue_snapshot(client: Client, batch: Batch | str | None = None, local
     now = time.time()
     try:
         async with asyncio.timeout(timeout):
-            ready_deferred, stats, workers, raw_failures, per_second, batches, errors = await asyncio.gather(
+            ready_deferred, stats, workers, raw_failures, per_second, batches, errors, bulk = await asyncio.gather(
                 _zcounts(redis, queue, now),
                 read_queue_stats(redis),
                 read_workers(redis),
@@ -248,6 +259,7 @@ async def queue_snapshot(client: Client, batch: Batch | str | None = None, local
                 read_throughput(redis, window),
                 _batch_counts(redis, name, recent_batches),
                 read_errors(redis, name),
+                bulk_state(redis),
             )
     except TimeoutError:
         return Snapshot(time=now, queue_name=queue, local_worker=local,
@@ -258,6 +270,9 @@ async def queue_snapshot(client: Client, batch: Batch | str | None = None, local
         return Snapshot(time=now, queue_name=queue, local_worker=local,
                         error=f"Redis error: {type(exc).__name__}: {exc}")
     ready, deferred = ready_deferred
+    held, paused = bulk
+    batches = tuple(replace(b, held=held.get(keys.batch_pending(b.name), 0),
+                            paused=keys.batch_pending(b.name) in paused) for b in batches)
     infos = tuple(_worker_info(w, now) for w in workers)
     in_progress = sum(w.ongoing for w in infos)
     fails = [_failure(f) for f in raw_failures]
@@ -266,7 +281,8 @@ async def queue_snapshot(client: Client, batch: Batch | str | None = None, local
     first = int(now) - window + 1
     return Snapshot(
         time=now, queue_name=queue,
-        queued=max(0, ready - in_progress),  # arq keeps a running job in the queue until it finishes
+        queued=max(0, ready - in_progress) + sum(held.values()),  # arq keeps a running job in the queue
+        held=sum(held.values()),
         deferred=deferred, in_progress=in_progress,
         complete=sum(c.get("complete", 0) for c in stats.values()),
         failed=sum(c.get("failed", 0) for c in stats.values()),
@@ -298,18 +314,18 @@ async def _batch_counts(redis: Any, name: str | None, recent: int) -> tuple[Batc
         return ()
     async with redis.pipeline(transaction=False) as pipe:
         for n in names:
-            pipe.hget(keys.batch(n), "function")
-        functions = await pipe.execute()
+            pipe.hmget(keys.batch(n), ["function", "priority"])
+        meta = await pipe.execute()
     counts = await asyncio.gather(*(read_batch_counts(redis, n) for n in names))
     out = []
-    for n, f, c in zip(names, functions, counts, strict=True):
+    for n, (f, priority), c in zip(names, meta, counts, strict=True):
         by_function = c["by_function"]
         if len(by_function) == 1:  # its failures less the retried ones, as the batch's own figures
             by_function = {next(iter(by_function)): {"complete": c["complete"], "failed": c["failed"],
                                                       "aborted": c["aborted"]}}
         out.append(BatchCounts(name=n, function=f.decode() if f else None, total=c["total"],
                                complete=c["complete"], failed=c["failed"], aborted=c["aborted"],
-                               by_function=by_function))
+                               by_function=by_function, bulk=priority == b"bulk"))
     return tuple(out)
 
 

@@ -119,8 +119,16 @@ class SyncBatch:
         return self.batch.active_ids
 
     @property
+    def priority(self) -> str | None:
+        return self.batch.priority
+
+    @property
     def key(self) -> str:
         return self.batch.key
+
+    @property
+    def pending_key(self) -> str:
+        return self.batch.pending_key
 
     @property
     def ids_key(self) -> str:
@@ -146,8 +154,8 @@ class SyncBatch:
         return run_sync(build())
 
     # -- blocking twins -------------------------------------------------------------------------------
-    def register(self, function: str) -> None:
-        run_sync(self.batch.register(function))
+    def register(self, function: str, priority: str = "live") -> None:
+        run_sync(self.batch.register(function, priority))
 
     def load(self) -> SyncBatch:
         run_sync(self.batch.load())
@@ -183,6 +191,15 @@ class SyncBatch:
 
     def delete(self) -> None:
         run_sync(self.batch.delete())
+
+    def pause(self) -> None:
+        run_sync(self.batch.pause())
+
+    def resume(self) -> None:
+        run_sync(self.batch.resume())
+
+    def is_paused(self) -> bool:
+        return run_sync(self.batch.is_paused())
 
 
 class SyncClient(ClientBase):
@@ -251,6 +268,7 @@ class SyncClient(ClientBase):
         progress: bool = False,
         force: bool = False,
         durable: int | bool | None = None,
+        priority: str | None = None,
         _job_id: str | Callable[[Any], str] | None = None,
         _defer_by: float | dt.timedelta | None = None,
         _defer_until: dt.datetime | None = None,
@@ -258,13 +276,13 @@ class SyncClient(ClientBase):
     ) -> SyncBatch:
         return SyncBatch(run_sync(self.client.enqueue_many(
             function, items, job_id=job_id, batch=batch, defer_by=defer_by, defer_until=defer_until, expires=expires,
-            chunk_size=chunk_size, progress=progress, force=force, durable=durable, _job_id=_job_id,
+            chunk_size=chunk_size, progress=progress, force=force, durable=durable, priority=priority, _job_id=_job_id,
             _defer_by=_defer_by, _defer_until=_defer_until, _expires=_expires)))
 
     def reindex(self, source: Any, *, iqdb: bool = True, batch: str | None = None, pattern: str = "**/*",
-                chunk_size: int = 1000, force: bool = False) -> SyncBatch:
+                chunk_size: int = 1000, force: bool = False, priority: str = "bulk") -> SyncBatch:
         return SyncBatch(run_sync(self.client.reindex(source, iqdb=iqdb, batch=batch, pattern=pattern,
-                                                      chunk_size=chunk_size, force=force)))
+                                                      chunk_size=chunk_size, force=force, priority=priority)))
 
     def iqdb(self) -> SyncIqdbIndex | SyncRemoteIqdb:
         """The configured IQDB backend, blocking: the embedded index in this Redis, or the server at

@@ -3,7 +3,9 @@
 The origin application deferred the IQDB job by 5 s and hoped the thumbnail existed by then. Here
 the image job itself enqueues ``add_to_iqdb`` once the thumbnail is written, with a deterministic id
 (``<this job id>:iqdb``), so a retried or rerun pipeline never indexes twice, and adds it to the
-same batch so ``batch.wait()`` covers the whole pipeline.
+same batch so ``batch.wait()`` covers the whole pipeline. In a bulk batch (``reindex``'s default)
+the follow-up waits in the batch's pending set, ahead of the batch's other jobs, so a live job never
+waits behind follow-ups either (:mod:`mediaq.runtime.bulk`).
 """
 
 from __future__ import annotations
@@ -26,13 +28,16 @@ async def reindex_image(ctx: dict[str, Any], image_id: str | int, source_path: s
     result = await create_image_set(ctx, image_id, source_path)
     follow_up = None
     if iqdb:
+        from mediaq.runtime.bulk import PENDING_TTL_MS
         from mediaq.runtime.scripts import enqueue_chunk, job_entry
 
         follow_up = f"{ctx['job_id']}:iqdb"
         redis = ctx["redis"]
+        # in a bulk batch the follow-up waits with the batch, first in line (mediaq.runtime.bulk)
+        bulk = bool(batch) and await redis.hget(keys.batch(batch), "priority") == b"bulk"
         entry = job_entry(redis.job_serializer, follow_up, "add_to_iqdb", [image_id, result["thumbnail"]["key"]],
-                          {}, batch)
+                          {}, batch, expires_ms=PENDING_TTL_MS if bulk else None)
         # atomic: the job and its place in the batch; skipped if it exists (a retried parent)
         await enqueue_chunk(redis, ctx["settings"].queue_name, [entry], keys.batch_ids(batch) if batch else "",
-                            force=force)
+                            force=force, pending=keys.batch_pending(batch) if bulk else "", first=True)
     return {**result, "iqdb_job": follow_up}

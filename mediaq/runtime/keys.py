@@ -24,6 +24,11 @@ mediaq's keys, in the queue database unless noted:
 ``mediaq:batch:<name>:retries``        hash: original id -> retry id
 ``mediaq:batch:<name>:counts``         hash: complete/failed, ``<function>:<outcome>`` (worker counters)
 ``mediaq:batch:<name>:errors``         hash: failures by ``<function>\t<error type>\t<code>`` (worker counters)
+``mediaq:batch:<name>:pending``        sorted set: a bulk batch's jobs not yet in the queue, in run order
+``mediaq:bulk:active``                 set: the pending sets that still hold jobs (see runtime.bulk)
+``mediaq:bulk:paused``                 set: the pending sets of paused batches
+``mediaq:bulk:window``                 set: bulk job ids released into the queue and not finished yet
+``mediaq:bulk:turn``                   counter: which batch goes first at the next top-up (round robin)
 ``mediaq:stats``                       hash: ``<function>:<outcome>`` for the whole queue
 ``mediaq:errors``                      hash: failures by ``<function>\t<error type>\t<code>``, whole queue
 ``mediaq:failures``                    list: the last failures, newest first (JSON)
@@ -50,6 +55,10 @@ from __future__ import annotations
 __all__ = [
     "ABORT_SET",
     "BATCHES",
+    "BULK_ACTIVE",
+    "BULK_PAUSED",
+    "BULK_TURN",
+    "BULK_WINDOW",
     "CLAIMANTS",
     "CLAIMS_PREFIX",
     "DEFAULT_QUEUE",
@@ -75,6 +84,7 @@ __all__ = [
     "batch_counts",
     "batch_errors",
     "batch_ids",
+    "batch_pending",
     "batch_retries",
     "claims",
     "health_check",
@@ -109,6 +119,10 @@ IQDB_IDS_BY_POST = "mediaq:iqdb-ids:by-post"
 IQDB_IDS_FLOOR = "mediaq:iqdb-ids:floor"
 IQDB_IDS_MAX_DIRECT = "mediaq:iqdb-ids:max-direct"
 RATINGS_PRIOR_PREFIX = "mediaq:ratings:prior:"
+BULK_ACTIVE = "mediaq:bulk:active"
+BULK_PAUSED = "mediaq:bulk:paused"
+BULK_WINDOW = "mediaq:bulk:window"
+BULK_TURN = "mediaq:bulk:turn"
 
 
 def health_check(queue_name: str) -> str:
@@ -133,6 +147,10 @@ def batch_counts(name: str) -> str:
 
 def batch_errors(name: str) -> str:
     return f"mediaq:batch:{name}:errors"
+
+
+def batch_pending(name: str) -> str:
+    return f"mediaq:batch:{name}:pending"
 
 
 def throughput(second: int) -> str:

@@ -18,10 +18,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from mediaq.runtime.keys import IN_PROGRESS_PREFIX, JOB_PREFIX, RESULT_PREFIX
+from mediaq.runtime.keys import BULK_ACTIVE, IN_PROGRESS_PREFIX, JOB_PREFIX, RESULT_PREFIX
 from mediaq.runtime.serialization import ABORTED_TYPE
 
-__all__ = ["DAY_MS", "STATES", "ChunkSender", "batch_counts", "enqueue_chunk", "job_entry", "status_codes"]
+__all__ = ["DAY_MS", "STATES", "ChunkSender", "batch_counts", "enqueue_chunk", "job_entry", "script",
+           "status_codes"]
 
 DAY_MS = 86_400_000
 
@@ -33,11 +34,12 @@ _RESULT_UNKNOWN = 7  # a result whose success flag must be read in Python (pickl
 # 500 jobs. Fewer calls per job matter twice: a call from Lua costs about 1 us, and every write is
 # also appended to the AOF, so this is about 1.5x the rate of a ZADD per job.
 ENQUEUE_LUA = f"""
-local queue, idset, force = ARGV[1], ARGV[2], ARGV[3] == '1'
+local queue, idset, force, pending = ARGV[1], ARGV[2], string.find(ARGV[3], 'f') ~= nil, ARGV[4]
+local head = string.find(ARGV[3], 'h') ~= nil
 local skipped, queued, listed = {{}}, {{}}, {{}}
 local seq = 0
 -- check before writing anything: a script that fails part way keeps what it wrote
-for _, key in ipairs({{queue, idset}}) do
+for _, key in ipairs({{queue, idset, pending}}) do
   if key ~= '' then
     local t = redis.call('TYPE', key)['ok']
     if t ~= 'zset' and t ~= 'none' then
@@ -50,7 +52,14 @@ if idset ~= '' then
   local last = redis.call('ZRANGE', idset, -1, -1, 'WITHSCORES')
   if last[2] then seq = tonumber(last[2]) + 1 end
 end
-for i = 4, #ARGV, 4 do
+-- a bulk job waits in its batch's pending set (scored by its place in the batch; a follow-up with
+-- 'h' goes first) until runtime.bulk's top-up moves it into the queue
+local front = nil
+if pending ~= '' and head then
+  local first = redis.call('ZRANGE', pending, 0, 0, 'WITHSCORES')
+  front = first[2] and tonumber(first[2]) - 1 or -1
+end
+for i = 5, #ARGV, 4 do
   local id = ARGV[i]
   local exists
   if force then
@@ -63,7 +72,14 @@ for i = 4, #ARGV, 4 do
   else
     if force then redis.call('DEL', '{RESULT_PREFIX}' .. id) end
     redis.call('PSETEX', '{JOB_PREFIX}' .. id, ARGV[i + 2], ARGV[i + 3])
-    queued[#queued + 1] = ARGV[i + 1]
+    if pending == '' then
+      queued[#queued + 1] = ARGV[i + 1]
+    elseif front then
+      queued[#queued + 1] = front
+      front = front - 1
+    else
+      queued[#queued + 1] = seq
+    end
     queued[#queued + 1] = id
   end
   if idset ~= '' then
@@ -72,9 +88,11 @@ for i = 4, #ARGV, 4 do
     seq = seq + 1
   end
 end
+local target = pending ~= '' and pending or queue
 for s = 1, #queued, 1000 do
-  redis.call('ZADD', queue, unpack(queued, s, math.min(s + 999, #queued)))
+  redis.call('ZADD', target, unpack(queued, s, math.min(s + 999, #queued)))
 end
+if pending ~= '' and #queued > 0 then redis.call('SADD', '{BULK_ACTIVE}', pending) end
 for s = 1, #listed, 1000 do  -- NX: an id already listed keeps its place
   redis.call('ZADD', idset, 'NX', unpack(listed, s, math.min(s + 999, #listed)))
 end
@@ -94,18 +112,32 @@ return skipped
 # if there is none). A call from Lua costs about 1 us, more than the lookup itself: a queued job now
 # costs no call of its own instead of three, a finished one still one.
 _CLASSIFY = f"""
-local function classify_many(ids, queue, now)
+local function classify_many(ids, queue, now, pending)
   local codes, n = {{}}, #ids
+  if pending ~= '' and redis.call('EXISTS', pending) == 0 then pending = '' end
   for s = 1, n, 500 do
     local sub = {{}}
     for i = s, math.min(s + 499, n) do sub[#sub + 1] = ids[i] end
     local scores = redis.call('ZMSCORE', queue, unpack(sub))
-    local waiting, pkeys = {{}}, {{}}
+    local waiting, pkeys, outside = {{}}, {{}}, {{}}
     for j = 1, #sub do
-      local id, code = sub[j], nil
       if scores[j] then
         waiting[#waiting + 1] = j
-        pkeys[#pkeys + 1] = '{IN_PROGRESS_PREFIX}' .. id
+        pkeys[#pkeys + 1] = '{IN_PROGRESS_PREFIX}' .. sub[j]
+      else
+        outside[#outside + 1] = j
+      end
+    end
+    local held = {{}}  -- bulk jobs still in their batch's pending set: queued
+    if pending ~= '' and #outside > 0 then
+      local names = {{}}
+      for k = 1, #outside do names[k] = sub[outside[k]] end
+      held = redis.call('ZMSCORE', pending, unpack(names))
+    end
+    for k = 1, #outside do
+      local j = outside[k]
+      local id, code = sub[j], nil
+      if held[k] then code = 1
       else
         local head = redis.call('GETRANGE', '{RESULT_PREFIX}' .. id, 0, 3)
         if head ~= '' then
@@ -131,7 +163,8 @@ local function classify_many(ids, queue, now)
       for k = 1, #waiting do
         local j = waiting[k]
         local code = 1
-        if running[k] then code = 3 elseif tonumber(scores[j]) > now then code = 2 end
+        -- due within 5 ms is queued: a bulk job is released 2 ms ahead (see runtime.bulk)
+        if running[k] then code = 3 elseif tonumber(scores[j]) > now + 5 then code = 2 end
         codes[s + j - 1] = code
       end
     end
@@ -141,10 +174,10 @@ end
 """
 
 STATUS_LUA = _CLASSIFY + """
-local queue, now = ARGV[1], tonumber(ARGV[2])
+local queue, now, pending = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local ids = {}
-for i = 3, #ARGV do ids[#ids + 1] = ARGV[i] end
-local out = classify_many(ids, queue, now)
+for i = 4, #ARGV do ids[#ids + 1] = ARGV[i] end
+local out = classify_many(ids, queue, now, pending)
 for i = 1, #out do
   if out[i] < 0 then out[i] = UNKNOWN end
 end
@@ -155,7 +188,7 @@ return out
 # id set on the server, skipping ids that were superseded by a retry. Returns the 7 counts, then the
 # ids whose result must be read in Python (pickle mode).
 COUNT_LUA = _CLASSIFY + """
-local queue, now, idset, retries = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local queue, now, idset, retries, pending = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[7]
 local ids = redis.call('ZRANGE', idset, ARGV[5], ARGV[6])
 if redis.call('EXISTS', retries) == 1 then
   local kept = {}
@@ -166,7 +199,7 @@ if redis.call('EXISTS', retries) == 1 then
 end
 local counts = {0, 0, 0, 0, 0, 0, 0}
 local unknown = {}
-local codes = classify_many(ids, queue, now)
+local codes = classify_many(ids, queue, now, pending)
 for i = 1, #codes do
   local code = codes[i]
   if code < 0 then unknown[#unknown + 1] = ids[i] else counts[code + 1] = counts[code + 1] + 1 end
@@ -176,15 +209,17 @@ return {counts, unknown}
 
 
 async def batch_counts(redis: Any, queue_name: str, ids_key: str, retries_key: str, now_ms: int,
-                       chunk: int = 10_000) -> tuple[list[int], list[str]]:
+                       chunk: int = 10_000, pending: str = "") -> tuple[list[int], list[str]]:
     """Counts per state (in :data:`STATES` order) over a batch's id set, ``chunk`` ids per script call
-    (so the server never blocks long), and the ids whose result needs reading in Python."""
-    script = _script(redis, "count", COUNT_LUA)
+    (so the server never blocks long), and the ids whose result needs reading in Python. Jobs in
+    ``pending`` (a bulk batch's, not released into the queue yet) count as queued."""
+    run = script(redis, "count", COUNT_LUA)
     total = await redis.zcard(ids_key)
     counts = [0] * len(STATES)
     unknown: list[str] = []
     for start in range(0, total, chunk):
-        part, ids = await script(args=[queue_name, now_ms, ids_key, retries_key, start, start + chunk - 1])
+        part, ids = await run(args=[queue_name, now_ms, ids_key, retries_key, start, start + chunk - 1,
+                                          pending])
         counts = [a + b for a, b in zip(counts, part, strict=True)]
         unknown += [i.decode() for i in ids]
     return counts, unknown
@@ -208,19 +243,22 @@ def job_entry(dumps: Any, job_id: str, function: str, args: Sequence[Any], kwarg
 
 async def enqueue_chunk(
     redis: Any, queue_name: str, jobs: Sequence[tuple[str, int, int, bytes]], id_list_key: str = "",
-    durability: Any = None, *, force: bool = False,
+    durability: Any = None, *, force: bool = False, pending: str = "", first: bool = False,
 ) -> list[str]:
     """Write ``(job_id, score_ms, expires_ms, payload)`` jobs atomically; return the ids skipped
     because they already exist as a job or a result (``force``: as a job). ``id_list_key`` (a batch's
     sorted set of ids, scored by insertion order) gets every id not in it yet, skipped ones included.
-    In durable mode (``durability``, see :mod:`mediaq.runtime.replication`) the script and ``WAIT``
-    go on one connection, and too few replicas raise :class:`~mediaq.errors.ReplicationTimeout`."""
-    script = _script(redis, "enqueue", ENQUEUE_LUA)
-    argv = _enqueue_argv(queue_name, jobs, id_list_key, force)
+    ``pending`` (a bulk batch's pending set, :func:`mediaq.runtime.keys.batch_pending`): the jobs wait
+    there instead of in the queue until :mod:`mediaq.runtime.bulk` releases them; ``first`` puts them
+    ahead of the batch's other pending jobs (a follow-up of a job that just ran). In durable mode
+    (``durability``, see :mod:`mediaq.runtime.replication`) the script and ``WAIT`` go on one connection,
+    and too few replicas raise :class:`~mediaq.errors.ReplicationTimeout`."""
+    run = script(redis, "enqueue", ENQUEUE_LUA)
+    argv = _enqueue_argv(queue_name, jobs, id_list_key, force, pending, first)
     if durability is None or not durability.on:
-        return _decoded(await script(args=argv))
+        return _decoded(await run(args=argv))
     async with redis.pipeline(transaction=False) as pipe:
-        await script(args=argv, client=pipe)
+        await run(args=argv, client=pipe)
         pipe.execute_command(*durability.command())
         skipped, acked = await pipe.execute()
     durability.check(acked, f"a chunk of {len(jobs)} jobs")
@@ -228,15 +266,16 @@ async def enqueue_chunk(
 
 
 def _enqueue_argv(queue_name: str, jobs: Sequence[tuple[str, int, int, bytes]], id_list_key: str,
-                  force: bool = False) -> list[Any]:
-    argv: list[Any] = [queue_name, id_list_key, "1" if force else "0"]
+                  force: bool = False, pending: str = "", first: bool = False) -> list[Any]:
+    flags = ("f" if force else "") + ("h" if first else "")
+    argv: list[Any] = [queue_name, id_list_key, flags or "-", pending]
     for job_id, score, expires_ms, payload in jobs:
         argv += [job_id, score, expires_ms, payload]
     return argv
 
 
 def _chunk_size(argv: list[Any]) -> int:
-    return (len(argv) - 3) // 4  # queue, id set, force flag, then 4 values a job
+    return (len(argv) - 4) // 4  # queue, id set, flags, pending set, then 4 values a job
 
 
 def _decoded(ids: list[Any]) -> list[str]:
@@ -261,12 +300,13 @@ class ChunkSender:
     """
 
     def __init__(self, redis: Any, queue_name: str, id_list_key: str = "", durability: Any = None, *,
-                 force: bool = False) -> None:
+                 force: bool = False, pending: str = "") -> None:
         self.redis = redis
         self.queue_name = queue_name
         self.id_list_key = id_list_key
         self.durability = durability
         self.force = force
+        self.pending = pending
         self._connection: Any = None
         self._sha: str | None = None
         self._in_flight: list[Any] | None = None  # argv of the chunk sent and not landed yet
@@ -290,7 +330,7 @@ class ChunkSender:
                 self._connection = await pool.get_connection()
             except TypeError:  # redis-py < 5.3 wants a command name
                 self._connection = await pool.get_connection("EVALSHA")
-        argv = _enqueue_argv(self.queue_name, jobs, self.id_list_key, self.force)
+        argv = _enqueue_argv(self.queue_name, jobs, self.id_list_key, self.force, self.pending)
         connection = self._connection
         if not connection.is_connected:  # failures up to here mean nothing was sent
             await connection.connect()
@@ -338,17 +378,18 @@ class ChunkSender:
 
 
 async def status_codes(redis: Any, queue_name: str, ids: Iterable[str], now_ms: int,
-                       chunk: int = 5000) -> list[int]:
-    """One state code per id (index into :data:`STATES`, or 6 for a result to read in Python)."""
+                       chunk: int = 5000, pending: str = "") -> list[int]:
+    """One state code per id (index into :data:`STATES`, or 7 for a result to read in Python); ids in
+    ``pending`` (a bulk batch's pending set) are queued."""
     ids = list(ids)
-    script = _script(redis, "status", STATUS_LUA)
+    run = script(redis, "status", STATUS_LUA)
     out: list[int] = []
     for start in range(0, len(ids), chunk):
-        out += await script(args=[queue_name, now_ms, *ids[start:start + chunk]])
+        out += await run(args=[queue_name, now_ms, pending, *ids[start:start + chunk]])
     return out
 
 
-def _script(redis: Any, name: str, source: str) -> Any:
+def script(redis: Any, name: str, source: str) -> Any:
     # register_script caches by SHA and falls back to EVAL after a server restart (NOSCRIPT)
     cache = redis.__dict__.setdefault("_mediaq_scripts", {})
     if name not in cache:

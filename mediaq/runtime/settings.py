@@ -79,6 +79,10 @@ class Settings:
     #: arq starts new jobs only when it polls, so one worker runs at most max_jobs / poll_delay jobs/s
     #: (10 / 0.2 s = 50/s capped thumbnails at half the machine's speed); a poll is one cheap command.
     poll_delay: float = 0.05
+    #: Bulk batches (``priority="bulk"``, see :mod:`mediaq.runtime.bulk`): at most this many of their jobs
+    #: are in the queue at once, so a live job waits for at most this many to start ahead of it. 0:
+    #: twice the slots (``max_jobs``) of the live workers, at least 20.
+    bulk_window: int = 0
     #: Processes for CPU-bound work inside one worker (0: one per core).
     worker_processes: int = 0
     #: Safe ``msgpack`` (default) or arq-compatible ``pickle`` for jobs and results.
@@ -121,6 +125,7 @@ class Settings:
         _check(0 <= self.queue_db <= 15 and 0 <= self.cache_db <= 15, "queue_db", self.queue_db, "0..15")
         _check(1 <= self.thumb_quality <= 100, "thumb_quality", self.thumb_quality, "1..100")
         _check(self.worker_processes >= 0, "worker_processes", self.worker_processes, ">= 0")
+        _check(self.bulk_window >= 0, "bulk_window", self.bulk_window, "an integer >= 0 (0: automatic)")
         # paths are made absolute once, so a worker started elsewhere writes to the same place
         object.__setattr__(self, "state_dir", Path(self.state_dir).expanduser().absolute())
         storage = self.state_dir / "media" if self.storage is None else self.storage

@@ -10,8 +10,10 @@ core busy while its event loop still answers health checks and aborts.
 
 Each worker claims the jobs it runs and runs a janitor (:mod:`mediaq.runtime.recovery`): the jobs of a worker
 that died (SIGKILL, OOM) run again within seconds instead of after arq's in-progress timeout, and
-the temporary files it was writing are removed. Redis calls retry for about 11 s, so a restart of the
-server (the embedded one is restarted by the worker's watchdog) does not stop the worker.
+the temporary files it was writing are removed. It also keeps bulk batches flowing
+(:mod:`mediaq.runtime.bulk`: a bounded window of their jobs in the queue, topped up as jobs end).
+Redis calls retry for about 11 s, so a restart of the server (the embedded one is restarted by the
+worker's watchdog) does not stop the worker.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ LIFELINE_FD_ENV = "MEDIAQ_WORKER_LIFELINE_FD"
 
 
 async def _startup(ctx: dict[str, Any]) -> None:
+    from mediaq.runtime.bulk import BulkFeeder
     from mediaq.runtime.connections import async_client
     from mediaq.runtime.jobspec import make_process_pool
     from mediaq.runtime.recovery import Claims, Janitor, WorkerIdentity
@@ -69,6 +72,8 @@ async def _startup(ctx: dict[str, Any]) -> None:
     ctx["claims_writer"] = asyncio.create_task(claims.run())
     ctx["janitor"] = asyncio.create_task(janitor.run(startup_dead=dead))
     ctx["stats_flush"] = asyncio.create_task(_flush_stats(ctx))
+    feeder = ctx["bulk_feeder"] = BulkFeeder(ctx["redis"], settings)  # keeps bulk batches flowing: runtime.bulk
+    ctx["bulk"] = asyncio.create_task(feeder.run())
     _watch_lifeline()
     ready = os.environ.get(READY_FILE_ENV)
     if ready:
@@ -78,7 +83,7 @@ async def _startup(ctx: dict[str, Any]) -> None:
 
 
 async def _shutdown(ctx: dict[str, Any]) -> None:
-    for name in ("watchdog", "heartbeat", "stats_flush", "janitor", "claims_writer"):
+    for name in ("watchdog", "heartbeat", "stats_flush", "janitor", "claims_writer", "bulk"):
         task = ctx.pop(name, None)
         if task is not None:
             task.cancel()
@@ -170,6 +175,7 @@ async def _job_start(ctx: dict[str, Any]) -> None:
 async def _job_end(ctx: dict[str, Any]) -> None:
     ctx["stats"]["ongoing"] -= 1
     ctx["claims"].release(ctx["job_id"])
+    ctx["bulk_feeder"].poke()  # a slot is free: release the next bulk jobs (no I/O here)
 
 
 def _watch_lifeline() -> None:
