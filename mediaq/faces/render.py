@@ -86,6 +86,8 @@ def batch_summary(b: BatchCounts, rate: float | None = None, eta: float | None =
         parts.append(f"{b.failed} failed")
     if b.aborted:
         parts.append(f"{b.aborted} aborted")
+    if b.paused:
+        parts.append(f"paused ({b.held} held)")
     if b.finished:
         parts.append("finished")
     elif not workers:
@@ -118,7 +120,8 @@ def format_text(snap: Snapshot, rates: dict[str, tuple[float | None, float | Non
     if warning:
         lines.append(f"  ! {warning}")
     shown = rate if rate is not None else (snap.rate() if snap.workers else None)
-    lines.append(f"  queue: {snap.queued} queued, {snap.deferred} deferred, {snap.in_progress} in progress, "
+    held = f" ({snap.held} of them bulk, held back for live jobs)" if snap.held else ""
+    lines.append(f"  queue: {snap.queued} queued{held}, {snap.deferred} deferred, {snap.in_progress} in progress, "
                  f"{snap.complete} complete, {snap.failed} failed, {snap.aborted} aborted"
                  + (f"; {shown:.1f} jobs/s" if shown is not None else ""))
     for b in snap.batches:
@@ -168,10 +171,19 @@ def html_counts(snap: Snapshot) -> str:
     for b in snap.batches:
         failed = f'<span style="color:{_RED}">{b.failed}</span>' if b.failed else "0"
         rows.append(f"<tr><td {_TDL}>batch <code>{_E(b.name)}</code></td>"
-                    f'<td colspan="3" style="padding:1px 8px;text-align:center">{b.pending} pending</td>'
+                    f'<td colspan="3" style="padding:1px 8px;text-align:center">{b.pending} pending{_held(b)}</td>'
                     f"<td {_TD}>{b.complete}</td><td {_TD}>{failed}</td><td {_TD}>{b.aborted}</td>"
                     f"<td {_TD}>{b.total}</td></tr>")
     return f"<table {_TABLE}><thead><tr><th></th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _held(b: BatchCounts) -> str:
+    """`` (1200 bulk, held back)`` / `` (paused: 1200 held)`` for a bulk batch, else nothing."""
+    if b.paused:
+        return f' <b title="batch.resume() releases them">(paused: {b.held} held)</b>'
+    if b.held:
+        return f' <span title="released a window at a time, after live jobs">({b.held} bulk, held back)</span>'
+    return ""
 
 
 def html_functions(snap: Snapshot) -> str:

@@ -163,11 +163,13 @@ class Dashboard:
             "abort": widgets.Button(description="Abort queued", icon="ban", button_style="danger",
                                     tooltip="batch.abort(): queued jobs never start, running ones are cancelled",
                                     **fixed),
+            "pause": widgets.Button(description="Pause", icon="pause", tooltip="bulk batches: batch.pause() / "
+                                    "batch.resume(); the jobs already in the queue still run", **fixed),
         }
         for name, button in self.buttons.items():
             button.on_click(lambda _, name=name: self.monitor.act(name))
         if self.batch is None:
-            for key in ("retry", "abort"):
+            for key in ("retry", "abort", "pause"):
                 self.buttons[key].tooltip = "needs a batch: Dashboard(client, batch)"
         self.action_label = widgets.HTML("", layout=widgets.Layout(width="100%"))
         self.errors = widgets.HTML("")
@@ -189,7 +191,7 @@ class Dashboard:
             widgets.HBox([self.local_label, self.buttons["start"], self.buttons["stop"]]),
             _section("failures by error (click one for its jobs)"), self.errors, self.error_buttons,
             _section("last failures"), self.failures,
-            widgets.HBox([self.buttons["retry"], self.buttons["abort"]]), self.action_label,
+            widgets.HBox([self.buttons["retry"], self.buttons["abort"], self.buttons["pause"]]), self.action_label,
             _section("a job"), widgets.HBox([self.job_id, self.lookup]), self.detail,
         ], layout=widgets.Layout(border="1px solid #ccc", padding="4px 8px"))
         self.widget.add_class("mediaq-dashboard")
@@ -307,6 +309,13 @@ class Dashboard:
         self.buttons["stop"].disabled = busy or w is None or not w.alive
         for key in ("retry", "abort"):  # at once, so a second click cannot start a second action
             self.buttons[key].disabled = busy or self.batch is None
+        shown = self.snapshot.batches[0] if self.snapshot is not None and self.batch is not None and \
+            self.snapshot.batches else None
+        bulk = shown is not None and shown.bulk
+        pause = self.buttons["pause"]
+        pause.layout.display = None if bulk else "none"  # live batches have nothing to hold back
+        pause.disabled = busy or not bulk
+        pause.description, pause.icon = ("Resume", "play") if shown is not None and shown.paused else ("Pause", "pause")
 
     # -- display --------------------------------------------------------------------------------------
     def __repr__(self) -> str:
