@@ -55,8 +55,30 @@ async def test_bulk_jobs_wait_outside_the_queue_and_count_as_queued(client):
     snap = await queue_snapshot(client, batch)
     assert (snap.queued, snap.held, snap.batches[0].held, snap.batches[0].bulk) == (100, 90, 90, True)
     # a top-up with a full window releases nothing; every job's record is there, arq's format
-    assert await bulk.topup(client.redis, client.settings.queue_name, 10) == bulk.Topup(10, 0)
+    done = await bulk.topup(client.redis, client.settings.queue_name, 10)
+    assert (done.in_window, done.released, done.finished) == (10, 0, 0)
     assert await client.redis.exists(*(keys.JOB_PREFIX + f"n{i}" for i in range(100))) == 100
+
+
+def test_a_workers_window_grows_with_the_bulk_throughput_and_shrinks_back():
+    """The feeder's adaptive window (pure logic; its effect on throughput is in benchmarks/bench_priority.py)."""
+    from mediaq.runtime.settings import Settings
+
+    feeder = bulk.BulkFeeder(None, Settings(bulk_window=0, poll_delay=0.05))
+    assert feeder.size == bulk.MIN_WINDOW
+    feeder._measure(10.0, 1000)  # first sample: nothing measured yet
+    feeder._measure(10.5, 1100)  # within a period: unchanged
+    assert feeder.size == bulk.MIN_WINDOW
+    feeder._measure(11.0, 1400)  # 400 jobs/s: 4 polls of 50 ms = 80 jobs
+    assert (feeder.rate, feeder.size) == (400.0, 80)
+    feeder._measure(12.0, 1405)  # slow jobs: back to twice the slots
+    assert feeder.size == bulk.MIN_WINDOW
+    feeder._measure(13.0, 10)  # the counter was reset (FLUSHDB): start measuring again
+    assert feeder.size == bulk.MIN_WINDOW
+    fixed = bulk.BulkFeeder(None, Settings(bulk_window=40, poll_delay=0.05))
+    fixed._measure(0.0, 0)
+    fixed._measure(1.0, 100_000)
+    assert fixed.size == 40  # a window the user set is kept
 
 
 async def test_window_releases_as_jobs_leave_the_queue(client):
@@ -68,7 +90,8 @@ async def test_window_releases_as_jobs_leave_the_queue(client):
     first = sorted(i.decode() for i in await client.redis.zrange(queue, 0, -1))
     assert len(first) == 10
     await client.redis.zrem(queue, *first[:4])  # as arq's finish does
-    assert await bulk.topup(client.redis, queue, 10) == bulk.Topup(10, 4)
+    done = await bulk.topup(client.redis, queue, 10)
+    assert (done.in_window, done.released, done.finished) == (10, 4, 4)  # 4 finished: counted once
     now = sorted(i.decode() for i in await client.redis.zrange(queue, 0, -1))
     assert set(first[4:]) <= set(now) and len(set(now) - set(first)) == 4
     assert await _pending(client, batch) == 16

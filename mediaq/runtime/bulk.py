@@ -15,8 +15,11 @@ queue: its job records are written as usual (``arq:job:<id>``), but their ids wa
 
 The application and stock arq workers are unchanged: a released bulk job is an ordinary arq job. A
 live job enqueued at time ``t`` sorts ahead of every bulk job released after ``t``, so at most ``W``
-bulk jobs start ahead of it, which with the default ``W = 2 x`` the slots of the live workers is
-about two bulk jobs' run time per slot.
+bulk jobs start ahead of it. ``W`` is the ``bulk_window`` setting when set; by default the workers
+size it (:class:`BulkFeeder`): twice their slots (``max_jobs``), grown to four polls' worth of the
+bulk jobs' measured throughput when that is more (arq takes new jobs only when it polls, so a
+smaller window would slow small jobs down). A live job then waits for about two bulk jobs per slot
+or four polls (0.2 s with the default ``poll_delay``), whichever is longer.
 
 Who tops up: every mediaq worker (:class:`BulkFeeder`, when its jobs end and every half second),
 the client right after a bulk enqueue, while it waits on a batch, and at ``connect()``. Any of them
@@ -33,21 +36,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mediaq.runtime.keys import BULK_ACTIVE, BULK_PAUSED, BULK_TURN, BULK_WINDOW, JOB_PREFIX, RESULT_PREFIX
+from mediaq.runtime.keys import (
+    BULK_ACTIVE,
+    BULK_FINISHED,
+    BULK_PAUSED,
+    BULK_TURN,
+    BULK_WINDOW,
+    JOB_PREFIX,
+    RESULT_PREFIX,
+)
 from mediaq.runtime.scripts import DAY_MS, script
 from mediaq.runtime.settings import Settings
 
 __all__ = [
+    "MAX_WINDOW",
     "MIN_WINDOW",
     "PENDING_TTL_MS",
     "BulkFeeder",
     "Topup",
     "abort_pending",
+    "adaptive_window",
     "bulk_state",
     "drop_pending",
     "release",
@@ -62,6 +76,11 @@ logger = logging.getLogger("arq.mediaq")
 PENDING_TTL_MS = 7 * DAY_MS
 #: The window when no live worker tells its slots (stock arq workers only): 2 x arq's default max_jobs.
 MIN_WINDOW = 20
+#: An adaptive window (:class:`BulkFeeder`) holds this many polls' worth of bulk jobs, at most MAX_WINDOW.
+WINDOW_POLLS = 4
+MAX_WINDOW = 10_000
+#: Seconds between two measurements of the bulk jobs' throughput.
+RATE_PERIOD = 1.0
 
 # Scores: the server's clock in ms, + 2, so that a job released after a live job was enqueued sorts
 # after it even when the application rounds its clock up (arq: round(time.time() * 1000)).
@@ -76,17 +95,21 @@ for s = 1, #window, 500 do
   for j = 1, #sub do
     if scores[j] then left = left + 1 else gone[#gone + 1] = sub[j] end
   end
-  if #gone > 0 then redis.call('SREM', '{BULK_WINDOW}', unpack(gone)) end
+  if #gone > 0 then
+    redis.call('SREM', '{BULK_WINDOW}', unpack(gone))
+    redis.call('INCRBY', '{BULK_FINISHED}', #gone)
+  end
 end
+local finished = tonumber(redis.call('GET', '{BULK_FINISHED}') or '0')
 local free, moved = size - left, 0
-if free <= 0 then return {{left, 0}} end
+if free <= 0 then return {{left, 0, finished}} end
 local order = {{}}
 local active = redis.call('SMEMBERS', '{BULK_ACTIVE}')
 table.sort(active)
 for _, key in ipairs(active) do
   if redis.call('SISMEMBER', '{BULK_PAUSED}', key) == 0 then order[#order + 1] = key end
 end
-if #order == 0 then return {{left, 0}} end
+if #order == 0 then return {{left, 0, finished}} end
 local turn = redis.call('INCR', '{BULK_TURN}') % #order
 local rotated = {{}}
 for i = 1, #order do rotated[i] = order[(i - 1 + turn) % #order + 1] end
@@ -117,7 +140,7 @@ while free > 0 and #order > 0 do
   end
   order = still
 end
-return {{left + moved, moved}}
+return {{left + moved, moved, finished}}
 """
 
 # Drop up to ARGV[1] pending jobs of one batch (KEYS are not used: the key is built by the caller):
@@ -138,10 +161,13 @@ return #jobs
 
 @dataclass(frozen=True)
 class Topup:
-    """The outcome of one top-up: ``in_window`` bulk jobs are in the queue now, ``released`` of them just now."""
+    """The outcome of one top-up: ``in_window`` bulk jobs are in the queue now, ``released`` of them
+    just now; ``finished``: how many bulk jobs ever left the queue (a counter every top-up advances,
+    whoever runs it: its rate is the bulk jobs' throughput)."""
 
     in_window: int
     released: int
+    finished: int = 0
 
 
 def window_size(settings: Settings, workers: Iterable[Mapping[str, Any]]) -> int:
@@ -155,8 +181,8 @@ def window_size(settings: Settings, workers: Iterable[Mapping[str, Any]]) -> int
 
 async def topup(redis: Any, queue_name: str, size: int) -> Topup:
     """Release bulk jobs into the queue until ``size`` of them are in it (see the module doc)."""
-    in_window, released = await script(redis, "bulk-topup", TOPUP_LUA)(args=[queue_name, size])
-    return Topup(int(in_window), int(released))
+    in_window, released, finished = await script(redis, "bulk-topup", TOPUP_LUA)(args=[queue_name, size])
+    return Topup(int(in_window), int(released), int(finished))
 
 
 async def drop_pending(redis: Any, pending: str, chunk: int = 5000) -> int:
@@ -240,9 +266,17 @@ async def bulk_state(redis: Any) -> tuple[dict[str, int], set[str]]:
 
 class BulkFeeder:
     """A worker's top-up loop: after its jobs end (:meth:`poke`, no I/O) and at least every
-    ``idle`` seconds, it runs a :func:`topup` sized by :func:`window_size` (the live workers are read
-    again every ``recount`` seconds). At most one top-up every ``spacing`` seconds: the jobs ending in
-    between share it."""
+    ``idle`` seconds, it runs a :func:`topup`. At most one top-up every ``spacing`` seconds: the jobs
+    ending in between share it.
+
+    The window it keeps (``size``) is ``settings.bulk_window`` when that is set. Otherwise it adapts:
+    at least :func:`window_size` (twice the live workers' slots, read again every ``recount``
+    seconds), and enough for :data:`WINDOW_POLLS` polls of the bulk jobs' measured throughput
+    (:func:`adaptive_window`). arq's worker takes new jobs only when it polls (``poll_delay``),
+    so a window of two slots' worth would hold small jobs to ``W / poll_delay`` a second; measured
+    every second, a window that limits the rate doubles, one that does not settles at
+    ``WINDOW_POLLS`` polls' worth, which is also about how long a live job waits behind it.
+    """
 
     def __init__(self, redis: Any, settings: Settings, *, idle: float = 0.5, spacing: float = 0.005,
                  recount: float = 5.0) -> None:
@@ -251,13 +285,15 @@ class BulkFeeder:
         self.idle = idle
         self.spacing = spacing
         self.recount = recount
-        self.size = window_size(settings, [])
+        self.base = self.size = window_size(settings, [])
+        self.rate = 0.0  # bulk jobs finished per second, all workers, last measurement
         self.topups = 0
         self._wake = asyncio.Event()
-        self._counted = 0.0
+        self._counted = float("-inf")
+        self._sample: tuple[float, int] | None = None
 
     def __repr__(self) -> str:
-        return f"<BulkFeeder window={self.size} topups={self.topups}>"
+        return f"<BulkFeeder window={self.size} rate={self.rate:.0f}/s topups={self.topups}>"
 
     def poke(self) -> None:
         """A job ended: top up soon."""
@@ -266,11 +302,27 @@ class BulkFeeder:
     async def step(self) -> Topup:
         from mediaq.runtime.heartbeat import read_workers
 
-        if time.monotonic() - self._counted > self.recount:
-            self.size = window_size(self.settings, await read_workers(self.redis))
-            self._counted = time.monotonic()
+        now = time.monotonic()
+        if now - self._counted > self.recount:
+            self.base = window_size(self.settings, await read_workers(self.redis))
+            self._counted = now
         self.topups += 1
-        return await topup(self.redis, self.settings.queue_name, self.size)
+        done = await topup(self.redis, self.settings.queue_name, self.size)
+        self._measure(now, done.finished)
+        return done
+
+    def _measure(self, now: float, finished: int) -> None:
+        if self.settings.bulk_window > 0:
+            self.size = self.settings.bulk_window
+            return
+        if self._sample is None or finished < self._sample[1]:  # first, or the counter was reset
+            self._sample = (now, finished)
+        elif now - self._sample[0] >= RATE_PERIOD:
+            self.rate = (finished - self._sample[1]) / (now - self._sample[0])
+            self._sample = (now, finished)
+            self.size = adaptive_window(self.base, self.rate, self.settings.poll_delay)
+        else:
+            self.size = max(self.size, self.base)
 
     async def run(self) -> None:
         while True:
@@ -285,6 +337,16 @@ class BulkFeeder:
                 logger.debug("bulk top-up failed", exc_info=True)
                 await asyncio.sleep(self.idle)
             await asyncio.sleep(self.spacing)
+
+
+def adaptive_window(base: int, rate: float, poll_delay: float) -> int:
+    """The window for bulk jobs finishing at ``rate`` a second: :data:`WINDOW_POLLS` polls' worth,
+    at least ``base``, at most :data:`MAX_WINDOW`.
+
+    >>> adaptive_window(20, 0.0, 0.05), adaptive_window(20, 1000.0, 0.05), adaptive_window(20, 1e9, 0.05)
+    (20, 200, 10000)
+    """
+    return max(base, min(MAX_WINDOW, math.ceil(WINDOW_POLLS * rate * poll_delay)))
 
 
 async def release(redis: Any, settings: Settings) -> Topup:

@@ -56,6 +56,7 @@ __all__ = [
     "ABORT_SET",
     "BATCHES",
     "BULK_ACTIVE",
+    "BULK_FINISHED",
     "BULK_PAUSED",
     "BULK_TURN",
     "BULK_WINDOW",
@@ -123,6 +124,7 @@ BULK_ACTIVE = "mediaq:bulk:active"
 BULK_PAUSED = "mediaq:bulk:paused"
 BULK_WINDOW = "mediaq:bulk:window"
 BULK_TURN = "mediaq:bulk:turn"
+BULK_FINISHED = "mediaq:bulk:finished"
 
 
 def health_check(queue_name: str) -> str:

@@ -81,7 +81,8 @@ class Settings:
     poll_delay: float = 0.05
     #: Bulk batches (``priority="bulk"``, see :mod:`mediaq.runtime.bulk`): at most this many of their jobs
     #: are in the queue at once, so a live job waits for at most this many to start ahead of it. 0:
-    #: twice the slots (``max_jobs``) of the live workers, at least 20.
+    #: automatic, twice the slots (``max_jobs``) of the live workers (at least 20), grown by the
+    #: workers to four polls' worth of the bulk jobs' measured throughput when that is more.
     bulk_window: int = 0
     #: Processes for CPU-bound work inside one worker (0: one per core).
     worker_processes: int = 0
