@@ -144,6 +144,27 @@ async def test_abort_button_marks_pending_jobs(client):
     assert not dash.buttons["abort"].disabled
 
 
+async def test_pause_button_only_for_bulk_batches_and_it_toggles(client):
+    """A live batch hides Pause (and only Pause: the buttons' layouts are their own); a bulk batch
+    shows it, and clicks pause and resume the batch in Redis."""
+    live = Dashboard(client, await client.enqueue_many("noop", range(3), batch="live-one"), autostart=False)
+    await live.refresh()
+    assert live.buttons["pause"].layout.display == "none"
+    assert all(b.layout.display != "none" for name, b in live.buttons.items() if name != "pause")
+    batch = await client.enqueue_many("noop", range(50), batch="bulk-one", priority="bulk")
+    dash = Dashboard(client, batch, autostart=False)
+    await dash.refresh()
+    assert dash.buttons["pause"].layout.display != "none" and dash.buttons["pause"].description == "Pause"
+    dash.buttons["pause"].click()
+    await dash.wait_actions()
+    assert await batch.is_paused() and dash.action_label.value.startswith("paused")
+    await dash.refresh()
+    assert dash.buttons["pause"].description == "Resume"
+    dash.buttons["pause"].click()
+    await dash.wait_actions()
+    assert not await batch.is_paused()
+
+
 async def test_whole_queue_dashboard(client):
     for name in ("b1", "b2", "b3", "b4"):
         await client.enqueue_many("noop", range(2), batch=name)

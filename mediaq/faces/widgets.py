@@ -164,7 +164,8 @@ class Dashboard:
                                     tooltip="batch.abort(): queued jobs never start, running ones are cancelled",
                                     **fixed),
             "pause": widgets.Button(description="Pause", icon="pause", tooltip="bulk batches: batch.pause() / "
-                                    "batch.resume(); the jobs already in the queue still run", **fixed),
+                                    "batch.resume(); the jobs already in the queue still run",
+                                    layout=widgets.Layout(width="auto", flex="0 0 auto")),  # its own: it hides
         }
         for name, button in self.buttons.items():
             button.on_click(lambda _, name=name: self.monitor.act(name))
