@@ -82,6 +82,17 @@ def test_a_workers_window_grows_with_the_bulk_throughput_and_shrinks_back():
     assert fixed.size == 40  # a window the user set is kept
 
 
+def test_a_feeder_without_bulk_work_tops_up_rarely():
+    """Jobs ending poke the feeder; with no bulk work a poke waits ``quiet`` seconds, not ``spacing``
+    (issue 17: a top-up every few small live jobs was a script per five jobs)."""
+    from mediaq.runtime.settings import Settings
+
+    feeder = bulk.BulkFeeder(None, Settings())
+    assert feeder.pause_after(bulk.Topup(0, 0, 7)) == feeder.quiet > feeder.spacing
+    assert feeder.pause_after(bulk.Topup(20, 0, 7)) == feeder.spacing  # bulk jobs in the queue
+    assert feeder.pause_after(bulk.Topup(3, 3, 7)) == feeder.spacing  # just released some
+
+
 async def test_window_releases_as_jobs_leave_the_queue(client):
     """The top-up counts only window jobs still in the queue (arq removes a job when it finishes)."""
     queue = client.settings.queue_name

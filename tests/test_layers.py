@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -160,3 +161,16 @@ def test_import_mediaq_is_cheap_and_starts_nothing():
                                        check=True).stdout)
     assert not [m for m in loaded if m.split(".")[0] in ("arq", "redis", "pandas", "numpy", "PIL", "sqlalchemy",
                                                           "ipywidgets", "tqdm", "psutil", "click", "httpx")]
+
+
+def test_worker_main_process_loads_no_imaging_or_dataframe_library():
+    """The worker's main process runs arq's loop and the jobs' event-loop halves: Pillow, NumPy and pandas
+    are for the process pool (and the client), so building the worker's settings loads none of them
+    (issue 17: a smaller process that takes its first job sooner)."""
+    code = ("import json, sys; import mediaq.worker; mediaq.worker.worker_settings(); "
+            "print(json.dumps(sorted(m for m in ('pandas', 'numpy', 'PIL') if m in sys.modules)))")
+    # an explicit URL that nothing listens on: building the settings must neither connect nor start a server
+    env = {**os.environ, "MEDIAQ_REDIS_URL": "redis://127.0.0.1:9"}
+    loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                       env=env).stdout)
+    assert loaded == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 import mediaq
@@ -15,6 +17,15 @@ async def test_noop_roundtrip(client, start_worker):
     assert await client.result(job_id, timeout=20) == {"a": [1, 2]}
     # arq's rule: an id that exists as a result is not enqueued again
     assert await client.enqueue_job("noop", 5, _job_id="n1") is None
+
+
+async def test_worker_main_process_stays_lean(client, start_worker):
+    """Started and running jobs, the worker's main process has no Pillow, NumPy or pandas extension
+    loaded (they are the pool's and the client's; issue 17). Shared objects show in ``/proc/<pid>/maps``."""
+    worker = start_worker()
+    assert await client.result(await client.enqueue_job("noop", 1), timeout=20) == 1
+    maps = Path(f"/proc/{worker.pid}/maps").read_text()
+    assert [lib for lib in ("/numpy/", "/PIL/", "/pandas/") if lib in maps] == []
 
 
 async def test_failed_job_raises_job_error_with_type_and_traceback(client, start_worker):

@@ -12,7 +12,8 @@ same name, so the folder always matches the latest run.
 
 Each job validates its arguments on the event loop, reads, decodes and encodes in the worker's
 process pool (:func:`~mediaq.jobs.run_cpu`: one process per core), then writes the files from a
-thread, so a core never sits idle while a file is fsynced. Results are plain dicts::
+thread, so a core never sits idle while a file is fsynced. Pillow and NumPy are imported by the pool
+processes only: the worker's main process stays small and starts fast. Results are plain dicts::
 
     {"image_id", "variant", "path", "key", "width", "height", "bytes", "format", "skipped", "reason",
      "source_width", "source_height", "source_format", "source_bytes"}
@@ -35,24 +36,17 @@ decoded at a different DCT scale), but each job on its own is deterministic.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mediaq.errors import PermanentJobError
-from mediaq.pure.imaging import (
-    OUTPUT_FORMATS,
-    Output,
-    OutputSpec,
-    check_format,
-    check_quality,
-    check_size,
-    decode,
-    probe,
-    render_outputs,
-)
+from mediaq.pure.imagespec import OUTPUT_FORMATS, OutputSpec, check_format, check_quality, check_size
 from mediaq.runtime.jobspec import job, job_settings, run_cpu
 from mediaq.runtime.settings import Settings
 from mediaq.runtime.storage.layout import output_key, validate_image_id
 from mediaq.runtime.storage.urls import open_source, open_store
+
+if TYPE_CHECKING:
+    from mediaq.pure.imaging import Output
 
 __all__ = [
     "VARIANTS",
@@ -164,6 +158,8 @@ def render_task(source_path: str, specs: dict[str, OutputSpec], *,
     per key, the encoded :class:`Output` or the reason it was skipped (``"not_larger"``,
     ``"not_smaller"``). With only variants that are not larger, the pixels are never decoded.
     """
+    from mediaq.pure.imaging import decode, probe, render_outputs  # Pillow and NumPy: pool processes only
+
     with open_source(source_path) as f:  # an object: its header first, the rest only if decoded
         info = probe(f, name=source_path, max_pixels=max_pixels)
         longest = max(info["width"], info["height"])

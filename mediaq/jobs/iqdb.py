@@ -50,8 +50,6 @@ from mediaq.errors import (
     PermanentJobError,
     TransientJobError,
 )
-from mediaq.pure.iqdb.compute import compute_signature, to_jpeg_bytes
-from mediaq.pure.iqdb.signature import parse_hash
 from mediaq.runtime.jobspec import job, job_settings, resources, run_cpu
 from mediaq.runtime.settings import Settings
 from mediaq.runtime.storage.layout import validate_image_id
@@ -70,6 +68,8 @@ def prepare_thumbnail(path: str, max_pixels: int | None = None) -> tuple[bytes, 
     when it has more than ``max_pixels`` pixels, ``bad_image``, and the read errors of
     :func:`mediaq.pure.imaging.read_source`).
     """
+    from mediaq.pure.iqdb.compute import compute_signature, to_jpeg_bytes  # NumPy and Pillow: pool side
+
     data = read_source(path)
     try:
         jpeg = to_jpeg_bytes(data, max_pixels=max_pixels)
@@ -142,6 +142,8 @@ async def add_to_iqdb(ctx: dict[str, Any], image_id: int | str, thumb_path: str)
     image_id = _check_image_id(image_id)
     path = _resolve(settings, thumb_path)
     jpeg, text = await run_cpu(ctx, prepare_thumbnail, path, settings.max_image_pixels)
+    from mediaq.pure.iqdb.signature import parse_hash  # NumPy: loaded by the first IQDB job, not at start
+
     sig = parse_hash(text)
     backend = _backend(ctx)
     result: dict[str, Any] = {"image_id": image_id, "hash": text, "grayscale": sig.is_grayscale}

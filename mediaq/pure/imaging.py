@@ -38,6 +38,7 @@ import numpy as np
 from PIL import Image, ImageCms, UnidentifiedImageError
 
 from mediaq.errors import JobFailure, PermanentJobError, TransientJobError
+from mediaq.pure.imagespec import OUTPUT_FORMATS, OutputSpec, check_format, check_quality, check_size
 
 __all__ = [
     "INPUT_FORMATS",
@@ -64,13 +65,8 @@ __all__ = [
 #: Pillow formats we decode. Anything else Pillow can identify is ``unsupported_format``: fewer
 #: parsers exposed to untrusted files. (JPEGs with a multi-picture block open as format "MPO".)
 INPUT_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP", "AVIF", "ICO", "PPM", "JPEG2000")
-#: Output formats: name -> (Pillow format, file extension).
-OUTPUT_FORMATS: dict[str, tuple[str, str]] = {"jpeg": ("JPEG", "jpg"), "png": ("PNG", "png"), "webp": ("WEBP", "webp")}
-_FORMAT_ALIASES = {"jpg": "jpeg"}
 #: Largest source file accepted (bytes).
 MAX_FILE_BYTES = 512 * 1024 * 1024
-#: Largest output box side accepted as an argument.
-MAX_EDGE = 16384
 #: EXIF orientation -> the transpose that makes the picture upright (as ``ImageOps.exif_transpose``).
 _TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -84,36 +80,6 @@ _TRANSPOSE = {
 # read errors that say something about the file itself, not a passing failure
 _PERMANENT_READ_ERRNOS = {errno.EACCES, errno.EPERM, errno.EISDIR, errno.ELOOP, errno.ENAMETOOLONG, errno.ENXIO,
                           errno.EINVAL, errno.ESPIPE, errno.ENODEV, errno.EOPNOTSUPP}  # a file that cannot seek or read
-
-
-# -- arguments --------------------------------------------------------------------------------------
-def check_format(fmt: Any) -> str:
-    """``"JPG"`` -> ``"jpeg"``; a format we cannot write raises ``bad_argument``.
-
-    >>> check_format("JPG"), check_format("webp")
-    ('jpeg', 'webp')
-    """
-    name = _FORMAT_ALIASES.get(str(fmt).lower(), str(fmt).lower()) if isinstance(fmt, str) else None
-    if name not in OUTPUT_FORMATS:
-        raise PermanentJobError("bad_argument", f"format={fmt!r} is not one of {sorted(OUTPUT_FORMATS)}",
-                                argument="format", value=repr(fmt))
-    return name
-
-
-def check_quality(quality: Any) -> int:
-    """An encoder quality, an int in 1..100 (bools refused)."""
-    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
-        raise PermanentJobError("bad_argument", f"quality={quality!r} must be an integer from 1 to 100",
-                                argument="quality", value=repr(quality))
-    return quality
-
-
-def check_size(name: str, value: Any) -> int:
-    """A box side or edge, an int in 1..MAX_EDGE (bools refused)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_EDGE:
-        raise PermanentJobError("bad_argument", f"{name}={value!r} must be an integer from 1 to {MAX_EDGE}",
-                                argument=name, value=repr(value))
-    return value
 
 
 def fit_size(size: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:
@@ -484,15 +450,6 @@ def to_srgb(im: Image.Image, icc: bytes | None) -> Image.Image:
 
 
 # -- render and encode ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class OutputSpec:
-    """One output: fit within ``box`` (``(edge, edge)`` for variants), encoded as ``format``."""
-
-    box: tuple[int, int]
-    format: str = "jpeg"
-    quality: int = 87
-
-
 @dataclass(frozen=True)
 class Output:
     """An encoded output image."""

@@ -276,14 +276,20 @@ class BulkFeeder:
     so a window of two slots' worth would hold small jobs to ``W / poll_delay`` a second; measured
     every second, a window that limits the rate doubles, one that does not settles at
     ``WINDOW_POLLS`` polls' worth, which is also about how long a live job waits behind it.
+
+    While the last top-up found no bulk work (nothing in the window, nothing released), top-ups are
+    at least ``quiet`` seconds apart instead of ``spacing``: a queue of small live jobs then costs
+    about ten scripts a second, not one every few jobs. New bulk work is released by the client that
+    enqueues it, and the feeder is back to ``spacing`` within ``quiet`` seconds.
     """
 
     def __init__(self, redis: Any, settings: Settings, *, idle: float = 0.5, spacing: float = 0.005,
-                 recount: float = 5.0) -> None:
+                 quiet: float = 0.1, recount: float = 5.0) -> None:
         self.redis = redis
         self.settings = settings
         self.idle = idle
         self.spacing = spacing
+        self.quiet = quiet
         self.recount = recount
         self.base = self.size = window_size(settings, [])
         self.rate = 0.0  # bulk jobs finished per second, all workers, last measurement
@@ -332,11 +338,16 @@ class BulkFeeder:
                 pass
             self._wake.clear()
             try:
-                await self.step()
+                done = await self.step()
             except Exception:  # Redis away: the next round tries again
                 logger.debug("bulk top-up failed", exc_info=True)
                 await asyncio.sleep(self.idle)
-            await asyncio.sleep(self.spacing)
+                continue
+            await asyncio.sleep(self.pause_after(done))
+
+    def pause_after(self, done: Topup) -> float:
+        """Seconds before the next top-up may run: ``spacing`` while there is bulk work, else ``quiet``."""
+        return self.spacing if done.in_window or done.released else self.quiet
 
 
 def adaptive_window(base: int, rate: float, poll_delay: float) -> int:
