@@ -182,7 +182,8 @@ def test_dashboard_in_jupyterlab(lab: Lab, settings, redis_server) -> None:
             assert "ConfigError" in text and "seconds must be a number" in text
             # real widgets (ipywidgets 8 views), not the text/html fallback
             assert dash.locator(".widget-hprogress").count() == 1
-            assert dash.locator(".jupyter-button:visible").count() == 6  # 4 actions, a failure group, Look up (Pause: bulk only)
+            # 4 actions, a failure group, Look up (Pause is there for bulk batches only)
+            assert dash.locator(".jupyter-button:visible").count() == 6
             assert dash.locator(".widget-html-content").count() >= 8
             assert dash.locator("svg.mediaq-sparkline polyline").count() == 2
             assert page.locator(".mediaq-snapshot").count() == 0  # the static snapshot is not what shows
