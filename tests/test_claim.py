@@ -200,3 +200,85 @@ async def test_a_job_in_progress_elsewhere_is_skipped(settings, queue_redis, sta
     finally:
         worker.stop(timeout=10)
         await queue_redis.hdel(keys.CLAIMANTS, me.name)
+
+
+class _FakeWorker:
+    """The parts of arq's Worker that start_jobs uses."""
+
+    def __init__(self, pool, queue_name: str, max_jobs: int = 3) -> None:
+        import asyncio
+
+        self.pool, self.queue_name, self.max_jobs = pool, queue_name, max_jobs
+        # as arq: one more slot than max_jobs, the counter stops at max_jobs
+        self.sem, self.job_counter, self.tasks, self.ctx = asyncio.BoundedSemaphore(max_jobs + 1), 0, {}, {}
+        self.in_progress_timeout_s, self.poll_delay_s = 610, 0.05
+        self.loop = asyncio.get_running_loop()
+        self.ran: list[tuple[str, int]] = []
+
+    async def run_job(self, job_id: str, score: int) -> None:
+        self.ran.append((job_id, score))
+
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        self.job_counter -= 1
+        self.sem.release()
+
+
+async def test_start_jobs_fills_free_slots_and_gives_back_skipped_ones(settings, queue_redis):
+    import asyncio
+
+    from mediaq.runtime.worker import _claiming_start_jobs
+
+    r, q, now = queue_redis, settings.queue_name, _now()
+    await r.zadd(q, {"a": now - 3, "b": now + 60_000, "c": now - 2, "d": now - 1, "e": now})
+    w = _FakeWorker(r, q, max_jobs=3)
+    await _claiming_start_jobs(w, [b"a", b"b", b"c", b"d"])  # b is deferred: a, c, d fill the 3 slots
+    assert sorted(w.tasks) == ["a", "c", "d"]
+    await asyncio.gather(*w.tasks.values())
+    await asyncio.sleep(0)  # done callbacks
+    assert sorted(w.ran) == [("a", now - 3), ("c", now - 2), ("d", now - 1)]
+    assert w.job_counter == 0 and w.sem._value == 4
+    assert await r.pttl(keys.IN_PROGRESS_PREFIX + "a") > 600_000
+    await _claiming_start_jobs(w, [b"a", b"e"])  # a is in progress now: skipped, its slot given back
+    await asyncio.gather(*w.tasks.values())
+    await asyncio.sleep(0)
+    assert w.ran[-1] == ("e", now) and len(w.ran) == 4 and w.job_counter == 0 and w.sem._value == 4
+
+
+async def test_start_jobs_goes_on_as_slots_free_within_its_poll(settings, queue_redis):
+    """More read ids than slots: as jobs end, their slots take the next ids, in order, in the same call."""
+    import asyncio
+
+    from mediaq.runtime.worker import _claiming_start_jobs
+
+    r, q, now = queue_redis, settings.queue_name, _now()
+    ids = [f"x{i:02d}" for i in range(12)]
+    await r.zadd(q, dict.fromkeys(ids, now - 5))
+    w = _FakeWorker(r, q, max_jobs=3)
+    w.poll_delay_s = 60.0  # ample: each slot frees as soon as its job's task runs
+    await _claiming_start_jobs(w, [i.encode() for i in ids])
+    await asyncio.gather(*w.tasks.values())
+    await asyncio.sleep(0)
+    assert [j for j, _ in w.ran] == ids and w.job_counter == 0 and w.sem._value == 4
+    # with no time left in the poll it returns once the slots are full, as arq does
+    more = [f"y{i:02d}" for i in range(5)]
+    await r.zadd(q, dict.fromkeys(more, now - 5))
+    w.poll_delay_s = 0.0
+    await _claiming_start_jobs(w, [i.encode() for i in more])
+    assert sorted(w.tasks) == sorted(ids + more[:3]) and w.job_counter == 3
+    assert await r.exists(*[keys.IN_PROGRESS_PREFIX + j for j in more[3:]]) == 0  # not claimed
+    await asyncio.gather(*w.tasks.values())
+
+
+async def test_start_jobs_gives_every_slot_back_when_the_claim_fails(settings):
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from mediaq.runtime.connections import worker_retry
+    from mediaq.runtime.worker import _claiming_start_jobs
+
+    dead = aioredis.Redis(host="127.0.0.1", port=1, retry=worker_retry(),
+                          retry_on_error=[RedisConnectionError])
+    w = _FakeWorker(dead, settings.queue_name, max_jobs=3)
+    with pytest.raises(RedisConnectionError):
+        await _claiming_start_jobs(w, [b"a", b"b"])
+    assert w.job_counter == 0 and w.sem._value == 4 and w.tasks == {}
+    await dead.aclose()

@@ -283,6 +283,14 @@ async def _claiming_start_jobs(self: Any, job_ids: list[bytes]) -> None:
     slot taken for it is given back and the error raised (the hardened ``_poll_iteration`` then asks
     the janitor to free any claim the lost reply hid, and polls again); a script error is logged and
     its ids skipped, as arq skips a job whose ``EXEC`` fails.
+
+    One change: when all ``max_jobs`` are running and read ids are left, arq returns and the next
+    poll comes ``poll_delay`` later. arq's own four round trips a job let the first jobs end while it
+    is still claiming; one claim for all slots fills them at once, so returning would start at most
+    ``max_jobs`` jobs a poll. Here it waits for a job to end, for at most ``poll_delay`` since the
+    call began, and goes on with the ids left (the claim checks each again); past that it returns,
+    so the poll loop's abort checks and heartbeat still come at least as often as arq's (the next
+    poll then follows at once, its delay spent).
     """
     from arq.utils import timestamp_ms
     from redis.exceptions import ResponseError
@@ -292,11 +300,21 @@ async def _claiming_start_jobs(self: Any, job_ids: list[bytes]) -> None:
 
     ids = [job_id.decode() for job_id in job_ids]
     done = 0
+    deadline = self.loop.time() + self.poll_delay_s
+    slot_freed = self.__dict__.setdefault("_mediaq_slot_freed", asyncio.Event())
     while done < len(ids):
         await self.sem.acquire()
         if self.job_counter >= self.max_jobs:
             self.sem.release()
-            return
+            wait = deadline - self.loop.time()
+            if wait <= 0:
+                return
+            slot_freed.clear()
+            try:
+                await asyncio.wait_for(slot_freed.wait(), wait)
+            except TimeoutError:
+                return
+            continue
         take = 1  # and every other slot free right now (acquire returns at once while not locked)
         while done + take < len(ids) and self.job_counter + take < self.max_jobs and not self.sem.locked():
             await self.sem.acquire()
@@ -325,6 +343,7 @@ async def _claiming_start_jobs(self: Any, job_ids: list[bytes]) -> None:
                 continue
             t = self.loop.create_task(self.run_job(job_id, score))
             t.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            t.add_done_callback(lambda _: slot_freed.set())
             self.tasks[job_id] = t
 
 
