@@ -10,6 +10,9 @@ Status: one script call per chunk classifies each id as arq does (result, in pro
 deferred, not found); success is told apart from failure by reading 4 bytes of the result
 (see :data:`mediaq.runtime.serialization.RESULT_OK_BYTE`).
 
+Claim: one script call claims the jobs a worker is about to start, as arq's per-job start
+transaction does (see ``CLAIM_LUA``), for all its free slots at once.
+
 The scripts build key names from ids, so they need a single (non-cluster) Redis, like arq itself.
 """
 
