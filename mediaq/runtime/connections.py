@@ -27,8 +27,10 @@ are read too; with Sentinels they apply to the Sentinels and to the data nodes a
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,8 @@ from mediaq.runtime.settings import Settings, redact_url
 
 __all__ = ["SENTINEL_SCHEMES", "WORKER_RETRIES", "SentinelURL", "async_client", "client_pool", "honour_cancel",
            "is_sentinel_url",
-           "ping", "redis_retry", "redis_settings_for", "retrying_pool", "sync_client", "tls_options", "with_db",
+           "ping", "redis_retry", "redis_settings_for", "retrying_pool", "single_attempt", "sync_client", "tls_options",
+           "with_db",
            "worker_retry"]
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
@@ -249,6 +252,19 @@ def ping(url: str, timeout: float = 2.0) -> None:
 
 
 _IN_RETRY: contextvars.ContextVar[bool] = contextvars.ContextVar("mediaq_in_redis_retry", default=False)
+
+
+@contextlib.contextmanager
+def single_attempt() -> Iterator[None]:
+    """Redis calls made inside are tried once (with :func:`redis_retry`'s policy): for a call that must
+    not run twice, because its reply can be lost after the server ran it and a second run would
+    answer differently. The failure is raised; redis-py has closed the connection it was on. Tasks
+    created inside inherit it: create them outside."""
+    token = _IN_RETRY.set(True)
+    try:
+        yield
+    finally:
+        _IN_RETRY.reset(token)
 
 
 def redis_retry(retries: int = 8, cap: float = 1.0) -> Any:

@@ -10,6 +10,9 @@ Status: one script call per chunk classifies each id as arq does (result, in pro
 deferred, not found); success is told apart from failure by reading 4 bytes of the result
 (see :data:`mediaq.runtime.serialization.RESULT_OK_BYTE`).
 
+Claim: one script call claims the jobs a worker is about to start, as arq's per-job start
+transaction does (see ``CLAIM_LUA``), for all its free slots at once.
+
 The scripts build key names from ids, so they need a single (non-cluster) Redis, like arq itself.
 """
 
@@ -21,7 +24,7 @@ from typing import Any
 from mediaq.runtime.keys import BULK_ACTIVE, IN_PROGRESS_PREFIX, JOB_PREFIX, RESULT_PREFIX
 from mediaq.runtime.serialization import ABORTED_TYPE
 
-__all__ = ["DAY_MS", "STATES", "ChunkSender", "batch_counts", "enqueue_chunk", "job_entry", "script",
+__all__ = ["DAY_MS", "STATES", "ChunkSender", "batch_counts", "claim_jobs", "enqueue_chunk", "job_entry", "script",
            "status_codes"]
 
 DAY_MS = 86_400_000
@@ -206,6 +209,48 @@ for i = 1, #codes do
 end
 return {counts, unknown}
 """
+
+
+# A worker's claim of the jobs it is about to start: arq 0.28's start transaction (per id: WATCH the
+# in-progress key; skip if it exists, if the id left the queue or its score is in the future; else
+# MULTI PSETEX <in-progress> <timeout ms> 1 EXEC), for several ids in one atomic call. One ZMSCORE for
+# all ids, then per due id SET ... PX NX: the key, value and TTL arq's PSETEX writes, and NX is arq's
+# EXISTS check (nothing can come in between in a script). Since the key is written exactly as arq
+# writes it, a stock arq worker's WATCH on it still makes its claim and ours exclusive. A score of 0
+# counts as absent, as in arq (`not score`). Returns the claimed ids, each followed by its score.
+CLAIM_LUA = f"""
+local queue, now, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local ids = {{}}
+for i = 4, #ARGV do ids[#ids + 1] = ARGV[i] end
+local out = {{}}
+if #ids == 0 then return out end
+local scores = redis.call('ZMSCORE', queue, unpack(ids))
+for j = 1, #ids do
+  local score = scores[j] and tonumber(scores[j])
+  if score and score ~= 0 and score <= now
+      and redis.call('SET', '{IN_PROGRESS_PREFIX}' .. ids[j], '1', 'PX', ttl, 'NX') then
+    out[#out + 1] = ids[j]
+    out[#out + 1] = scores[j]
+  end
+end
+return out
+"""
+
+
+async def claim_jobs(redis: Any, queue_name: str, job_ids: Sequence[str], now_ms: int,
+                     timeout_ms: int) -> dict[str, int]:
+    """Claim the ``job_ids`` that are due (score <= ``now_ms``) and not in progress, as arq's worker
+    does before it starts a job (see ``CLAIM_LUA``): ``{claimed id: its score}``, in ``job_ids``' order.
+    One script call, so on a lost reply the caller cannot tell which were claimed: it must not retry
+    (an id claimed by the first try would be skipped by the second, and nobody would run it)."""
+    if not job_ids:
+        return {}
+    flat = await script(redis, "claim", CLAIM_LUA)(args=[queue_name, now_ms, timeout_ms, *job_ids])
+    return {_text(flat[i]): int(float(flat[i + 1])) for i in range(0, len(flat), 2)}
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 async def batch_counts(redis: Any, queue_name: str, ids_key: str, retries_key: str, now_ms: int,
