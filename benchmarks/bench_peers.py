@@ -15,6 +15,12 @@ same embedded server, each on its own Redis database (flushed before and after e
   process x 10 threads; Celery prefork (2 processes, one per core) and threads (10); rq
   ``SimpleWorker``. Every worker keeps its CLI's default logging, into a file. Every library stores
   its results (dramatiq's ``Results`` middleware is turned on for it).
+- **thumbnails**: the same one-worker drain with real work, 1,000 thumbnails (``--quick``: 120) of
+  the sample images in ``data/`` fitted within 250x200: mediaq's ``create_thumbnail`` (its worker
+  renders in a pool of one process per core) against the same pure function
+  (:func:`benchmarks.peers.render_thumbnail`) in each peer's job, run the way each documents for
+  such work: arq in a ``ProcessPoolExecutor`` per core, saq and dramatiq in their threads, Celery
+  in its prefork processes or threads, rq one at a time. Every run checks that its ``n`` files exist.
 
 The machine is shared and has 2 cores, so mediaq runs again between every two peers (``M P1 M P2
 M ...``) and each row's mediaq figure is the mean of the mediaq runs just before and after that
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import itertools
 import os
 import statistics
 import subprocess
@@ -35,6 +42,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -55,6 +63,8 @@ PEERS = [
     ("celery_app", "CeleryThreadsPeer", None),  # same enqueue as above: measured once
 ]
 POLL = 0.05  # s between two looks at the counters
+DATA = Path(__file__).resolve().parents[1] / "data"
+_RUNS = itertools.count()  # one storage folder per thumbnail run
 
 
 class MediaqSide:
@@ -74,6 +84,9 @@ class MediaqSide:
         self.batch = self.client.enqueue_many("noop", range(n))
         return time.perf_counter() - start
 
+    def enqueue_thumbnails(self, items: list[dict[str, str]]) -> None:
+        self.batch = self.client.enqueue_many("create_thumbnail", [(kw["image_id"], kw["source"]) for kw in items])
+
     def queued(self) -> int:
         return self.redis.zcard(self.ctx.settings.queue_name)
 
@@ -91,6 +104,7 @@ class MediaqSide:
 def run(ctx: BenchContext) -> list[dict]:
     n_enqueue = 10_000 if ctx.quick else 100_000
     n_worker = 5_000 if ctx.quick else 20_000
+    n_thumbs = 120 if ctx.quick else 1000
     side = MediaqSide(ctx)
     peers = _load_peers(ctx)
     info = redis.Redis.from_url(resolve_redis_url(ctx.settings))
@@ -104,6 +118,10 @@ def run(ctx: BenchContext) -> list[dict]:
         for peer, _, mq, rate in _interleaved(side, peers, lambda s: _worker_rate(ctx, s, n_worker, info)):
             rows.append(row(f"worker, {k} no-op jobs, one process", mq, rate, "jobs/s",
                             baseline_name=f"{peer.name} {peer.worker_label}"))
+        for peer, _, mq, rate in _interleaved(side, peers,
+                                              lambda s: _worker_rate(ctx, s, n_thumbs, info, thumbs=True)):
+            rows.append(row(f"worker, {n_thumbs} thumbnails 250x200, one process", mq, rate, "jobs/s",
+                            baseline_name=f"{peer.name} {peer.worker_label}{peer.thumb_label}"))
     finally:
         for peer, _ in peers:
             with contextlib.suppress(Exception):
@@ -160,22 +178,33 @@ def _enqueue_rate(side: Any, n: int) -> float:
     return n / seconds
 
 
-def _worker_rate(ctx: BenchContext, side: Any, n: int, info: redis.Redis) -> float:
+def _worker_rate(ctx: BenchContext, side: Any, n: int, info: redis.Redis, *, thumbs: bool = False) -> float:
+    """Queue ``n`` jobs (no-op, or thumbnails into a fresh storage folder), start one worker, time it
+    until all are done; returns jobs/s."""
     side.flush()
+    storage = ctx.tmp / f"thumbs-{next(_RUNS)}" if thumbs else None
     try:
-        side.enqueue(n)
+        if storage is None:
+            side.enqueue(n)
+        else:
+            side.enqueue_thumbnails(_thumb_items(n, storage))
         assert side.queued() == n, (side.queued(), n)
         log = ctx.tmp / f"worker-{side.name.replace(' ', '-')}-{getattr(side, 'worker_label', '')[:7]}.log"
         before = _server_counters(info)
         start = time.perf_counter()
-        starter = _mediaq_worker(ctx) if isinstance(side, MediaqSide) else _peer_worker(side, log)
+        starter = _mediaq_worker(ctx, storage) if isinstance(side, MediaqSide) else _peer_worker(side, log)
         with starter as proc:
-            first, elapsed = _wait_done(side, n, proc, start, limit=max(120.0, n / 20))
+            first, elapsed = _wait_done(side, n, proc, start, limit=max(120.0, n / 20 if storage is None else n))
             cpu = _tree_cpu(proc)
         after = _server_counters(info)
     finally:
         side.flush()
-    print(f"# worker {side.name} {getattr(side, 'worker_label', '')}: {n} jobs in {elapsed:.2f} s = "
+    if storage is not None:
+        made = len(list((storage / "thumbs").glob("*.jpg")))
+        if made != n:
+            raise RuntimeError(f"{side.name}: {made} thumbnails written for {n} jobs (see {storage})")
+    what = "thumbnails" if thumbs else "worker"
+    print(f"# {what} {side.name} {getattr(side, 'worker_label', '')}: {n} jobs in {elapsed:.2f} s = "
           f"{n / elapsed:.0f} jobs/s; first job taken after {first:.2f} s, then {n / (elapsed - first):.0f} jobs/s; "
           f"worker CPU {cpu / n * 1e3:.2f} ms/job; server {(after[0] - before[0]) / n:.1f} commands/job, "
           f"CPU {(after[1] - before[1]) / n * 1e3:.3f} ms/job", file=sys.stderr, flush=True)
@@ -197,9 +226,14 @@ def _wait_done(side: Any, n: int, proc: psutil.Process, start: float, limit: flo
     raise TimeoutError(f"{side.name}: {side.done()}/{n} jobs done after {limit:.0f} s")
 
 
+def _thumb_items(n: int, storage: Path) -> list[dict[str, str]]:
+    sources = sorted(str(p) for p in DATA.iterdir() if p.suffix in {".jpg", ".png"})
+    return [{"image_id": f"t{i}", "source": sources[i % len(sources)], "storage": str(storage)} for i in range(n)]
+
+
 @contextlib.contextmanager
-def _mediaq_worker(ctx: BenchContext) -> Iterator[psutil.Process]:
-    with ctx.start_worker() as worker:
+def _mediaq_worker(ctx: BenchContext, storage: Path | None = None) -> Iterator[psutil.Process]:
+    with ctx.start_worker(**({"storage": str(storage)} if storage else {})) as worker:
         yield psutil.Process(worker.pid)
 
 

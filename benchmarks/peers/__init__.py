@@ -3,7 +3,9 @@
 Each module holds both sides of one library: what its worker imports (the no-op job, the app or
 settings its CLI loads, configured from ``BENCH_PEERS_REDIS_URL``) and :class:`Peer`, the parent's
 handle (enqueue ``n`` no-op jobs with the library's bulk API, the worker's command line, and two
-counters read straight from Redis: jobs still queued, and jobs done). A module imports its library
+counters read straight from Redis: jobs still queued, and jobs done). Each also has a ``thumbnail``
+job doing exactly the work of mediaq's ``create_thumbnail`` (:func:`render_thumbnail`), run the way
+the library's documentation gives for such work. A module imports its library
 only inside functions or at its own import, so a library that is not installed skips that peer alone.
 """
 
@@ -15,7 +17,7 @@ from typing import ClassVar
 
 import redis
 
-__all__ = ["ROOT", "URL_ENV", "Peer", "missing_keys", "redis_url"]
+__all__ = ["ROOT", "URL_ENV", "Peer", "missing_keys", "redis_url", "render_thumbnail"]
 
 URL_ENV = "BENCH_PEERS_REDIS_URL"
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,6 +33,7 @@ class Peer:
 
     name: ClassVar[str] = ""        # the library and version, as the table's baseline name says it
     worker_label: ClassVar[str] = ""  # how its worker runs: "SimpleWorker", "prefork -c 2"...
+    thumb_label: ClassVar[str] = ""  # how it runs CPU-bound jobs, where that differs from its no-op jobs
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -38,6 +41,10 @@ class Peer:
 
     def enqueue(self, n: int) -> float:
         """Enqueue ``n`` no-op jobs (arguments ``0..n-1``); seconds the library's calls took."""
+        raise NotImplementedError
+
+    def enqueue_thumbnails(self, items: list[dict[str, str]]) -> None:
+        """Enqueue one ``thumbnail(image_id=, source=, storage=)`` job per item."""
         raise NotImplementedError
 
     def worker_cmd(self) -> list[str]:
@@ -63,6 +70,19 @@ class Peer:
 
     def close(self) -> None:
         self.redis.close()
+
+
+def render_thumbnail(image_id: str, source: str, storage: str) -> str:
+    """mediaq's ``create_thumbnail`` without mediaq's worker: decode, fit within the default 250x200,
+    encode, write ``{storage}/thumbs/{image_id}.jpg``; returns the path."""
+    from mediaq.jobs.images import render_task, store_outputs
+    from mediaq.pure.imaging import OutputSpec
+    from mediaq.runtime.settings import Settings
+
+    specs = {"thumbnail": OutputSpec((Settings.thumb_width, Settings.thumb_height), Settings.thumb_format,
+                                     Settings.thumb_quality)}
+    info, outputs = render_task(source, specs, max_pixels=Settings.max_image_pixels)
+    return store_outputs(storage, image_id, info, outputs, specs)["thumbnail"]["path"]
 
 
 def missing_keys(client: redis.Redis, keys: list[str], chunk: int = 5000) -> list[str]:

@@ -1,7 +1,7 @@
 """Celery with Redis as broker and result backend: ``celery -A benchmarks.peers.celery_app worker``
 with the prefork pool (2 processes, one per core) or the thread pool (10 threads), without gossip,
 mingle and heartbeat (Celery's advice for a lone worker); enqueue with ``group(...).apply_async()``.
-Done: the result keys (``celery-task-meta-<id>``) of every task exist.
+Done: the result keys (``celery-task-meta-<id>``) of every task exist. Thumbnails: a plain task.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import celery
 from celery import Celery, group
 
-from benchmarks.peers import Peer, missing_keys, redis_url
+from benchmarks.peers import Peer, missing_keys, redis_url, render_thumbnail
 
 URL = redis_url()  # this module's database, fixed at its first import
 
@@ -24,6 +24,11 @@ app.conf.update(broker_connection_retry_on_startup=True, task_ignore_result=Fals
 @app.task(name="noop")
 def noop(value: Any = None) -> Any:
     return value
+
+
+@app.task(name="thumbnail")
+def thumbnail(image_id: str, source: str, storage: str) -> str:
+    return render_thumbnail(image_id, source, storage)
 
 
 class CeleryPeer(Peer):
@@ -43,6 +48,11 @@ class CeleryPeer(Peer):
         self.ids = [r.id for r in result.results]
         self._waiting = [f"celery-task-meta-{i}" for i in self.ids]
         return elapsed
+
+    def enqueue_thumbnails(self, items: list[dict[str, str]]) -> None:
+        result = group(thumbnail.s(**kw) for kw in items).apply_async()
+        self.ids = [r.id for r in result.results]
+        self._waiting = [f"celery-task-meta-{i}" for i in self.ids]
 
     def worker_cmd(self) -> list[str]:
         return [sys.executable, "-m", "celery", "-A", __name__, "worker", *self.pool, "--without-gossip",

@@ -1,6 +1,6 @@
 """rq: ``Queue.enqueue_many`` of ``Queue.prepare_data`` records (one pipeline), and ``rq worker`` with
 ``SimpleWorker`` (jobs run in the worker process itself; rq's default ``Worker`` forks once per job).
-Done: the queue's ``FinishedJobRegistry`` count.
+Done: the queue's ``FinishedJobRegistry`` count. Thumbnails: a plain function, one at a time.
 """
 
 from __future__ import annotations
@@ -12,13 +12,17 @@ from typing import Any, ClassVar
 import rq
 from rq import Queue
 
-from benchmarks.peers import Peer, redis_url
+from benchmarks.peers import Peer, redis_url, render_thumbnail
 
 URL = redis_url()  # this module's database, fixed at its first import
 
 
 def noop(value: Any = None) -> Any:
     return value
+
+
+def thumbnail(image_id: str, source: str, storage: str) -> str:
+    return render_thumbnail(image_id, source, storage)
 
 
 class RqPeer(Peer):
@@ -33,6 +37,9 @@ class RqPeer(Peer):
         start = time.perf_counter()
         self.queue.enqueue_many([Queue.prepare_data(noop, args=(i,)) for i in range(n)])
         return time.perf_counter() - start
+
+    def enqueue_thumbnails(self, items: list[dict[str, str]]) -> None:
+        self.queue.enqueue_many([Queue.prepare_data(thumbnail, kwargs=kw) for kw in items])
 
     def worker_cmd(self) -> list[str]:
         return [sys.executable, "-c", "from rq.cli import main; main()", "worker", "--worker-class",

@@ -1,7 +1,8 @@
 """saq: ``python -m saq benchmarks.peers.saq_app.settings`` (``concurrency`` 10); enqueue with
 ``queue.enqueue`` gathered (saq has no bulk enqueue; its queue throttles itself to 20 concurrent
 operations). Done: the queue's ``incomplete`` count reaches 0 (a job leaves it when it finishes and
-its result is written to its record).
+its result is written to its record). Thumbnails: a plain (sync) function, which saq runs in its
+thread pool.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any, ClassVar
 
 from saq import Queue
 
-from benchmarks.peers import Peer, redis_url
+from benchmarks.peers import Peer, redis_url, render_thumbnail
 
 URL = redis_url()  # this module's database, fixed at its first import
 
@@ -25,7 +26,11 @@ async def noop(ctx: dict[str, Any], *, value: Any = None) -> Any:
     return value
 
 
-settings = {"queue": Queue.from_url(URL), "functions": [noop], "concurrency": 10}
+def thumbnail(ctx: dict[str, Any], *, image_id: str, source: str, storage: str) -> str:
+    return render_thumbnail(image_id, source, storage)
+
+
+settings = {"queue": Queue.from_url(URL), "functions": [noop, thumbnail], "concurrency": 10}
 
 
 class SaqPeer(Peer):
@@ -50,6 +55,17 @@ class SaqPeer(Peer):
                                               for i in range(first, min(n, first + GATHER))))
                 assert all(jobs)
             return time.perf_counter() - start
+        finally:
+            await queue.disconnect()
+
+    def enqueue_thumbnails(self, items: list[dict[str, str]]) -> None:
+        self.n = len(items)
+        asyncio.run(self._submit(items))
+
+    async def _submit(self, items: list[dict[str, str]]) -> None:
+        queue = Queue.from_url(self.url)
+        try:
+            assert all(await asyncio.gather(*(queue.enqueue("thumbnail", **kw) for kw in items)))
         finally:
             await queue.disconnect()
 
