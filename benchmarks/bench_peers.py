@@ -1,5 +1,6 @@
 """mediaq beside the other Python job queues (issue 17): arq, rq, saq, dramatiq and Celery, on the
-same embedded server, each on its own Redis database (flushed before and after each run), no-op jobs.
+same embedded server, each on its own Redis database (flushed before and after each run): no-op
+jobs (the queue's own cost is all there is), then thumbnails (the job's work dominates).
 
 - **enqueue**: 100k no-op jobs (``--quick``: 10k), each library's bulk path as its documentation
   gives it: mediaq ``client.enqueue_many("noop", range(n))``; arq ``enqueue_job`` gathered 1,000
