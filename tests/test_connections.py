@@ -81,3 +81,24 @@ async def test_a_server_that_stops_answering_still_times_out(read):
         for conn in accepted:
             conn.close()
         listener.close()
+
+
+async def test_a_pooled_connection_with_an_unread_reply_or_closed_by_the_server_is_not_reused_as_is(redis_server):
+    url = with_db(redis_server.url, 5, keep_explicit=False)
+    client = _client(url, 30)
+    try:
+        pool = client.connection_pool
+        conn = await pool.get_connection()
+        await conn.send_command("ECHO", "stale")  # its reply is never read
+        await asyncio.sleep(0.2)
+        await pool.release(conn)
+        assert await client.echo("fresh") == b"fresh"
+        other = _client(url, 30)
+        try:
+            await other.client_kill_filter(_id=await client.client_id())  # closed while idle in the pool
+        finally:
+            await other.aclose()
+        await asyncio.sleep(0.2)
+        assert await client.echo("again") == b"again"
+    finally:
+        await client.aclose()

@@ -407,6 +407,18 @@ def _fast_path_mixin() -> type:
             return await super().read_response(disable_decoding, timeout, disconnect_on_error=disconnect_on_error,
                                                push_request=push_request)
 
+        async def can_read_destructive(self) -> bool:
+            # The pool asks this of every connection it hands out: redis-py reads under a zero timeout,
+            # which fires (a timer, a cancel, an exception) whenever nothing is buffered, i.e. nearly always.
+            # Nothing buffered, no end of stream, no error: that answer is known without the read.
+            parser = self._parser
+            reader, stream = getattr(parser, "_reader", None), getattr(parser, "_stream", None)
+            if (isinstance(parser, _AsyncHiredisParser) and parser._connected and reader is not None
+                    and stream is not None and not getattr(stream, "_buffer", True)
+                    and not stream.at_eof() and stream.exception() is None):
+                return reader.gets() is not NOT_ENOUGH_DATA  # a reply left unread: the pool drops it
+            return await super().can_read_destructive()
+
         async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
             if not self.socket_timeout or not self.is_connected:
                 return await super().send_packed_command(command, check_health)
