@@ -299,7 +299,17 @@ def _outermost(base: type) -> type:
                 return await do()
             token = _IN_RETRY.set(True)
             try:
-                return await super().call_with_retry(do, fail)
+                try:  # the first attempt on its own: the policy's loop only once it has failed (issue 17)
+                    return await do()
+                except self._supported_errors as error:
+                    failed = [error]
+
+                async def again() -> Any:  # the policy's loop, counting the failure above as its first
+                    if failed:
+                        raise failed.pop()
+                    return await do()
+
+                return await super().call_with_retry(again, fail)
             finally:
                 _IN_RETRY.reset(token)
 
