@@ -73,23 +73,37 @@ async def test_queued_deferred_and_in_progress(client, start_worker):
 
 class _Wire:
     """Counts round trips (packed sends) and command names on every redis.asyncio connection, leaving
-    out a new connection's handshake (AUTH, SELECT...), which the pool does once per connection."""
+    out a new connection's handshake (AUTH, SELECT...), which the pool does once per connection.
+
+    mediaq's pools' connections send through their own fast path (:mod:`mediaq.runtime.connections`),
+    which falls back to redis-py's: both are counted, a send once."""
 
     HANDSHAKE = frozenset({"AUTH", "SELECT", "HELLO", "CLIENT", "PING"})
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from mediaq.runtime.connections import _fast_path_mixin
+
         self.sends = 0
         self.commands: list[str] = []
-        send = AbstractConnection.send_packed_command
+        sending: set[int] = set()  # connections inside a counted send (the fast path's fallback is not another)
+        for cls in (AbstractConnection, _fast_path_mixin()):
+            send = cls.__dict__["send_packed_command"]
 
-        async def counting_send(conn, command, check_health=True):
-            names = self._names(command)
-            if not set(names) <= self.HANDSHAKE:
-                self.sends += 1
-                self.commands.extend(names)
-            return await send(conn, command, check_health)
+            async def counting_send(conn, command, check_health=True, _send=send):
+                outer = id(conn) not in sending
+                if outer:
+                    names = self._names(command)
+                    if not set(names) <= self.HANDSHAKE:
+                        self.sends += 1
+                        self.commands.extend(names)
+                    sending.add(id(conn))
+                try:
+                    return await _send(conn, command, check_health)
+                finally:
+                    if outer:
+                        sending.discard(id(conn))
 
-        monkeypatch.setattr(AbstractConnection, "send_packed_command", counting_send)
+            monkeypatch.setattr(cls, "send_packed_command", counting_send)
 
     @staticmethod
     def _names(command) -> list[str]:

@@ -299,7 +299,17 @@ def _outermost(base: type) -> type:
                 return await do()
             token = _IN_RETRY.set(True)
             try:
-                return await super().call_with_retry(do, fail)
+                try:  # the first attempt on its own: the policy's loop only once it has failed (issue 17)
+                    return await do()
+                except self._supported_errors as error:
+                    failed = [error]
+
+                async def again() -> Any:  # the policy's loop, counting the failure above as its first
+                    if failed:
+                        raise failed.pop()
+                    return await do()
+
+                return await super().call_with_retry(again, fail)
             finally:
                 _IN_RETRY.reset(token)
 
@@ -332,7 +342,12 @@ def retrying_pool(url: str, **kwargs: Any) -> Any:
 
 
 class _RetriedConnecting:
-    """Mixin: ``get_connection`` retried with the pool's ``retry`` (see :func:`retrying_pool`)."""
+    """Mixin: ``get_connection`` retried with the pool's ``retry`` (see :func:`retrying_pool`); its
+    connections skip the socket timeout's timer where no I/O can wait (see :func:`_untimed_fast_path`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connection_class = _untimed_fast_path(self.connection_class)  # type: ignore[attr-defined]
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         retry = self.connection_kwargs.get("retry")  # type: ignore[attr-defined]
@@ -344,6 +359,104 @@ class _RetriedConnecting:
             return None
 
         return await retry.call_with_retry(lambda: get(*args, **kwargs), no_cleanup)
+
+
+@functools.cache
+def _untimed_fast_path(base: type) -> type:
+    """``base`` (a ``redis.asyncio`` connection class) with :class:`_UntimedFastPath` under its own methods
+    (so a Sentinel-managed connection still turns ``READONLY`` into a reconnect)."""
+    from redis.asyncio.connection import AbstractConnection
+
+    if not issubclass(base, AbstractConnection) or issubclass(base, _fast_path_mixin()):
+        return base
+    return type(base.__name__, (base, _fast_path_mixin()), {"__module__": __name__})
+
+
+@functools.cache
+def _fast_path_mixin() -> type:
+    """A socket timeout costs a timer per read (``asyncio.timeout``) and a task per write
+    (``asyncio.wait_for``) in redis-py: about 15 per no-op job, a fifth of the worker's CPU (issue 17).
+    Neither can fire where nothing waits: a reply already in the parser's buffer (the replies of a
+    pipeline after its first), a write the kernel took whole. Those skip the timer; everything else,
+    including every read or write that can wait, goes through redis-py's timed path unchanged, so a
+    dead link still fails after ``socket_timeout``. redis-py 5.x internals (the hiredis parser's
+    reader): without them (another version, no hiredis) every call takes redis-py's own path."""
+    import asyncio
+
+    from redis.asyncio.connection import AbstractConnection
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import ResponseError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    try:
+        from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
+    except ImportError:  # another redis-py: its own path
+        NOT_ENOUGH_DATA, _AsyncHiredisParser = object(), ()
+
+    class _UntimedFastPath(AbstractConnection):
+        async def read_response(self, disable_decoding: bool = False, timeout: float | None = None, *,
+                                disconnect_on_error: bool = True, push_request: bool | None = False) -> Any:
+            parser = self._parser
+            reader = getattr(parser, "_reader", None)
+            if (timeout is None and reader is not None and isinstance(parser, _AsyncHiredisParser)
+                    and parser._connected):
+                response = reader.gets(False) if disable_decoding else reader.gets()
+                if response is not NOT_ENOUGH_DATA:  # buffered: no I/O, so no timer (as the parser does)
+                    error = response if isinstance(response, RedisConnectionError) else (
+                        response[0] if isinstance(response, list) and response
+                        and isinstance(response[0], RedisConnectionError) else None)
+                    if error is not None:
+                        if disconnect_on_error:
+                            await self.disconnect(nowait=True)
+                        raise error
+                    if self.health_check_interval:
+                        self.next_health_check = asyncio.get_running_loop().time() + self.health_check_interval
+                    if isinstance(response, ResponseError):
+                        raise response from None
+                    return response
+            return await super().read_response(disable_decoding, timeout, disconnect_on_error=disconnect_on_error,
+                                               push_request=push_request)
+
+        async def can_read_destructive(self) -> bool:
+            # The pool asks this of every connection it hands out: redis-py reads under a zero timeout,
+            # which fires (a timer, a cancel, an exception) whenever nothing is buffered, i.e. nearly always.
+            # Nothing buffered, no end of stream, no error: that answer is known without the read.
+            parser = self._parser
+            reader, stream = getattr(parser, "_reader", None), getattr(parser, "_stream", None)
+            if (isinstance(parser, _AsyncHiredisParser) and parser._connected and reader is not None
+                    and stream is not None and not getattr(stream, "_buffer", True)
+                    and not stream.at_eof() and stream.exception() is None):
+                return reader.gets() is not NOT_ENOUGH_DATA  # a reply left unread: the pool drops it
+            return await super().can_read_destructive()
+
+        async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            if not self.socket_timeout or not self.is_connected:
+                return await super().send_packed_command(command, check_health)
+            if check_health:
+                await self.check_health()
+            writer = self._writer
+            try:
+                if isinstance(command, str):
+                    command = command.encode()
+                if isinstance(command, bytes):
+                    command = [command]
+                writer.writelines(command)
+                if writer.transport.get_write_buffer_size():  # the kernel did not take it all: may wait
+                    await asyncio.wait_for(writer.drain(), self.socket_timeout)
+                else:  # nothing buffered, so not paused: returns at once (raises if the link is lost)
+                    await writer.drain()
+            except TimeoutError:
+                await self.disconnect(nowait=True)
+                raise RedisTimeoutError("Timeout writing to socket") from None
+            except OSError as e:
+                await self.disconnect(nowait=True)
+                err_no, errmsg = ("UNKNOWN", e.args[0]) if len(e.args) == 1 else (e.args[0], e.args[1])
+                raise RedisConnectionError(f"Error {err_no} while writing to socket. {errmsg}.") from e
+            except BaseException:
+                await self.disconnect(nowait=True)
+                raise
+
+    return _UntimedFastPath
 
 
 @functools.cache
