@@ -299,7 +299,6 @@ async def test_a_job_that_kills_every_worker_ends_failed_after_max_tries(setting
     client = await mediaq.connect(settings=s)
     try:
         job_id = await client.enqueue_job("kill_my_worker")
-        ok = await client.enqueue_job("noop", "after")
         deaths = 0
         for _ in range(settings.max_tries + 2):
             worker = start_worker(job_modules=("mq_poison_jobs",))
@@ -313,6 +312,9 @@ async def test_a_job_that_kills_every_worker_ends_failed_after_max_tries(setting
         assert deaths == settings.max_tries  # each try killed a worker; then arq refused another try
         with pytest.raises(mediaq.JobError, match="max 3 retries exceeded"):
             await client.result(job_id, timeout=30)
+        # the worker that outlived it runs the next job (a job enqueued beside the poison could run
+        # in the same worker and die with it, up to its own max tries: that is arq's rule, not a bug)
+        ok = await client.enqueue_job("noop", "after")
         assert await client.result(ok, timeout=30) == "after"
         assert worker.alive
     finally:
