@@ -1,7 +1,9 @@
 """mediaq's worker, plus a witness: a line per job start and per acknowledged result, in a file.
 
 ``arq witness_worker.WorkerSettings`` (with ``tests/`` on ``PYTHONPATH`` and ``WITNESS_LOG`` naming
-the file) is ``mediaq.worker.WorkerSettings`` unchanged except that its two job hooks first append
+the file) is ``mediaq.worker.WorkerSettings`` unchanged except that it logs ``claim <job id> <monotonic
+time>`` as soon as its claim of a job returns (the worker's one-call claim, before the job's task
+exists), and its two job hooks first append
 ``start <job id> <monotonic time>`` (arq's ``on_job_start``: the job's function is about to run) and
 ``ack <job id> <monotonic time>`` (arq's ``after_job_end``: arq's finish transaction returned, which
 in durable mode includes the replicas' acknowledgement). A job that starts again after an ``ack``
@@ -24,6 +26,19 @@ def _build() -> type:
     async def on_job_start(ctx: dict[str, Any]) -> None:
         log.write(f"start {ctx['job_id']} {time.monotonic():.6f}\n")
         await base.on_job_start(ctx)
+
+    import mediaq.runtime.scripts as scripts
+
+    claim_jobs = scripts.claim_jobs
+
+    async def logged_claim(*args: Any, **kwargs: Any) -> dict[str, int]:
+        claimed = await claim_jobs(*args, **kwargs)
+        now = time.monotonic()
+        for job_id in claimed:
+            log.write(f"claim {job_id} {now:.6f}\n")
+        return claimed
+
+    scripts.claim_jobs = logged_claim  # the worker's start_jobs looks it up on each call
 
     async def after_job_end(ctx: dict[str, Any]) -> None:
         log.write(f"ack {ctx['job_id']} {time.monotonic():.6f}\n")
