@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from helpers import eventually_sync, free_port
+from helpers import eventually_sync, free_port, stop_process
 
 __all__ = ["ServerUnavailable", "mariadb_server", "postgres_server"]
 
@@ -66,15 +66,6 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout:
                            f"{log.read_text()[-2000:]}") from None
 
 
-def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    proc.send_signal(sig)
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-
-
 @contextlib.contextmanager
 def postgres_server() -> Iterator[str]:
     """A PostgreSQL server with a database ``mq``; yields its SQLAlchemy URL (psycopg 3)."""
@@ -106,7 +97,7 @@ def _run_postgres(bin_dir: Path, folder: Path) -> Iterator[str]:
             raise RuntimeError(f"could not create the database: {done.stderr.decode()}")
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/mq"
     finally:
-        _stop(proc, signal.SIGINT)  # "fast" shutdown: SIGTERM would wait for clients to leave
+        stop_process(proc, signal.SIGINT)  # "fast" shutdown: SIGTERM would wait for clients to leave
 
 
 @contextlib.contextmanager
@@ -135,4 +126,4 @@ def _run_mariadb(server: str, install: str, folder: Path) -> Iterator[str]:
                         "GRANT ALL ON mq.* TO 'mq'@'127.0.0.1';"], check=True, capture_output=True)
         yield f"mysql+pymysql://mq:mq@127.0.0.1:{port}/mq"
     finally:
-        _stop(proc)
+        stop_process(proc)

@@ -1,5 +1,6 @@
-"""The tests' shared helpers, one copy each: a free loopback port, waiting for a condition, parsing
-a source file, and small generated inputs (random ratings, a PNG header claiming any size).
+"""The tests' shared helpers, one copy each: a free loopback port, waiting for a condition, stopping a
+child process, parsing a source file, and small generated inputs (random ratings, a PNG header
+claiming any size).
 
 ``eventually`` is the only way the tests wait: it polls until a condition holds and returns at once
 when it does, so a slow (busy) machine only makes a test slower, never wrong; the timeout is a bound
@@ -10,7 +11,10 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import contextlib
 import inspect
+import os
+import signal
 import socket
 import struct
 import subprocess
@@ -23,7 +27,8 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["eventually", "eventually_sync", "free_port", "parse_source", "png_header", "random_ratings"]
+__all__ = ["eventually", "eventually_sync", "free_port", "parse_source", "png_header", "random_ratings",
+           "stop_process"]
 
 
 def parse_source(path: Path) -> ast.Module:
@@ -37,6 +42,26 @@ def parse_source(path: Path) -> ast.Module:
         dumped = subprocess.run([sys.executable, "-c", "import ast, sys; print(ast.dump(ast.parse(sys.stdin.read())))"],
                                 input=source, capture_output=True, text=True, check=True).stdout
         return eval(dumped, vars(ast))  # the dump of our own file, rebuilt as nodes
+
+
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, *, group: bool = False,
+                 timeout: float = 20.0) -> None:
+    """Ask a child process to stop with ``sig`` (its whole process group with ``group``: a worker and
+    its pool, a server started with ``start_new_session``), wait ``timeout`` s, then SIGKILL it (the
+    group) and reap it. A process that has already ended is only reaped."""
+    if proc.poll() is not None:
+        return
+
+    def send(s: int) -> None:
+        with contextlib.suppress(ProcessLookupError):  # it ended in the meantime
+            os.killpg(proc.pid, s) if group else proc.send_signal(s)
+
+    send(sig)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        send(signal.SIGKILL)
+        proc.wait()
 
 
 def free_port(host: str = "127.0.0.1") -> int:

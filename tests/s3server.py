@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from helpers import eventually_sync, free_port
+from helpers import eventually_sync, free_port, stop_process
 
 __all__ = ["S3Server"]
 
@@ -87,12 +86,5 @@ class S3Server:
         return name
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_process(self.proc, group=True, timeout=10)
         self.log.unlink(missing_ok=True)

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import eventually
+from helpers import eventually, stop_process
 
 import mediaq
 from mediaq.client.snapshot import queue_snapshot
@@ -377,9 +377,4 @@ async def test_stock_arq_worker_and_next_connect_continue_a_crashed_enqueue(sett
         finally:
             await client.close()
     finally:
-        worker.send_signal(signal.SIGINT)
-        try:
-            worker.wait(20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+        stop_process(worker, signal.SIGINT)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from helpers import eventually
+from helpers import eventually, stop_process
 from redis.exceptions import WatchError
 
 import mediaq
@@ -113,15 +113,6 @@ def _stock_worker(settings, witness: Path) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 @pytest.mark.slow
 async def test_mediaq_and_stock_arq_workers_share_a_queue_each_job_runs_once(settings, queue_redis, tmp_path,
                                                                              monkeypatch):
@@ -148,7 +139,7 @@ async def test_mediaq_and_stock_arq_workers_share_a_queue_each_job_runs_once(set
             results[job_id] = pickle.loads(raw)  # our own records on our own test server
     finally:
         worker.stop(timeout=10)
-        _stop(stock)
+        stop_process(stock, signal.SIGINT)
     mine, stocks = _starts(ours), _starts(theirs)
     both = mine + stocks
     assert {j: c for j, c in both.items() if c != 1 and j != "probe"} == {}  # nothing ran twice

@@ -4,14 +4,12 @@ listens on, and a client certificate. (The embedded Valkey from the wheel has no
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
-import signal
 import subprocess
 from pathlib import Path
 
-from helpers import eventually_sync, free_port
+from helpers import eventually_sync, free_port, stop_process
 
 __all__ = ["TlsRedis", "make_certificates"]
 
@@ -73,10 +71,4 @@ class TlsRedis:
             client.close()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_process(self.proc, group=True, timeout=10)
