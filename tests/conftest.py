@@ -69,6 +69,16 @@ async def client(settings: Settings) -> AsyncIterator[mediaq.Client]:
 
 
 @pytest.fixture
+async def queue_redis(settings: Settings) -> AsyncIterator[Any]:
+    """A plain asyncio Redis client on the queue database (arq's keys, written and read directly)."""
+    import redis.asyncio as aioredis
+
+    r = aioredis.Redis.from_url(with_db(settings.redis_url, settings.queue_db, keep_explicit=False))
+    yield r
+    await r.aclose()
+
+
+@pytest.fixture
 def mount_tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
     """Factory: ``mount_tmpfs("64k")`` mounts a real tmpfs of that size (for full and read-only disks),
     unmounted at teardown; skipped with the reason where mounting is refused (needs root)."""

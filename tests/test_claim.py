@@ -26,19 +26,11 @@ from redis.exceptions import WatchError
 
 import mediaq
 from mediaq.runtime import keys
-from mediaq.runtime.connections import with_db
 from mediaq.runtime.recovery import WorkerIdentity
 from mediaq.runtime.scripts import claim_jobs
 
 TESTS = Path(__file__).parent
 TTL_MS = 610_000  # what a worker with sleep's 600 s timeout writes: 600 s + 10 s
-
-
-@pytest.fixture
-async def queue_redis(settings):
-    r = aioredis.Redis.from_url(with_db(settings.redis_url, settings.queue_db, keep_explicit=False))
-    yield r
-    await r.aclose()
 
 
 def _now() -> int:
@@ -50,7 +42,8 @@ async def test_claim_takes_due_free_jobs_as_arq_does(settings, queue_redis):
     await r.zadd(q, {"due": now - 5, "later": now + 60_000, "held": now - 5, "zero": 0, "due2": now - 1})
     await r.psetex(keys.IN_PROGRESS_PREFIX + "held", 5_000, b"x")
     claimed = await claim_jobs(r, q, ["due2", "later", "held", "gone", "zero", "due"], now, TTL_MS)
-    assert list(claimed.items()) == [("due2", now - 1), ("due", now - 5)]  # in the order asked
+    assert [(j, c.score) for j, c in claimed.items()] == [("due2", now - 1), ("due", now - 5)]  # in the order asked
+    assert all(c.record is None and c.tries is None for c in claimed.values())  # not read: fetch=False
     for job_id in ("due", "due2"):
         assert await r.get(keys.IN_PROGRESS_PREFIX + job_id) == b"1"
         assert TTL_MS - 5_000 < await r.pttl(keys.IN_PROGRESS_PREFIX + job_id) <= TTL_MS
@@ -71,7 +64,7 @@ async def test_a_stock_arq_workers_start_transaction_loses_to_our_claim(settings
     async with r.pipeline(transaction=True) as pipe:
         await pipe.watch(key)
         assert not await pipe.exists(key) and await pipe.zscore(q, "j")
-        assert await claim_jobs(r, q, ["j"], now, TTL_MS) == {"j": now - 5}
+        assert {j: c.score for j, c in (await claim_jobs(r, q, ["j"], now, TTL_MS)).items()} == {"j": now - 5}
         pipe.multi()
         pipe.psetex(key, TTL_MS, b"1")
         with pytest.raises(WatchError):
@@ -217,7 +210,7 @@ class _FakeWorker:
 async def test_start_jobs_fills_free_slots_and_gives_back_skipped_ones(settings, queue_redis):
     import asyncio
 
-    from mediaq.runtime.worker import _claiming_start_jobs
+    from mediaq.runtime.worker_loop import _claiming_start_jobs
 
     r, q, now = queue_redis, settings.queue_name, _now()
     await r.zadd(q, {"a": now - 3, "b": now + 60_000, "c": now - 2, "d": now - 1, "e": now})
@@ -239,7 +232,7 @@ async def test_start_jobs_goes_on_as_slots_free_within_its_poll(settings, queue_
     """More read ids than slots: as jobs end, their slots take the next ids, in order, in the same call."""
     import asyncio
 
-    from mediaq.runtime.worker import _claiming_start_jobs
+    from mediaq.runtime.worker_loop import _claiming_start_jobs
 
     r, q, now = queue_redis, settings.queue_name, _now()
     ids = [f"x{i:02d}" for i in range(12)]
@@ -264,7 +257,7 @@ async def test_start_jobs_gives_every_slot_back_when_the_claim_fails(settings):
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     from mediaq.runtime.connections import worker_retry
-    from mediaq.runtime.worker import _claiming_start_jobs
+    from mediaq.runtime.worker_loop import _claiming_start_jobs
 
     dead = aioredis.Redis(host="127.0.0.1", port=1, retry=worker_retry(),
                           retry_on_error=[RedisConnectionError])

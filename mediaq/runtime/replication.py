@@ -109,6 +109,8 @@ def _durable_classes() -> tuple[type, type]:
     from arq.connections import ArqRedis
     from redis.asyncio.client import Pipeline
 
+    from mediaq.runtime.worker_loop import prefetched_pipeline
+
     class DurablePipeline(Pipeline):
         """A pipeline whose transactions that write a job or a result end with ``WAIT`` (see the module doc)."""
 
@@ -124,8 +126,13 @@ def _durable_classes() -> tuple[type, type]:
         """``ArqRedis`` whose transactions that write a job or a result wait for replicas."""
 
         durability: Durability = Durability()
+        #: its first ``pipeline()`` in a job's task is that job's read, when the claim did it (worker_loop)
+        answers_prefetched = True
 
         def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+            prefetched = prefetched_pipeline()  # run_job's read, done by the worker's claim (worker_loop)
+            if prefetched is not None:
+                return prefetched
             pipe = DurablePipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
             pipe.durability = self.durability
             return pipe

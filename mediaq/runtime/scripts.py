@@ -19,13 +19,13 @@ The scripts build key names from ids, so they need a single (non-cluster) Redis,
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
-from mediaq.runtime.keys import BULK_ACTIVE, IN_PROGRESS_PREFIX, JOB_PREFIX, RESULT_PREFIX
+from mediaq.runtime.keys import ABORT_SET, BULK_ACTIVE, IN_PROGRESS_PREFIX, JOB_PREFIX, RESULT_PREFIX, RETRY_PREFIX
 from mediaq.runtime.serialization import ABORTED_TYPE
 
-__all__ = ["DAY_MS", "STATES", "ChunkSender", "batch_counts", "claim_jobs", "enqueue_chunk", "job_entry", "script",
-           "status_codes"]
+__all__ = ["DAY_MS", "RETRY_TTL_S", "STATES", "ChunkSender", "Claimed", "batch_counts", "claim_jobs", "enqueue_chunk",
+           "job_entry", "script", "status_codes"]
 
 DAY_MS = 86_400_000
 
@@ -211,6 +211,9 @@ return {counts, unknown}
 """
 
 
+#: arq's TTL of a job's try counter (``run_job``: ``EXPIRE arq:retry:<id> 88400``)
+RETRY_TTL_S = 88_400
+
 # A worker's claim of the jobs it is about to start: arq 0.28's start transaction (per id: WATCH the
 # in-progress key; skip if it exists, if the id left the queue or its score is in the future; else
 # MULTI PSETEX <in-progress> <timeout ms> 1 EXEC), for several ids in one atomic call. One ZMSCORE for
@@ -218,35 +221,64 @@ return {counts, unknown}
 # EXISTS check (nothing can come in between in a script). Since the key is written exactly as arq
 # writes it, a stock arq worker's WATCH on it still makes its claim and ours exclusive. A score of 0
 # counts as absent, as in arq (`not score`). Returns the claimed ids, each followed by its score.
+#
+# With ARGV[4] = 'fetch' (or 'fetch+abort'), each claimed job also gets, in the same call, what arq's
+# run_job reads first in its own transaction right after the claim: GET arq:job:<id>, INCR and
+# EXPIRE 88400 of arq:retry:<id> (and, with abort support, ZREM arq:abort <id>); the reply then has
+# five entries per job: id, score, record (nil when gone), try, aborted (0/1).
 CLAIM_LUA = f"""
-local queue, now, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local queue, now, ttl, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local fetch, abort = mode ~= '', mode == 'fetch+abort'
 local ids = {{}}
-for i = 4, #ARGV do ids[#ids + 1] = ARGV[i] end
+for i = 5, #ARGV do ids[#ids + 1] = ARGV[i] end
 local out = {{}}
 if #ids == 0 then return out end
 local scores = redis.call('ZMSCORE', queue, unpack(ids))
 for j = 1, #ids do
+  local id = ids[j]
   local score = scores[j] and tonumber(scores[j])
   if score and score ~= 0 and score <= now
-      and redis.call('SET', '{IN_PROGRESS_PREFIX}' .. ids[j], '1', 'PX', ttl, 'NX') then
-    out[#out + 1] = ids[j]
+      and redis.call('SET', '{IN_PROGRESS_PREFIX}' .. id, '1', 'PX', ttl, 'NX') then
+    out[#out + 1] = id
     out[#out + 1] = scores[j]
+    if fetch then
+      out[#out + 1] = redis.call('GET', '{JOB_PREFIX}' .. id)
+      out[#out + 1] = redis.call('INCR', '{RETRY_PREFIX}' .. id)
+      redis.call('EXPIRE', '{RETRY_PREFIX}' .. id, {RETRY_TTL_S})
+      out[#out + 1] = abort and redis.call('ZREM', '{ABORT_SET}', id) or 0
+    end
   end
 end
 return out
 """
 
+class Claimed(NamedTuple):
+    """A job this worker claimed, and what arq's ``run_job`` reads first when it was fetched with the
+    claim (else ``None``, ``None``, ``None``)."""
+
+    score: int
+    record: bytes | None = None
+    tries: int | None = None
+    aborted: bool | None = None
+
 
 async def claim_jobs(redis: Any, queue_name: str, job_ids: Sequence[str], now_ms: int,
-                     timeout_ms: int) -> dict[str, int]:
+                     timeout_ms: int, *, fetch: bool = False, abort: bool = False) -> dict[str, Claimed]:
     """Claim the ``job_ids`` that are due (score <= ``now_ms``) and not in progress, as arq's worker
-    does before it starts a job (see ``CLAIM_LUA``): ``{claimed id: its score}``, in ``job_ids``' order.
-    One script call, so on a lost reply the caller cannot tell which were claimed: it must not retry
-    (an id claimed by the first try would be skipped by the second, and nobody would run it)."""
+    does before it starts a job (see ``CLAIM_LUA``): ``{claimed id: Claimed(score, ...)}``, in
+    ``job_ids``' order. With ``fetch``, each claimed job's record is read and its try counter
+    incremented in the same call, as arq's ``run_job`` does first (``abort``: and its abort request
+    taken, as arq does with ``allow_abort_jobs``). One script call, so on a lost reply the caller
+    cannot tell which were claimed: it must not retry (an id claimed by the first try would be
+    skipped by the second, and nobody would run it)."""
     if not job_ids:
         return {}
-    flat = await script(redis, "claim", CLAIM_LUA)(args=[queue_name, now_ms, timeout_ms, *job_ids])
-    return {_text(flat[i]): int(float(flat[i + 1])) for i in range(0, len(flat), 2)}
+    mode = ("fetch+abort" if abort else "fetch") if fetch else ""
+    flat = await script(redis, "claim", CLAIM_LUA)(args=[queue_name, now_ms, timeout_ms, mode, *job_ids])
+    if not fetch:
+        return {_text(flat[i]): Claimed(int(float(flat[i + 1]))) for i in range(0, len(flat), 2)}
+    return {_text(flat[i]): Claimed(int(float(flat[i + 1])), flat[i + 2], int(flat[i + 3]), bool(flat[i + 4]))
+            for i in range(0, len(flat), 5)}
 
 
 def _text(value: Any) -> str:

@@ -31,8 +31,7 @@ from mediaq.runtime.connections import WORKER_RETRIES, client_pool, redis_settin
 from mediaq.runtime.jobspec import JobSpec
 from mediaq.runtime.settings import Settings
 
-__all__ = ["LIFELINE_FD_ENV", "READY_FILE_ENV", "build_worker_settings", "checked_job_loads", "harden_arq_worker",
-           "job_record_problem"]
+__all__ = ["LIFELINE_FD_ENV", "READY_FILE_ENV", "build_worker_settings", "checked_job_loads", "job_record_problem"]
 
 logger = logging.getLogger("arq.mediaq")  # under "arq" so the arq CLI's log config shows it
 READY_FILE_ENV = "MEDIAQ_WORKER_READY_FILE"
@@ -215,138 +214,6 @@ async def _watch_embedded(settings: Settings, interval: float = 1.0) -> None:
             logger.exception("could not restart the embedded Redis server")
 
 
-def harden_arq_worker() -> bool:
-    """Keep arq's worker loop alive through Redis outages and restarts, and start jobs in one round
-    trip (arq 0.28; idempotent). Patched here, in the worker process only (called when the
-    ``WorkerSettings`` are built).
-
-    arq runs ``_poll_iteration`` with no error handling: once a Redis call has used up its retries
-    (an outage longer than ~11 s), or when the server answers ``LOADING`` right after a restart while
-    arq is between ``WATCH`` and ``MULTI`` (redis-py then raises ``WatchError`` instead of retrying),
-    the exception ends the worker. Here such an error is logged, the janitor is asked to look for
-    in-progress keys left by it, and polling continues a second later. In durable mode, a result that
-    too few replicas acknowledged in time (:class:`~mediaq.errors.ReplicationTimeout`, raised by the
-    job's task and re-raised here by arq) is logged as an error and polling goes on.
-
-    ``start_jobs`` is replaced by :func:`_claiming_start_jobs`: arq's claim of each job (``WATCH``,
-    ``EXISTS``, ``ZSCORE``, ``MULTI``/``PSETEX``/``EXEC``: four round trips a job) becomes one script
-    call for as many of the polled ids as there are free slots. Returns whether it patched.
-    """
-    from arq.worker import Worker
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-    from redis.exceptions import WatchError
-
-    from mediaq.errors import ReplicationTimeout
-
-    if getattr(Worker, "_mediaq_hardened", False):
-        return False
-    needed = ("start_jobs", "_poll_iteration", "run_job", "_release_sem_dec_counter_on_complete")
-    if not all(hasattr(Worker, a) for a in needed):  # another arq version
-        logger.warning("arq.worker.Worker has changed: the worker loop is not hardened against Redis outages")
-        return False
-    errors = (RedisConnectionError, RedisTimeoutError, WatchError, OSError)
-    poll_iteration = Worker._poll_iteration
-
-    async def hardened_poll_iteration(self: Any) -> None:
-        try:
-            await poll_iteration(self)
-        except ReplicationTimeout as exc:  # a result of a job that ended: written, not confirmed
-            logger.error("durable mode: %s", exc)
-        except errors as exc:
-            logger.warning("Redis failed in the worker loop (%s: %s); polling again in 1 s", type(exc).__name__, exc)
-            _request_orphan_scan(self)
-            await asyncio.sleep(1.0)
-
-    Worker.start_jobs = _claiming_start_jobs  # type: ignore[method-assign]
-    Worker._poll_iteration = hardened_poll_iteration  # type: ignore[method-assign]
-    Worker._mediaq_hardened = True  # type: ignore[attr-defined]
-    return True
-
-
-def _request_orphan_scan(worker: Any) -> None:
-    janitor = worker.ctx.get("janitor_obj")
-    if janitor is not None:
-        janitor.request_orphan_scan()
-
-
-async def _claiming_start_jobs(self: Any, job_ids: list[bytes]) -> None:
-    """arq 0.28's ``Worker.start_jobs`` with its per-job claim transaction replaced by one
-    :func:`~mediaq.runtime.scripts.claim_jobs` call for as many ids as there are free slots.
-
-    Kept from arq: the ids are taken in order; each takes a slot of ``self.sem`` (waiting for the
-    first when none is free) and counts in ``self.job_counter`` before it is claimed; nothing is
-    started once ``job_counter`` reaches ``max_jobs``; an id the claim skips (in progress elsewhere,
-    gone from the queue, due later) gives its slot back and is logged at debug level; a claimed job
-    runs in ``run_job(job_id, score)`` as a task in ``self.tasks`` that gives its slot back when done.
-    The claim is tried once (:func:`~mediaq.runtime.connections.single_attempt`): if it fails, every
-    slot taken for it is given back and the error raised (the hardened ``_poll_iteration`` then asks
-    the janitor to free any claim the lost reply hid, and polls again); a script error is logged and
-    its ids skipped, as arq skips a job whose ``EXEC`` fails.
-
-    One change: when all ``max_jobs`` are running and read ids are left, arq returns and the next
-    poll comes ``poll_delay`` later. arq's own four round trips a job let the first jobs end while it
-    is still claiming; one claim for all slots fills them at once, so returning would start at most
-    ``max_jobs`` jobs a poll. Here it waits for a job to end, for at most ``poll_delay`` since the
-    call began, and goes on with the ids left (the claim checks each again); past that it returns,
-    so the poll loop's abort checks and heartbeat still come at least as often as arq's (the next
-    poll then follows at once, its delay spent).
-    """
-    from arq.utils import timestamp_ms
-    from redis.exceptions import ResponseError
-
-    from mediaq.runtime.connections import single_attempt
-    from mediaq.runtime.scripts import claim_jobs
-
-    ids = [job_id.decode() for job_id in job_ids]
-    done = 0
-    deadline = self.loop.time() + self.poll_delay_s
-    slot_freed = self.__dict__.setdefault("_mediaq_slot_freed", asyncio.Event())
-    while done < len(ids):
-        await self.sem.acquire()
-        if self.job_counter >= self.max_jobs:
-            self.sem.release()
-            wait = deadline - self.loop.time()
-            if wait <= 0:
-                return
-            slot_freed.clear()
-            try:
-                await asyncio.wait_for(slot_freed.wait(), wait)
-            except TimeoutError:
-                return
-            continue
-        take = 1  # and every other slot free right now (acquire returns at once while not locked)
-        while done + take < len(ids) and self.job_counter + take < self.max_jobs and not self.sem.locked():
-            await self.sem.acquire()
-            take += 1
-        batch, done = ids[done:done + take], done + take
-        self.job_counter += take
-        try:
-            with single_attempt():
-                claimed = await claim_jobs(self.pool, self.queue_name, batch, timestamp_ms(),
-                                           int(self.in_progress_timeout_s * 1000))
-        except ResponseError as exc:
-            logger.warning("claiming %d job(s) failed (%s); they are left for the next poll", take, exc)
-            claimed = {}
-            _request_orphan_scan(self)
-        except BaseException:
-            self.job_counter -= take  # counted, never started
-            for _ in batch:
-                self.sem.release()
-            raise
-        for job_id in batch:
-            score = claimed.get(job_id)
-            if score is None:  # started elsewhere, finished and removed, or re-queued with a delay
-                self.job_counter -= 1
-                self.sem.release()
-                logger.debug("job %s already running elsewhere", job_id)
-                continue
-            t = self.loop.create_task(self.run_job(job_id, score))
-            t.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
-            t.add_done_callback(lambda _: slot_freed.set())
-            self.tasks[job_id] = t
-
-
 _MAX_EPOCH_MS = 253_402_300_799_999  # 9999-12-31: what datetime can hold
 
 
@@ -412,6 +279,7 @@ def build_worker_settings(settings: Settings, jobs: Mapping[str, JobSpec]) -> ty
 
     from mediaq.runtime.serialization import get_serializer
     from mediaq.runtime.server import resolve_redis_url
+    from mediaq.runtime.worker_loop import harden_arq_worker
 
     harden_arq_worker()
     url = resolve_redis_url(settings)
