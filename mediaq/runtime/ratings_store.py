@@ -276,11 +276,13 @@ class RatingsStore:
 
     def _sqlite_prior_side_by_side(self) -> tuple[int, int, Any]:
         """``(ratings, distinct rated images, sum of scores)`` from two scans run at once on two
-        connections (the driver lets go of the GIL while SQLite works: two cores, half the time of
-        one statement). Each scan reads its own snapshot, so a load that commits between the two
-        starts can tilt the prior by its own ratings, as it can between computing a prior and using
-        it (the prior is cached for minutes anyway); an empty/non-empty mismatch is read again in
-        one statement. ``SELECT DISTINCT`` reads the key in index order: no temporary B-tree, which
+        connections (the driver lets go of the GIL while SQLite works). The CPU is the same as one
+        statement's (~80 ms for 1M ratings); the wall time nearly halves only when the second core is
+        free (measured 46-88 ms against 88-144 ms on a quiet 2-core machine, no gain under load).
+        Each scan reads its own snapshot, so a load that commits between the two starts can tilt the
+        prior by its own ratings, as it can between computing a prior and using it (the prior is
+        cached for minutes anyway); an empty/non-empty mismatch is read again in one statement.
+        ``SELECT DISTINCT`` reads the key in index order: no temporary B-tree, which
         ``count(DISTINCT ..)`` builds."""
         distinct = sa.select(sa.func.count()).select_from(sa.select(ratings.c.image_id).distinct().subquery())
         totals = sa.select(sa.func.count(), sa.func.sum(ratings.c.score))
