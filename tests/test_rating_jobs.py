@@ -4,6 +4,7 @@ per-image recalculation through a real worker subprocess agreeing with each othe
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import sqlite3
 from pathlib import Path
@@ -13,11 +14,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import redis.asyncio as aioredis
+from arq.jobs import JobStatus
 from arq.worker import Retry
 from helpers import eventually, random_ratings
 
 import mediaq
-from mediaq.client.ratings import chunk_job_id, enqueue_library
+from mediaq.client.ratings import chunk_job_id, enqueue_library, prior_job_id
 from mediaq.errors import PermanentJobError, TransientJobError
 from mediaq.jobs.ratings import close_stores, get_prior, recalculate_rating, recalculate_ratings
 from mediaq.pure.ratings import bayesian_ratings
@@ -205,6 +207,38 @@ async def test_chunked_and_per_image_jobs_agree_through_a_worker(client: mediaq.
     store.close()
 
 
+async def test_refresh_prior_runs_ahead_of_the_chunks_through_a_worker(client: mediaq.Client, start_worker: Any,
+                                                                       tmp_path: Path) -> None:
+    """refresh_prior=True: a stale cached prior is dropped, a refresh_rating_prior job (outside the
+    batch) computes the current one, and every chunk uses that same prior."""
+    url = f"sqlite:///{tmp_path}/r.db"
+    store = RatingsStore(url)
+    frame = random_ratings(13)
+    store.load_frame(frame)
+    start_worker(ratings_url=url)
+    key = keys.ratings_prior(url)
+    await client.cache.set(key, "[1.0, 2.0]")  # stale
+    ids = sorted(frame["image_id"].unique())
+    batch = await enqueue_library(client, ids, chunk_size=50, ratings_url=url, refresh_prior=True)
+    assert len(batch) == math.ceil(len(ids) / 50)  # chunks only
+    assert prior_job_id(batch.name) not in batch.ids
+    await batch.wait(progress=False, timeout=60, poll_interval=0.05)
+    res = await batch.results()
+    prior = await client.result(prior_job_id(batch.name), timeout=20)
+    want = (len(frame) / len(ids), frame["score"].mean())
+    assert (prior["C"], prior["m"]) == pytest.approx(want, rel=1e-15)
+    assert prior["prior_source"] in ("db", "cache")
+    assert (res["C"] == prior["C"]).all() and (res["m"] == prior["m"]).all()
+    assert json.loads(await client.cache.get(key)) == pytest.approx(list(want), rel=1e-15)
+    stats = store.stats()
+    np.testing.assert_allclose(stats["bayesian"], bayesian_ratings(frame).loc[stats.index, "bayesian"], rtol=1e-12)
+
+    given = await enqueue_library(client, ids[:5], ratings_url=url, refresh_prior=True, prior=(0.0, 0.0))
+    await given.wait(progress=False, timeout=60, poll_interval=0.05)
+    assert await client.job(prior_job_id(given.name)).status() == JobStatus.not_found  # a given prior: no job
+    store.close()
+
+
 async def test_prior_cache_expires_through_a_worker(client: mediaq.Client, start_worker: Any,
                                                     tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/r.db"
@@ -293,6 +327,7 @@ async def test_enqueue_library_chunking_and_validation(client: mediaq.Client, tm
     with pytest.raises(ValueError, match="prior C=-1"):
         await enqueue_library(client, ["a"], prior=(-1, 5), ratings_url=url)
     await client.cache.set(keys.ratings_prior(url), "[1, 2]")
-    await enqueue_library(client, ["a"], refresh_prior=True, ratings_url=url)
+    refreshed = await enqueue_library(client, ["a"], refresh_prior=True, ratings_url=url)
     assert not await client.cache.exists(keys.ratings_prior(url))
+    assert (await client.job(prior_job_id(refreshed.name)).info()).function == "refresh_rating_prior"
     store.close()

@@ -149,3 +149,29 @@ def test_math_imports_neither_arq_nor_redis() -> None:
     assert imported <= {"__future__", "collections", "dataclasses", "math", "typing", "numpy", "pandas", "mediaq"}
     assert {node.module for node in ast.walk(tree)
             if isinstance(node, ast.ImportFrom) and node.module.startswith("mediaq")} == {"mediaq.errors"}
+
+
+class Label(str):
+    """A str subclass: taken through the per-id path, as before the one-pass check."""
+
+
+@pytest.mark.parametrize("bad", [["a", ""], ["a", "b\tc"], ["a", "b\x7f"], ["ok", None], ["ok", 1.5], ["ok", True]])
+def test_clean_ids_rejects_what_the_store_would_not_keep(bad: list) -> None:
+    from mediaq.errors import ConfigError
+    from mediaq.pure.ratings_input import clean_ids
+
+    with pytest.raises(ConfigError, match="invalid image id"):
+        clean_ids(bad)
+
+
+def test_clean_ids_keeps_plain_text_as_is_and_converts_the_rest() -> None:
+    from mediaq.pure.ratings_input import clean_ids
+
+    ids = [f"img{i:05d}" for i in range(2000)] + ["é-ünïcode", "007"]
+    assert clean_ids(ids) is ids  # the usual case: checked, not copied
+    assert clean_ids([]) == []
+    assert clean_ids(["a", 7, np.int64(8)]) == ["a", "7", "8"]
+    got = clean_ids([Label("x")])
+    assert got == ["x"]
+    with pytest.raises(Exception, match="single string"):
+        clean_ids("abc")

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 from helpers import random_ratings
 
 from mediaq.errors import ConfigError, InvalidRatingsError
@@ -104,6 +105,56 @@ def test_add_images_makes_unrated_images_known(store: RatingsStore) -> None:
     got = store.recalculate(["x", "nope"])
     assert got["unknown"] == ["nope"] and got["updated"] == 1
     assert store.stats(["x"]).loc["x", "bayesian"] == 0.0
+
+
+def _statements(store: RatingsStore) -> list[str]:
+    """Every SQL statement the store's engine sends from now on (a real SQLite, listened to)."""
+    from sqlalchemy import event
+
+    seen: list[str] = []
+    event.listen(store.engine, "before_cursor_execute", lambda _c, _cur, sql, *_: seen.append(sql))
+    return seen
+
+
+def test_a_chunk_of_rated_images_is_one_statement_on_sqlite(store: RatingsStore, tmp_path: Path) -> None:
+    """More ids than one expanding IN may carry elsewhere (5000), all rated: one upsert, no anti-join;
+    an id without ratings in the chunk brings the anti-join back, and its row goes to 0."""
+    ids = [f"i{n:05d}" for n in range(6000)]
+    frame = pd.DataFrame({"image_id": ids * 2, "user_id": [1] * 6000 + [2] * 6000,
+                          "score": [n % 10 + 1 for n in range(12000)]})
+    store.load_frame(frame)
+    seen = _statements(store)
+    got = store.recalculate(ids, C=2.0, m=5.0)
+    assert got == {"updated": 6000, "unknown": [], "C": 2.0, "m": 5.0}
+    touching = [sql for sql in seen if "rating" in sql]
+    assert len(touching) == 1 and touching[0].startswith("INSERT INTO rating_stats")
+    stats = store.stats()
+    want = bayesian_ratings(frame, C=2.0, m=5.0).loc[stats.index]
+    np.testing.assert_allclose(stats["bayesian"], want["bayesian"], rtol=1e-12)
+
+    with sqlite3.connect(tmp_path / "ratings.db") as raw:  # i00007 loses its ratings, stays known
+        raw.execute("DELETE FROM ratings WHERE image_id = 'i00007'")
+    seen.clear()
+    got = store.recalculate([*ids, "ghost"], C=2.0, m=5.0, with_stats=True)
+    assert got["unknown"] == ["ghost"] and got["updated"] == 6000
+    assert len([sql for sql in seen if "rating" in sql]) > 1  # the anti-join, the UPDATE to 0, the stats
+    assert store.stats(["i00007"]).loc["i00007", ["count", "bayesian"]].tolist() == [0, 0.0]
+
+
+def test_prior_from_two_scans_matches_one_statement(store: RatingsStore) -> None:
+    """On a SQLite file the prior comes from two scans side by side; inside a transaction (and on an
+    empty or in-memory database) from one statement: the same figures."""
+    assert store.prior() == (0.0, 0.0)
+    frame = random_ratings(12)
+    store.load_frame(frame)
+    side_by_side = store.prior()
+    with store._reading() as conn:
+        assert store.prior(conn) == side_by_side
+    assert side_by_side == pytest.approx((len(frame) / frame["image_id"].nunique(), frame["score"].mean()),
+                                         rel=1e-15)
+    memory = RatingsStore("sqlite://")
+    memory.load_frame(frame)
+    assert memory.prior() == side_by_side
 
 
 def test_csv_round_trip_keeps_ids_exact(store: RatingsStore, tmp_path: Path) -> None:
@@ -394,6 +445,14 @@ def test_other_database_round_trip(other_url: str) -> None:
     want = bayesian_ratings(frame, images=stats.index)
     np.testing.assert_allclose(stats["bayesian"], want["bayesian"], rtol=1e-9)
     assert stats.loc["quiet", "bayesian"] == 0.0
+    with store.engine.begin() as conn:  # ids[0] loses its ratings: an all-rated chunk otherwise, so the
+        conn.execute(sa.text("DELETE FROM ratings WHERE image_id = :i"), {"i": ids[0]})  # row count decides
+    got = store.recalculate(ids)
+    assert got["unknown"] == [] and got["updated"] == len(ids)
+    assert store.stats([ids[0]]).loc[ids[0], ["count", "bayesian"]].tolist() == [0, 0.0]
+    assert store.recalculate(ids[1:])["updated"] == len(ids) - 1
+    frame = frame[frame["image_id"] != ids[0]]
+    ids = ids[1:]
     store.recalculate_all(C=1.0, m=5.0)
     np.testing.assert_allclose(store.stats().loc[ids, "bayesian"],
                                bayesian_ratings(frame, C=1.0, m=5.0).loc[ids, "bayesian"], rtol=1e-9)

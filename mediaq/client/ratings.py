@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from mediaq.client.batch import Batch
     from mediaq.client.connection import Client
 
-__all__ = ["MAX_AUTO_CHUNK", "chunk_job_id", "enqueue_library"]
+__all__ = ["MAX_AUTO_CHUNK", "chunk_job_id", "enqueue_library", "prior_job_id"]
 
 #: the largest chunk ``chunk_size=None`` makes (a 20k-id job runs ~0.1 s on SQLite; larger ones only
 #: add to the job's payload and to what a retry redoes)
@@ -40,6 +40,16 @@ def chunk_job_id(batch: str, image_ids: list[str]) -> str:
     """
     digest = hashlib.sha256("\x1f".join(image_ids).encode()).hexdigest()[:16]
     return f"ratings:{batch}:{digest}"
+
+
+def prior_job_id(batch: str) -> str:
+    """The id of the ``refresh_rating_prior`` job that ``enqueue_library(..., refresh_prior=True)``
+    enqueues ahead of batch ``batch``'s chunks (outside the batch: its result has no chunk's columns).
+
+    >>> prior_job_id("lib")
+    'ratings:lib:prior'
+    """
+    return f"ratings:{batch}:prior"
 
 
 async def enqueue_library(
@@ -63,7 +73,10 @@ async def enqueue_library(
 
     ``prior=(C, m)`` uses that prior in every chunk (experiments); otherwise the workers use the seed
     prior cached in Redis for ``rating_cache_ttl`` s, and ``refresh_prior=True`` drops the cached one
-    first so the run starts from the current ratings.
+    first so the run starts from the current ratings: it also enqueues a ``refresh_rating_prior``
+    job (id :func:`prior_job_id`, outside the batch) before the chunks, so that a worker scans for
+    the prior while the chunks are still being enqueued and picked up, instead of after. Should
+    that job fail or run elsewhere, the chunks compute the prior themselves, as without it.
     """
     from mediaq.client.batch import new_batch_name
     from mediaq.pure.ratings_input import clean_ids
@@ -72,6 +85,18 @@ async def enqueue_library(
     if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1):
         raise ConfigError(f"chunk_size={chunk_size!r} must be an integer >= 1, or None (max_jobs chunks)")
     url = ratings_url or client.settings.resolved_ratings_url
+    extra: dict[str, Any] = {}
+    if prior is not None:
+        C, m = prior
+        from mediaq.pure.ratings import check_prior
+
+        check_prior(C, m)
+        extra = {"C": float(C), "m": float(m)}
+    name = batch or new_batch_name("recalculate_ratings")
+    if refresh_prior:
+        await client.cache.delete(keys.ratings_prior(url))
+        if prior is None:  # first, so a worker computes it while the chunks are still being enqueued
+            await client.enqueue_job("refresh_rating_prior", _job_id=prior_job_id(name))
     if image_ids is None:
         store = await asyncio.to_thread(RatingsStore, url)
         try:
@@ -80,18 +105,8 @@ async def enqueue_library(
             store.close()
     else:
         ids = list(dict.fromkeys(clean_ids(image_ids)))
-    extra: dict[str, Any] = {}
-    if prior is not None:
-        C, m = prior
-        from mediaq.pure.ratings import check_prior
-
-        check_prior(C, m)
-        extra = {"C": float(C), "m": float(m)}
-    if refresh_prior:
-        await client.cache.delete(keys.ratings_prior(url))
     if chunk_size is None:
         chunk_size = min(MAX_AUTO_CHUNK, max(1000, -(-len(ids) // client.settings.max_jobs)))
-    name = batch or new_batch_name("recalculate_ratings")
     chunks = [ids[i : i + chunk_size] for i in range(0, len(ids), chunk_size)]
     items = [{"image_ids": chunk, **extra} for chunk in chunks]
     b = await client.enqueue_many("recalculate_ratings", items, batch=name,

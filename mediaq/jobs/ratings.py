@@ -3,7 +3,8 @@
 * ``recalculate_rating(image_id)``: one image, as in the seed application;
 * ``recalculate_ratings(image_ids)``: a whole chunk in one set-based query (one job per image spends
   most of its time in queue bookkeeping); :func:`mediaq.client.ratings.enqueue_library` enqueues a
-  library in such chunks.
+  library in such chunks;
+* ``refresh_rating_prior()``: the prior alone, into the cache (enqueued ahead of a library's chunks).
 
 Both use the seed prior ``(C, m)``, cached in Redis db ``cache_db`` (``ctx['cache']``) for
 ``settings.rating_cache_ttl`` seconds (300) under :func:`mediaq.runtime.keys.ratings_prior`, or an
@@ -40,7 +41,7 @@ from mediaq.runtime import keys
 from mediaq.runtime.jobspec import job, resources
 from mediaq.runtime.settings import redact_url
 
-__all__ = ["close_stores", "get_prior", "recalculate_rating", "recalculate_ratings"]
+__all__ = ["close_stores", "get_prior", "recalculate_rating", "recalculate_ratings", "refresh_rating_prior"]
 
 logger = logging.getLogger("mediaq.jobs.ratings")
 
@@ -135,6 +136,23 @@ async def recalculate_ratings(ctx: dict[str, Any], image_ids: list[str], C: floa
         got = await asyncio.to_thread(store.recalculate, ids, C, m)
     return {"updated": got["updated"], "unknown": got["unknown"], "C": C, "m": m, "prior_source": source,
             "db_seconds": round(time.perf_counter() - started, 6)}
+
+
+@job(timeout=60)
+async def refresh_rating_prior(ctx: dict[str, Any]) -> dict[str, Any]:
+    """Compute the seed prior ``(C, m)`` from the database and cache it for ``rating_cache_ttl`` s.
+
+    :func:`~mediaq.client.ratings.enqueue_library` with ``refresh_prior=True`` enqueues it ahead of
+    the chunks, so a worker computes the prior while the client is still enqueueing them; the chunk
+    jobs of that worker wait for it (one computation per process) instead of starting it after
+    they are picked up. Returns ``{"C", "m", "prior_source"}`` (``"cache"`` when a chunk job of
+    this process filled the cache first).
+
+    >>> await client.enqueue_job("refresh_rating_prior")     # doctest: +SKIP
+    """
+    store = await _store(ctx)
+    C, m, source = await _cached_prior(ctx, store)
+    return {"C": C, "m": m, "prior_source": source}
 
 
 # -- helpers ---------------------------------------------------------------------------------------

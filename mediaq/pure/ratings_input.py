@@ -114,8 +114,7 @@ def clean_ids(image_ids: Iterable[object]) -> list[str]:
     """Image ids as the store keeps them (see the module doc); :class:`ConfigError` for a bad one."""
     if isinstance(image_ids, (str, bytes)):
         raise ConfigError(f"image_ids must be a list of ids, not the single string {image_ids!r}")
-    if isinstance(image_ids, list) and all(type(value) is str and value and not _CONTROL.search(value)
-                                           for value in image_ids):
+    if isinstance(image_ids, list) and _plain_text(image_ids):
         return image_ids  # already text (the usual case): no copy
     out = []
     for value in image_ids:
@@ -125,3 +124,11 @@ def clean_ids(image_ids: Iterable[object]) -> list[str]:
                               "characters (or an integer)")
         out.append(text)
     return out
+
+
+def _plain_text(ids: list[Any]) -> bool:
+    """Every id a non-empty ``str`` without control characters, checked in C-speed passes (a regex
+    per id cost ~15 ms per 100k ids, on the path of every library recalculation)."""
+    if not all(ids) or set(map(type, ids)) - {str}:
+        return False
+    return not _CONTROL.search("".join(ids))

@@ -18,9 +18,10 @@ Tables:
   images that have no ratings yet); recalculating an unknown id reports it instead of inventing a row.
 
 Recalculation is set based: one ``INSERT .. SELECT .. GROUP BY .. ON CONFLICT DO UPDATE`` for the
-rated images of a chunk and one anti-join ``SELECT`` for the ids that have no ratings (then, only if
-there are any, an ``UPDATE`` to 0 for the known ones, as in the seed); the prior ``(C, m)`` comes
-from SQL aggregates.
+rated images of a chunk (on SQLite one statement per chunk, its ids in one JSON parameter); only when
+that statement wrote fewer rows than there are ids (or on MySQL/MariaDB, whose row counts are not
+exact for upserts), one anti-join ``SELECT`` for the ids that have no ratings, then an ``UPDATE`` to 0
+for the known ones, as in the seed. The prior ``(C, m)`` comes from SQL aggregates.
 
 >>> store = RatingsStore("sqlite://")          # in memory; a file URL or Settings in real use
 >>> import pandas as pd
@@ -42,6 +43,7 @@ import datetime as dt
 import json
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -116,6 +118,8 @@ class RatingsStore:
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._write_lock = threading.RLock() if self.is_sqlite else None
         self._memory = isinstance(self.engine.pool, sa.pool.StaticPool)
+        # SQLite gets a chunk's ids as one JSON parameter: no bind limit, so one statement per chunk
+        self._id_batch = 1 << 62 if self.is_sqlite else ID_BATCH
         self._cache: dict[Any, Any] = {}
         if create:
             self.create_tables()
@@ -254,18 +258,46 @@ class RatingsStore:
     def prior(self, conn: Connection | None = None) -> tuple[float, float]:
         """The seed prior from SQL aggregates: ``C`` = ratings / distinct rated images, ``m`` = mean
         score; ``(0.0, 0.0)`` with no ratings."""
-        # SUM, not AVG: MySQL/MariaDB return AVG of integers as a DECIMAL with 4 decimals
-        query = sa.select(
-            sa.func.count(), sa.func.count(sa.distinct(ratings.c.image_id)), sa.func.sum(ratings.c.score)
-        )
-        if conn is None:
+        if conn is None and self.is_sqlite and not self._memory:
+            n, images, total = self._sqlite_prior_side_by_side()
+        elif conn is None:
             with self._reading() as conn:
-                n, images, total = conn.execute(query).one()
+                n, images, total = conn.execute(self._prior_query()).one()
         else:
-            n, images, total = conn.execute(query).one()
+            n, images, total = conn.execute(self._prior_query()).one()
         if not n:
             return 0.0, 0.0
         return float(n) / float(images), float(total) / float(n)
+
+    @staticmethod
+    def _prior_query() -> Any:
+        # SUM, not AVG: MySQL/MariaDB return AVG of integers as a DECIMAL with 4 decimals
+        return sa.select(sa.func.count(), sa.func.count(sa.distinct(ratings.c.image_id)), sa.func.sum(ratings.c.score))
+
+    def _sqlite_prior_side_by_side(self) -> tuple[int, int, Any]:
+        """``(ratings, distinct rated images, sum of scores)`` from two scans run at once on two
+        connections (the driver lets go of the GIL while SQLite works). The CPU is the same as one
+        statement's (~80 ms for 1M ratings); the wall time nearly halves only when the second core is
+        free (measured 46-88 ms against 88-144 ms on a quiet 2-core machine, no gain under load).
+        Each scan reads its own snapshot, so a load that commits between the two starts can tilt the
+        prior by its own ratings, as it can between computing a prior and using it (the prior is
+        cached for minutes anyway); an empty/non-empty mismatch is read again in one statement.
+        ``SELECT DISTINCT`` reads the key in index order: no temporary B-tree, which
+        ``count(DISTINCT ..)`` builds."""
+        distinct = sa.select(sa.func.count()).select_from(sa.select(ratings.c.image_id).distinct().subquery())
+        totals = sa.select(sa.func.count(), sa.func.sum(ratings.c.score))
+
+        def read(query: Any) -> Any:
+            with self._reading() as conn:
+                return conn.execute(query).one()
+
+        with ThreadPoolExecutor(1, thread_name_prefix="mediaq-prior") as pool:
+            images = pool.submit(read, distinct)
+            n, total = read(totals)
+            (count_images,) = images.result()
+        if bool(n) != bool(count_images):  # a load (or a delete of everything) came between the two
+            return read(self._prior_query())
+        return n, count_images, total
 
     def ratings_frame(self) -> pd.DataFrame:
         """Every rating as a DataFrame (``image_id``, ``user_id``, ``score``)."""
@@ -324,10 +356,11 @@ class RatingsStore:
         with self._writing() as conn:
             if C is None:
                 C, m = self.prior(conn)
-            for part in _batches(ids, ID_BATCH):
+            for part in _batches(ids, self._id_batch):
                 params = self._id_params(part)
-                self._recalculate_part(conn, params, float(C), float(m), now)  # type: ignore[arg-type]
-                unknown.update(self._settle_unrated(conn, part, params, now))
+                written = self._recalculate_part(conn, params, float(C), float(m), now)  # type: ignore[arg-type]
+                if written != len(part):  # some ids have no ratings (or the count is not exact here)
+                    unknown.update(self._settle_unrated(conn, part, params, now))
                 if with_stats:
                     rows.extend(conn.execute(self._stats_query(), params))
         result: dict[str, Any] = {"updated": len(ids) - len(unknown), "unknown": [i for i in ids if i in unknown],
@@ -352,19 +385,26 @@ class RatingsStore:
         return {"updated": int(updated or 0), "unknown": [], "C": float(C), "m": float(m)}  # type: ignore[arg-type]
 
     def _recalculate_part(self, conn: Connection, params: dict[str, Any] | None, C: float, m: float,
-                          now: dt.datetime) -> None:
+                          now: dt.datetime) -> int:
         """Upsert the rated images among the ids in ``params``; with ``params=None`` every rated image,
         and known images left without ratings go back to 0. Statements are built once (SQLAlchemy
-        then reuses their compiled form)."""
+        then reuses their compiled form).
+
+        Returns the number of rated images written when the database counts an upsert's rows
+        exactly (SQLite, PostgreSQL: one per inserted or updated row), else -1 (MySQL/MariaDB count
+        an updated row as 2, or 0 when unchanged)."""
         values = {"cm": C * m, "c": C, "now": now, **(params or {})}
-        conn.execute(self._statements("upsert", params is not None), values)
+        written = conn.execute(self._statements("upsert", params is not None), values).rowcount
         if params is None:
             conn.execute(self._statements("unrated", False), values)
+        exact = self.engine.dialect.name in ("sqlite", "postgresql")
+        return written if exact and written is not None and written >= 0 else -1
 
     def _settle_unrated(self, conn: Connection, ids: Sequence[str], params: dict[str, Any],
                         now: dt.datetime) -> set[str]:
-        """After the upsert: the ids without any rating (usually none) are set back to 0 when known,
-        and returned when unknown. One anti-join per chunk (cheaper than an UPDATE probing every id)."""
+        """After the upsert: the ids without any rating are set back to 0 when known, and returned
+        when unknown. One anti-join per chunk (cheaper than an UPDATE probing every id); skipped when
+        the upsert's row count shows that every id had ratings (the usual case)."""
         if self.is_sqlite:
             if "no_ratings" not in self._cache:
                 je = self._json_ids()
