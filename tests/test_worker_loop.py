@@ -19,6 +19,7 @@ import time
 
 import pytest
 import redis.asyncio as aioredis
+from helpers import eventually
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from mediaq.runtime import keys
@@ -215,3 +216,51 @@ async def test_start_jobs_reads_the_queue_again_within_its_poll(settings, queue_
     await _claiming_start_jobs(w, await r.zrangebyscore(q, min="-inf", max=_now(), start=0, num=5))
     await asyncio.gather(*w.tasks.values())
     assert w.ran == more[:3]  # the slots filled at once; the rest wait for the next poll
+
+
+# -- the doorbell ----------------------------------------------------------------------------------------
+async def _subscribers(r, channel: str) -> int:
+    return dict(await r.pubsub_numsub(channel)).get(channel.encode(), 0)
+
+
+@pytest.mark.parametrize("how", ["enqueue_job", "enqueue_many", "bulk"])
+async def test_an_idle_worker_starts_a_new_job_at_once_not_at_its_next_poll(settings, queue_redis, client,
+                                                                           start_worker, how):
+    """poll_delay 600 s: after its first (empty) poll the worker would sleep ten minutes; the job runs
+    because the enqueue rang its doorbell (the test allows 60 s)."""
+    from mediaq.runtime.keys import wake_channel
+
+    start_worker(poll_delay=600)
+    channel = wake_channel(settings.queue_name)
+    await eventually(lambda: _subscribers(queue_redis, channel), lambda n: n >= 1, timeout=60,
+                     what="the worker subscribed to its doorbell")
+    # arq writes its health line at the end of each poll: once it exists, the first poll is over and the
+    # worker sleeps (else the first poll could find the job, and the test would not be about the doorbell)
+    await eventually(lambda: queue_redis.exists(keys.health_check(settings.queue_name)), timeout=60,
+                     what="the worker's first poll")
+    if how == "enqueue_job":
+        job_id = await client.enqueue_job("noop", 1, _job_id="rung")
+        assert await client.result(job_id, timeout=60) == 1
+    else:
+        batch = await client.enqueue_many("noop", [[i] for i in range(5)], priority="bulk" if how == "bulk" else None)
+        counts = await batch.wait(timeout=60, progress=False)
+        assert counts["complete"] == 5
+
+
+async def test_the_poll_sleep_ends_when_the_doorbell_rings_and_lasts_step_otherwise():
+    from mediaq.runtime.worker_loop import Doorbell, _poll
+
+    bell = Doorbell(None, "test")
+    bell.install()  # this task's poll loop
+    loop = asyncio.get_running_loop()
+    ticks = _poll(600.0)
+    await anext(ticks)  # the first iteration comes at once, as in arq
+    loop.call_later(0.05, bell.rung.set)
+    await asyncio.wait_for(anext(ticks), 60)  # the ring ends the 600 s sleep
+    bell.rung.set()  # a ring during an iteration (after its read): the next one comes at once
+    await asyncio.wait_for(anext(ticks), 60)
+    short = _poll(0.01)  # no ring: arq's behaviour, one step a poll
+    await anext(short)
+    await asyncio.wait_for(anext(short), 60)
+    await ticks.aclose()
+    await short.aclose()

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import time
 from collections.abc import Callable, Iterable
@@ -97,7 +98,15 @@ class Client(ClientBase):
                                                **kwargs)
         except (RedisError, OSError) as exc:
             raise RedisUnavailable(f"could not enqueue {function!r}: {exc}") from exc
+        if job and options.defer_by is None and options.defer_until is None:
+            await self._wake_workers()
         return job.job_id if job else None
+
+    async def _wake_workers(self) -> None:
+        """Tell idle workers a job is due now, so they poll at once rather than after ``poll_delay``
+        (a hint: the job is queued either way, so a failure here is not the caller's)."""
+        with contextlib.suppress(RedisError, OSError):
+            await self.redis.publish(keys.wake_channel(self.settings.queue_name), 1)
 
     def job(self, job_id: str) -> Job:
         """arq's own :class:`arq.jobs.Job` for ``job_id`` (``.status()``, ``.info()``, ``.result()``)."""

@@ -50,6 +50,7 @@ from mediaq.runtime.keys import (
     BULK_WINDOW,
     JOB_PREFIX,
     RESULT_PREFIX,
+    WAKE_PREFIX,
 )
 from mediaq.runtime.scripts import DAY_MS, script
 from mediaq.runtime.settings import Settings
@@ -132,7 +133,10 @@ while free > 0 and #order > 0 do
           free, moved = free - 1, moved + 1
         end
       end
-      if #released > 0 then redis.call('ZADD', queue, unpack(released)) end
+      if #released > 0 then
+        redis.call('ZADD', queue, unpack(released))
+        redis.call('PUBLISH', '{WAKE_PREFIX}' .. queue, '1')  -- wake idle workers
+      end
       if redis.call('EXISTS', key) == 1 then still[#still + 1] = key else redis.call('SREM', '{BULK_ACTIVE}', key) end
     else
       still[#still + 1] = key

@@ -44,6 +44,7 @@ mediaq's keys, in the queue database unless noted:
 ``mediaq:iqdb-ids:floor``              the lowest post id handed out (they go down from 2**31 - 1)
 ``mediaq:iqdb-ids:max-direct``         the highest integer id sent to a server as its own post id
 ``mediaq:ratings:prior:<hash of url>`` the cached rating prior (cache database)
+``mediaq:wake:<queue>``                pub/sub channel: jobs were queued (workers wake from their poll sleep)
 =====================================  ==================================================================
 
 >>> batch_ids("thumbs-1"), heartbeat("host", 42)
@@ -80,6 +81,7 @@ __all__ = [
     "RETRY_PREFIX",
     "STATS",
     "THROUGHPUT_PREFIX",
+    "WAKE_PREFIX",
     "WORKERS",
     "batch",
     "batch_counts",
@@ -92,6 +94,7 @@ __all__ = [
     "heartbeat",
     "ratings_prior",
     "throughput",
+    "wake_channel",
 ]
 
 # -- arq's (equal to arq.constants, checked by the tests) ------------------------------------------------
@@ -125,6 +128,12 @@ BULK_PAUSED = "mediaq:bulk:paused"
 BULK_WINDOW = "mediaq:bulk:window"
 BULK_TURN = "mediaq:bulk:turn"
 BULK_FINISHED = "mediaq:bulk:finished"
+WAKE_PREFIX = "mediaq:wake:"
+
+
+def wake_channel(queue_name: str) -> str:
+    """The channel a message goes to when jobs are queued on ``queue_name`` (see runtime.worker_loop)."""
+    return WAKE_PREFIX + queue_name
 
 
 def health_check(queue_name: str) -> str:

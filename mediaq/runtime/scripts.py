@@ -21,7 +21,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
-from mediaq.runtime.keys import ABORT_SET, BULK_ACTIVE, IN_PROGRESS_PREFIX, JOB_PREFIX, RESULT_PREFIX, RETRY_PREFIX
+from mediaq.runtime.keys import (
+    ABORT_SET,
+    BULK_ACTIVE,
+    IN_PROGRESS_PREFIX,
+    JOB_PREFIX,
+    RESULT_PREFIX,
+    RETRY_PREFIX,
+    WAKE_PREFIX,
+)
 from mediaq.runtime.serialization import ABORTED_TYPE
 
 __all__ = ["DAY_MS", "RETRY_TTL_S", "STATES", "ChunkSender", "Claimed", "batch_counts", "claim_jobs", "enqueue_chunk",
@@ -95,6 +103,7 @@ local target = pending ~= '' and pending or queue
 for s = 1, #queued, 1000 do
   redis.call('ZADD', target, unpack(queued, s, math.min(s + 999, #queued)))
 end
+if pending == '' and #queued > 0 then redis.call('PUBLISH', '{WAKE_PREFIX}' .. queue, '1') end  -- wake idle workers
 if pending ~= '' and #queued > 0 then redis.call('SADD', '{BULK_ACTIVE}', pending) end
 for s = 1, #listed, 1000 do  -- NX: an id already listed keeps its place
   redis.call('ZADD', idset, 'NX', unpack(listed, s, math.min(s + 999, #listed)))

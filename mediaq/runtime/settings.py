@@ -76,8 +76,10 @@ class Settings:
     max_jobs: int = 10
     keep_result: float = 86400.0
     health_check_interval: float = 5.0
-    #: arq starts new jobs only when it polls, so one worker runs at most max_jobs / poll_delay jobs/s
-    #: (10 / 0.2 s = 50/s capped thumbnails at half the machine's speed); a poll is one cheap command.
+    #: How often an idle worker looks for due jobs (a poll is one cheap command). mediaq's clients also
+    #: ring the workers' doorbell when they queue jobs due now, and a busy worker reads on without
+    #: waiting (see mediaq.runtime.worker_loop), so this bounds the wait only for jobs that a stock arq
+    #: client queued or whose delay ran out.
     poll_delay: float = 0.05
     #: Bulk batches (``priority="bulk"``, see :mod:`mediaq.runtime.bulk`): at most this many of their jobs
     #: are in the queue at once, so a live job waits for at most this many to start ahead of it. 0:

@@ -45,6 +45,7 @@ async def _startup(ctx: dict[str, Any]) -> None:
     from mediaq.runtime.connections import async_client
     from mediaq.runtime.jobspec import make_process_pool
     from mediaq.runtime.recovery import Claims, Janitor, WorkerIdentity
+    from mediaq.runtime.worker_loop import Doorbell
 
     settings: Settings = ctx["mediaq_settings"]
     ctx["settings"] = settings
@@ -73,6 +74,9 @@ async def _startup(ctx: dict[str, Any]) -> None:
     ctx["stats_flush"] = asyncio.create_task(_flush_stats(ctx))
     feeder = ctx["bulk_feeder"] = BulkFeeder(ctx["redis"], settings)  # keeps bulk batches flowing: runtime.bulk
     ctx["bulk"] = asyncio.create_task(feeder.run())
+    bell = ctx["doorbell_obj"] = Doorbell(ctx["redis"], keys.wake_channel(settings.queue_name))
+    ctx["doorbell"] = asyncio.create_task(bell.run())
+    bell.install()  # arq's poll loop runs next, in this task: its sleep ends when a client rings
     _watch_lifeline()
     ready = os.environ.get(READY_FILE_ENV)
     if ready:
@@ -82,7 +86,7 @@ async def _startup(ctx: dict[str, Any]) -> None:
 
 
 async def _shutdown(ctx: dict[str, Any]) -> None:
-    for name in ("watchdog", "heartbeat", "stats_flush", "janitor", "claims_writer", "bulk"):
+    for name in ("watchdog", "heartbeat", "stats_flush", "janitor", "claims_writer", "bulk", "doorbell"):
         task = ctx.pop(name, None)
         if task is not None:
             task.cancel()

@@ -15,6 +15,10 @@ trips, and the Python that builds and parses them, are most of its cost. Here:
   end while the previous write is in flight as one ``MULTI``/``EXEC`` (each job's writes stay
   atomic: the transaction holds all of them), and each job's ``finish_job`` returns once that
   transaction (and, in durable mode, its ``WAIT``) is done, as before.
+* **a doorbell**: clients publish on ``mediaq:wake:<queue>`` when they queue jobs due now, and an
+  idle worker's poll sleep ends at that message (:class:`Doorbell`, :func:`_poll`) instead of
+  ``poll_delay`` later. It only shortens the sleep: a lost message, a stock arq client or a broken
+  subscription leave the worker polling as arq does.
 * **the loop survives Redis outages** (:func:`harden_arq_worker`).
 
 Each change is checked against arq's own code when it is patched in; on another arq version the
@@ -32,7 +36,7 @@ from typing import Any
 from mediaq.runtime.keys import ABORT_SET, IN_PROGRESS_PREFIX, JOB_PREFIX, RESULT_PREFIX, RETRY_PREFIX
 from mediaq.runtime.scripts import RETRY_TTL_S, Claimed
 
-__all__ = ["FinishWriter", "PrefetchedPipeline", "harden_arq_worker", "prefetched_pipeline"]
+__all__ = ["Doorbell", "FinishWriter", "PrefetchedPipeline", "harden_arq_worker", "prefetched_pipeline"]
 
 logger = logging.getLogger("arq.mediaq")
 
@@ -40,6 +44,9 @@ logger = logging.getLogger("arq.mediaq")
 #: ``pipeline()`` call on the worker's Redis (:func:`prefetched_pipeline`), which is ``run_job``'s read
 _PREFETCHED: contextvars.ContextVar[tuple[str, Claimed] | None] = contextvars.ContextVar("mediaq_prefetched",
                                                                                          default=None)
+
+#: the worker's doorbell, set by its startup hook in the task that then runs arq's poll loop (:func:`_poll`)
+_DOORBELL: contextvars.ContextVar[Doorbell | None] = contextvars.ContextVar("mediaq_doorbell", default=None)
 
 #: arq 0.28's ``run_job`` opens with this transaction; the claim script does the same for it
 _RUN_JOB_READ = """\
@@ -65,9 +72,11 @@ def harden_arq_worker() -> bool:
     too few replicas acknowledged in time (:class:`~mediaq.errors.ReplicationTimeout`, raised by the
     job's task and re-raised here by arq) is logged as an error and polling goes on.
 
-    ``start_jobs`` becomes :func:`_claiming_start_jobs` and ``finish_job`` goes through a
-    :class:`FinishWriter` (see the module doc). Returns whether it patched.
+    ``start_jobs`` becomes :func:`_claiming_start_jobs`, ``finish_job`` goes through a
+    :class:`FinishWriter` and the poll loop's sleep can be cut short by a :class:`Doorbell` (see the
+    module doc). Returns whether it patched.
     """
+    import arq.worker
     from arq.worker import Worker
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -102,6 +111,8 @@ def harden_arq_worker() -> bool:
     Worker.start_jobs = _claiming_start_jobs  # type: ignore[method-assign]
     Worker.finish_job = _grouped_finish_job  # type: ignore[method-assign]
     Worker._poll_iteration = hardened_poll_iteration  # type: ignore[method-assign]
+    if callable(getattr(arq.worker, "poll", None)):  # Worker.main's `async for _ in poll(self.poll_delay_s)`
+        arq.worker.poll = _poll  # type: ignore[attr-defined]
     Worker._mediaq_hardened = True  # type: ignore[attr-defined]
     return True
 
@@ -400,3 +411,79 @@ class FinishWriter:
             if delete:
                 tr.delete(*delete)
             await tr.execute()
+
+
+class Doorbell:
+    """Wakes an idle worker when jobs are queued: a subscription to ``channel`` (``mediaq:wake:<queue>``,
+    published by mediaq's enqueue paths for jobs due now) that sets :attr:`rung`.
+
+    ``run()`` keeps the subscription (on a connection of its own from the worker's pool) and makes a
+    new one a second after it fails; while it is down the worker polls every ``poll_delay`` as arq
+    does. :meth:`install` makes it the doorbell of the poll loop that runs in the current task (arq
+    calls the worker's startup hook in that task just before its loop).
+
+    >>> bell = Doorbell(None, "mediaq:wake:arq:queue")
+    >>> bell
+    <Doorbell channel='mediaq:wake:arq:queue' rings=0 subscribed=False>
+    """
+
+    def __init__(self, redis: Any, channel: str) -> None:
+        self.redis, self.channel = redis, channel
+        self.rung = asyncio.Event()
+        self.rings = 0
+        self.subscribed = False
+
+    def __repr__(self) -> str:
+        return f"<Doorbell channel={self.channel!r} rings={self.rings} subscribed={self.subscribed}>"
+
+    def install(self) -> None:
+        _DOORBELL.set(self)
+
+    async def run(self, *, retry_after: float = 1.0) -> None:
+        while True:
+            try:
+                async with self.redis.pubsub() as pubsub:
+                    await pubsub.subscribe(self.channel)
+                    self.subscribed = True
+                    while True:
+                        # a timeout below the connection's socket_timeout: silence is not an error
+                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
+                        if message is not None:
+                            self.rings += 1
+                            self.rung.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis away: polling goes on meanwhile
+                logger.debug("doorbell subscription failed (%s); subscribing again in %.0f s", exc, retry_after)
+            finally:
+                self.subscribed = False
+            await asyncio.sleep(retry_after)
+
+
+#: the shortest pause between two polls when the doorbell rings: a flood of single enqueues wakes a
+#: worker at most this often
+MIN_POLL_GAP = 0.002
+
+
+async def _poll(step: float = 0.5) -> Any:
+    """arq's ``arq.utils.poll`` (yield, then sleep what is left of ``step``), whose sleep ends early
+    when this task's :class:`Doorbell` rings; rings during an iteration make the next one come at once."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    bell = _DOORBELL.get()
+    while True:
+        before = loop.time()
+        if bell is not None:
+            bell.rung.clear()  # what rings from here on may be missed by this iteration's read
+        yield before - start
+        after = loop.time()
+        wait = max(0.0, step - after + before)
+        if bell is None or wait <= 0:
+            await asyncio.sleep(wait)
+            continue
+        if not bell.rung.is_set():
+            try:
+                await asyncio.wait_for(bell.rung.wait(), wait)
+            except TimeoutError:
+                continue
+        await asyncio.sleep(min(MIN_POLL_GAP, wait))
