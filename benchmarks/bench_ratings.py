@@ -4,23 +4,24 @@ Data: N images (every one rated at least once, popularity log-normal) and R rati
 users per image; 100k images / 1M ratings (``--quick``: 10k / 100k). In one run, side by side:
 
 - **queue**, issue 17's row first: the whole library (``enqueue_library`` with no ids: the client
-  reads the key-range boundaries from the database, one ``recalculate_ratings_range`` job per range,
-  each one range scan), with the default ``chunk_size=None`` (``max_jobs`` ranges) and ranges of
-  1000; then the same library as an explicit id list (chunks of ``max_jobs`` and of 1000 ids, one
-  upsert each). One local worker (seed settings) into the SQLite store, timed from the first
-  enqueue to the last result, prior recomputed from the database (``refresh_prior=True``: a
-  ``refresh_rating_prior`` job goes ahead of the chunks), from an empty stats table; every run is
-  checked against pandas to 1e-9. CPU seconds: the client process plus the worker and its children;
+  reads the key-range boundaries and the prior from the database in one pass and caches the prior,
+  one ``recalculate_ratings_range`` job per range, each one range scan), with the default
+  ``chunk_size=None`` (``max_jobs`` ranges) and ranges of 1000; then the same library as an explicit
+  id list (chunks of ``max_jobs`` and of 1000 ids, one upsert each). One local worker (seed
+  settings) into the SQLite store, timed from the first enqueue to the last result, prior recomputed
+  from the database (``refresh_prior=True``; for id lists a ``refresh_rating_prior`` job goes ahead
+  of the chunks), from an empty stats table; every run is checked against pandas to 1e-9. CPU
+  seconds: the client process plus the worker and its children;
 - **baseline**: one pandas groupby over the same ratings in memory (``bayesian_ratings``: groupby
   count/sum, the prior, the formula); issue 17's target is queue <= 1x this (issue 5's was 3x);
 - where the queue's time goes (default chunks of each form, medians): the client's enqueue (for
-  ranges, mostly reading the boundaries), the first enqueue to the first chunk starting in the
-  worker, the first chunk start to the last chunk end (the prior job runs meanwhile; the chunks wait
-  for it, then take turns on SQLite's one writer), and the last chunk end to ``batch.wait()``
+  ranges, mostly the pass for boundaries and prior), the first enqueue to the first chunk starting in the
+  worker, the first chunk start to the last chunk end (id lists: the prior job runs meanwhile and
+  the chunks wait for it; then they take turns on SQLite's one writer), and the last chunk end to ``batch.wait()``
   returning (``poll_interval=0.02``); and the run-to-run spread of each form and of pandas;
 - the store alone: the same ranges and the same id chunks one after another with no queue (the
   prior, then one statement per chunk: the SQL floor of each queue form, since SQLite takes one
-  writer at a time), reading the boundaries, and ``recalculate_all`` (one statement);
+  writer at a time), the client's pass for boundaries and prior, and ``recalculate_all`` (one statement);
 - the per-image job form (``recalculate_rating``, one job per image) on a subset, as jobs/s against
   the chunked form's images/s;
 - loading: ``RatingsStore.load_frame`` against ``DataFrame.to_sql`` into the same schema.
@@ -106,8 +107,8 @@ async def _bench(ctx: BenchContext) -> list[dict]:
     want = bayesian_ratings(frame)
     auto = max(1000, -(-n_images // ctx.settings.max_jobs))
     floor_s, _ = _median_time(lambda: _chunks_in_the_store(store, list(want.index), auto))
-    bounds_s, bounds = _median_time(lambda: store.range_bounds(auto))
-    range_floor_s, _ = _median_time(lambda: _ranges_in_the_store(store, bounds))
+    plan_s, (bounds, _, _) = _median_time(lambda: store.library_plan(auto, with_prior=True))
+    range_floor_s, _ = _median_time(lambda: _ranges_in_the_store(store, auto))
 
     client = await mediaq.connect(settings=ctx.settings)
     try:
@@ -161,10 +162,10 @@ async def _bench(ctx: BenchContext) -> list[dict]:
                             "(the baseline above: their median)", pandas_s, pandas_s, "s", higher_is_better=False,
                             baseline_name="one pandas groupby, in memory"))
             rows.append(row(f"recalculate {label} in the store alone, {len(bounds) + 1} key ranges one after another "
-                            "(prior + one range scan each, no queue)", range_floor_s, pandas_s, "s",
-                            higher_is_better=False, baseline_name="one pandas groupby, in memory"))
-            rows.append(row(f"  reading the {len(bounds)} range boundaries (RatingsStore.range_bounds, client)",
-                            bounds_s, pandas_s, "s", higher_is_better=False,
+                            "(bounds and prior in one pass, then one range scan each, no queue)", range_floor_s,
+                            pandas_s, "s", higher_is_better=False, baseline_name="one pandas groupby, in memory"))
+            rows.append(row(f"  reading the {len(bounds)} range boundaries and the prior in one pass "
+                            "(RatingsStore.library_plan, in the client)", plan_s, pandas_s, "s", higher_is_better=False,
                             baseline_name="one pandas groupby, in memory"))
             rows.append(row(f"recalculate {label} in the store alone, the same {auto}-id chunks one after another "
                             "(prior + one statement each, no queue)", floor_s, pandas_s, "s",
@@ -217,7 +218,7 @@ def _steps(results: pd.DataFrame, marks: dict[str, float]) -> dict[str, float]:
     first_start = results["start_time"].min().timestamp()
     last_finish = results["finish_time"].max().timestamp()
     return {
-        "the client's enqueue (prior job, boundaries or ids, chunks)": marks["enqueued"] - marks["start"],
+        "the client's enqueue (bounds + prior pass, or prior job + ids; chunks)": marks["enqueued"] - marks["start"],
         "first enqueue to the first chunk starting in the worker": first_start - marks["start"],
         "first chunk start to the last chunk end (prior + SQL, one writer)": last_finish - first_start,
         "last chunk end to batch.wait() returning": marks["waited"] - last_finish,
@@ -231,9 +232,10 @@ def _chunks_in_the_store(store: RatingsStore, ids: list[str], size: int) -> None
         store.recalculate(ids[start : start + size], C, m)
 
 
-def _ranges_in_the_store(store: RatingsStore, bounds: list[str]) -> None:
-    """What the whole-library range jobs do, in one thread and with no queue: the prior, then each range."""
-    C, m = store.prior()
+def _ranges_in_the_store(store: RatingsStore, size: int) -> None:
+    """What a whole-library run does, in one thread and with no queue: the boundaries and the prior
+    (the client's pass), then each range."""
+    bounds, _, (C, m) = store.library_plan(size, with_prior=True)
     for lo, hi in zip([None, *bounds], [*bounds, None], strict=True):
         store.recalculate_range(lo, hi, C, m)
 

@@ -265,23 +265,26 @@ async def test_whole_library_ranges_cover_images_added_after_the_bounds_through_
     frame = random_ratings(17, images=200, rows=2000)
     store.load_frame(frame)
     store.add_images(["p0100-unrated"])
+    await client.cache.set(keys.ratings_prior(url), "[1.0, 2.0]")  # stale
     batch = await enqueue_library(client, chunk_size=40, ratings_url=url, refresh_prior=True)  # no worker yet
+    assert await client.job(prior_job_id(batch.name)).status() == JobStatus.not_found  # read with the bounds
+    C, m = len(frame) / frame["image_id"].nunique(), frame["score"].mean()
+    assert json.loads(await client.cache.get(keys.ratings_prior(url))) == pytest.approx([C, m], rel=1e-15)
     late = pd.DataFrame({"image_id": ["a-first", "p0100-late", "z-last"], "user_id": [1, 2, 3], "score": [2, 9, 7]})
     store.load_frame(late)
     frame = pd.concat([frame, late], ignore_index=True)
     start_worker(ratings_url=url)
     await batch.wait(progress=False, timeout=60, poll_interval=0.05)
     res = await batch.results()
-    assert res["success"].all() and len(res) == math.ceil((frame["image_id"].nunique() - 3 + 1) / 40)
+    assert res["success"].all() and len(res) == math.ceil((frame["image_id"].nunique() - 3) / 40)
     assert res["updated"].sum() == frame["image_id"].nunique() + 1
-    prior = await client.result(prior_job_id(batch.name), timeout=20)
-    assert (res["C"] == prior["C"]).all() and prior["C"] == pytest.approx(len(frame) / frame["image_id"].nunique())
+    assert set(res["prior_source"]) == {"cache"} and res["C"].tolist() == pytest.approx([C] * len(res), rel=1e-15)
     stats = store.stats()
-    want = bayesian_ratings(frame)
+    want = bayesian_ratings(frame, C=res["C"].iloc[0], m=res["m"].iloc[0])  # the prior read with the bounds
     np.testing.assert_allclose(stats.loc[want.index, "bayesian"], want["bayesian"], rtol=1e-12)
     assert stats.loc["p0100-unrated", "bayesian"] == 0.0 and len(stats) == len(want) + 1
     single = await client.result(await client.enqueue_job("recalculate_rating", "z-last"), timeout=20)
-    assert single["bayesian"] == stats.loc["z-last", "bayesian"]
+    assert single["prior_source"] == "cache" and single["bayesian"] == stats.loc["z-last", "bayesian"]
     store.close()
 
 
@@ -354,7 +357,12 @@ async def test_unreachable_database_fails_after_the_retries(client: mediaq.Clien
 async def test_enqueue_library_chunking_and_validation(client: mediaq.Client, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/r.db"
     store = RatingsStore(url)
-    store.add_images([f"i{k:05d}" for k in range(2500)])
+
+    def rate(images: range) -> None:
+        store.load_frame(pd.DataFrame({"image_id": [f"i{k:05d}" for k in images], "user_id": 1, "score": 5}))
+
+    rate(range(2500))
+    store.add_images([f"u{k:05d}" for k in range(5000)])  # unrated: covered by the last range, not counted
     batch = await enqueue_library(client, ratings_url=url)  # the whole library: key ranges of 1000 images
     assert len(batch) == 3
     jobs = [await client.job(job_id).info() for job_id in batch.ids]
@@ -362,7 +370,7 @@ async def test_enqueue_library_chunking_and_validation(client: mediaq.Client, tm
     assert [(j.kwargs["start"], j.kwargs["stop"]) for j in jobs] == [(None, "i01000"), ("i01000", "i02000"),
                                                                      ("i02000", None)]
     assert batch.ids[0] == range_job_id(batch.name, None, "i01000")
-    store.add_images([f"i{k:05d}" for k in range(2500, 25_000)])
+    rate(range(2500, 25_000))
     auto = await enqueue_library(client, ratings_url=url)  # max_jobs ranges of a multiple of 1000 images
     assert [(await client.job(job_id).info()).kwargs["stop"] for job_id in auto.ids] == [
         *(f"i{k:05d}" for k in range(3000, 25_000, 3000)), None]  # 25k images: 9 ranges of 3000 (>= 2500)

@@ -126,6 +126,12 @@ def _check_ranges_match_id_lists(store: RatingsStore, seed: int) -> None:
     known = store.image_ids()
     for size in (1, 7, 100, len(known), len(known) + 5):
         assert store.range_bounds(size) == known[size::size]
+    rated = sorted(frame["image_id"].unique())
+    for size in (1, 7, 100, len(rated), len(rated) + 5):
+        bounds, images, prior = store.library_plan(size, with_prior=True)
+        assert bounds == rated[size::size] and images == len(rated)
+        assert prior == pytest.approx(store.prior(), rel=1e-15)
+        assert store.library_plan(size) == (bounds, images, None)
     bounds = store.range_bounds(50)
     late = pd.DataFrame({"image_id": ["a-first", "p0150z", "zz-last"], "user_id": [1, 1, 1], "score": [3, 9, 6]})
     store.load_frame(late)  # after the bounds were read: below the first, between, above the last
@@ -155,12 +161,19 @@ def test_key_ranges_recalculate_exactly_what_id_lists_do(store: RatingsStore) ->
     with store.engine.connect() as conn:  # the other databases' boundary query agrees with SQLite's hops
         for size in (1, 13, 50):
             assert list(conn.scalars(store._window_bounds(), {"size": size})) == store.range_bounds(size)
+            rated = list(conn.scalars(store._window_bounds(rated_only=True), {"size": size}))
+            assert rated == store.library_plan(size)[0]
     assert store.range_bounds(1000) == []
     assert store.recalculate_range("zzzz", None) == {"updated": 0, "unknown": [], "C": pytest.approx(store.prior()[0]),
                                                      "m": pytest.approx(store.prior()[1])}
     for bad in (0, -1, 2.5, True):
         with pytest.raises(ConfigError, match="range size"):
             store.range_bounds(bad)
+        with pytest.raises(ConfigError, match="range size"):
+            store.library_plan(bad)
+    empty = RatingsStore(f"sqlite:///{store.engine.url.database}-empty")
+    assert empty.library_plan(10, with_prior=True) == ([], 0, (0.0, 0.0))
+    empty.close()
 
 
 def test_a_range_of_rated_images_skips_the_unrated_update_on_sqlite(store: RatingsStore) -> None:
