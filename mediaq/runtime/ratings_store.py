@@ -431,9 +431,10 @@ class RatingsStore:
 
         The pass that finds the boundaries counts the rated images on the way (the prior's costly
         ``DISTINCT``), so the prior only adds ``count``/``sum`` over the ratings, read side by side on
-        a second connection on SQLite (as :meth:`prior` does): ~90 ms of CPU for bounds and prior of
-        100k images / 1M ratings, against ~140 ms for :meth:`range_bounds` plus :meth:`prior`.
-        The two connections read their own snapshots (see :meth:`_sqlite_prior_side_by_side`).
+        a second connection on SQLite (as :meth:`prior` does). For 100k images / 1M ratings on a
+        shared 2-core machine: 59-81 ms for bounds and prior (bench_ratings, 2 runs), against
+        56-60 ms for :meth:`range_bounds` alone and ~100 ms more for :meth:`prior`. The two
+        connections read their own snapshots (see :meth:`_sqlite_prior_side_by_side`).
 
         >>> s = RatingsStore("sqlite://")
         >>> _ = s.load_frame(pd.DataFrame({"image_id": list("aabcde"), "user_id": [1, 2, 1, 1, 1, 1],
