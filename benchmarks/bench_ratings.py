@@ -3,19 +3,25 @@
 Data: N images (every one rated at least once, popularity log-normal) and R ratings 1..10 by distinct
 users per image; 100k images / 1M ratings (``--quick``: 10k / 100k). In one run, side by side:
 
-- **queue**: ``enqueue_library`` (chunks of 1000 ids, and the default ``chunk_size=None``: ``max_jobs``
-  chunks; one upsert statement each) through one local worker (seed settings) into the SQLite store,
-  timed from the first enqueue to the last result, prior recomputed from the database
-  (``refresh_prior=True``: a ``refresh_rating_prior`` job goes ahead of the chunks); results checked
-  against pandas to 1e-9;
+- **queue**, issue 17's row first: the whole library (``enqueue_library`` with no ids: the client
+  reads the key-range boundaries and the prior from the database in one pass and caches the prior,
+  one ``recalculate_ratings_range`` job per range, each one range scan), with the default
+  ``chunk_size=None`` (``max_jobs`` ranges) and ranges of 1000; then the same library as an explicit
+  id list (chunks of ``max_jobs`` and of 1000 ids, one upsert each). One local worker (seed
+  settings) into the SQLite store, timed from the first enqueue to the last result, prior recomputed
+  from the database (``refresh_prior=True``; for id lists a ``refresh_rating_prior`` job goes ahead
+  of the chunks), from an empty stats table; every run is checked against pandas to 1e-9. CPU
+  seconds: the client process plus the worker and its children;
 - **baseline**: one pandas groupby over the same ratings in memory (``bayesian_ratings``: groupby
   count/sum, the prior, the formula); issue 17's target is queue <= 1x this (issue 5's was 3x);
-- where the queue's time goes (default chunks, medians): the client's enqueue, the first enqueue to
-  the first chunk starting in the worker, the first chunk start to the last chunk end, and the
-  last chunk end to ``batch.wait()`` returning (``poll_interval=0.02``);
-- the store alone: the same chunks one after another with no queue (the prior, then one
-  ``recalculate`` per chunk: the SQL floor of the queue path, since SQLite takes one writer at a
-  time), and ``recalculate_all`` (one statement, no id list);
+- where the queue's time goes (default chunks of each form, medians): the client's enqueue (for
+  ranges, mostly the pass for boundaries and prior), the first enqueue to the first chunk starting in the
+  worker, the first chunk start to the last chunk end (id lists: the prior job runs meanwhile and
+  the chunks wait for it; then they take turns on SQLite's one writer), and the last chunk end to ``batch.wait()``
+  returning (``poll_interval=0.02``); and the run-to-run spread of each form and of pandas;
+- the store alone: the same ranges and the same id chunks one after another with no queue (the
+  prior, then one statement per chunk: the SQL floor of each queue form, since SQLite takes one
+  writer at a time), the client's pass for boundaries and prior, and ``recalculate_all`` (one statement);
 - the per-image job form (``recalculate_rating``, one job per image) on a subset, as jobs/s against
   the chunked form's images/s;
 - loading: ``RatingsStore.load_frame`` against ``DataFrame.to_sql`` into the same schema.
@@ -42,9 +48,9 @@ from mediaq.pure.ratings import bayesian_ratings
 from mediaq.runtime.ratings_store import RatingsStore
 
 REPEATS = 3
-#: the helper's default (1000) and ``None``: max_jobs chunks. With a poll_delay of 0.2 s and
-#: max_jobs (10) a worker starts about 10 jobs per poll, so 100 chunks of 1000 wait on ~10 polls.
-CHUNK_SIZES: tuple[int | None, ...] = (1000, None)
+#: (form, chunk_size): ``"range"`` is the whole library (``enqueue_library`` with no ids: key ranges,
+#: the issue's row, first), ``"ids"`` the same library as an explicit id list; ``None``: max_jobs chunks.
+VARIANTS: tuple[tuple[str, int | None], ...] = (("range", None), ("range", 1000), ("ids", None), ("ids", 1000))
 
 
 def make_library(images: int, ratings: int, seed: int = 5) -> pd.DataFrame:
@@ -101,6 +107,8 @@ async def _bench(ctx: BenchContext) -> list[dict]:
     want = bayesian_ratings(frame)
     auto = max(1000, -(-n_images // ctx.settings.max_jobs))
     floor_s, _ = _median_time(lambda: _chunks_in_the_store(store, list(want.index), auto))
+    plan_s, (bounds, _, _) = _median_time(lambda: store.library_plan(auto, with_prior=True))
+    range_floor_s, _ = _median_time(lambda: _ranges_in_the_store(store, auto))
 
     client = await mediaq.connect(settings=ctx.settings)
     try:
@@ -113,42 +121,52 @@ async def _bench(ctx: BenchContext) -> list[dict]:
             # side by side, interleaved (the machine is shared: medians of alternating runs)
             pandas_times: list[float] = []
             pandas_cpu: list[float] = []
-            queue_cpu: dict[int | None, list[float]] = {}
-            sizes = [size for size in CHUNK_SIZES if (size is None and auto != 1000) or size == 1000]
-            queue_times: dict[int | None, list[float]] = {size: [] for size in sizes}
-            steps: dict[str, list[float]] = {}
+            variants = [(form, size) for form, size in VARIANTS if size == 1000 or auto != 1000]
+            queue_times: dict[tuple[str, int | None], list[float]] = {v: [] for v in variants}
+            queue_cpu: dict[tuple[str, int | None], list[float]] = {v: [] for v in variants}
+            steps: dict[tuple[str, int | None], dict[str, list[float]]] = {v: {} for v in variants}
             for _ in range(REPEATS):
-                for size in sizes:
+                for variant in variants:
                     t, cpu = time.perf_counter(), time.process_time()
                     bayesian_ratings(frame)
                     pandas_times.append(time.perf_counter() - t)
                     pandas_cpu.append(time.process_time() - cpu)
                     cpu = time.process_time() + _cpu(worker.pid)
-                    elapsed, batch, marks = await _through_queue(client, store, ids, size, url)
-                    queue_cpu.setdefault(size, []).append(time.process_time() + _cpu(worker.pid) - cpu)
-                    queue_times[size].append(elapsed)
+                    elapsed, batch, marks = await _through_queue(client, store, ids, variant, url)
+                    queue_cpu[variant].append(time.process_time() + _cpu(worker.pid) - cpu)
+                    queue_times[variant].append(elapsed)
                     results = await batch.results()
                     if results["updated"].sum() != len(ids) or any(len(u) for u in results["unknown"]):
-                        raise RuntimeError("chunked recalculation did not update every image")
-                    if size is None:
-                        for step, seconds in _steps(results, marks).items():
-                            steps.setdefault(step, []).append(seconds)
+                        raise RuntimeError(f"{variant} recalculation did not update every image")
+                    _check(store, want)  # every run: each starts from an empty stats table
+                    for step, seconds in _steps(results, marks).items():
+                        steps[variant].setdefault(step, []).append(seconds)
             pandas_s = statistics.median(pandas_times)
-            _check(store, want)
-            for size in sizes:
-                queue_s = statistics.median(queue_times[size])
+            for variant in variants:
+                form, size = variant
+                queue_s = statistics.median(queue_times[variant])
                 chunks = "1000" if size == 1000 else f"{auto} (chunk_size=None: max_jobs chunks)"
-                rows.append(row(f"recalculate {label} through the queue (chunks of {chunks}, 1 worker)", queue_s,
+                what = ("the whole library (no ids: key ranges" if form == "range" else "an explicit id list (chunks")
+                rows.append(row(f"recalculate {label} through the queue, {what} of {chunks}, 1 worker)", queue_s,
                                 pandas_s, "s", higher_is_better=False,
                                 baseline_name="one pandas groupby, in memory"))
-                rows.append(row("  same, against issue 5's target of 3x one pandas groupby", queue_s, 3 * pandas_s, "s",
-                                higher_is_better=False, baseline_name="3 x pandas groupby"))
-                rows.append(row("  same, CPU seconds (worker + client processes; less sensitive to load)",
-                                statistics.median(queue_cpu[size]), statistics.median(pandas_cpu), "CPU s",
+                spread = f"{min(queue_times[variant]):.3f}-{max(queue_times[variant]):.3f} s"
+                rows.append(row(f"  same, CPU seconds (worker + client processes; runs {spread})",
+                                statistics.median(queue_cpu[variant]), statistics.median(pandas_cpu), "CPU s",
                                 higher_is_better=False, baseline_name="pandas groupby, CPU s"))
-            for step, seconds in steps.items():
-                rows.append(row(f"  default chunks, {step}", statistics.median(seconds), pandas_s, "s",
-                                higher_is_better=False, baseline_name="one pandas groupby, in memory"))
+                if size is None:
+                    for step, seconds in steps[variant].items():
+                        rows.append(row(f"  {form}, default chunks: {step}", statistics.median(seconds), pandas_s,
+                                        "s", higher_is_better=False, baseline_name="one pandas groupby, in memory"))
+            rows.append(row(f"  pandas groupby runs {min(pandas_times):.3f}-{max(pandas_times):.3f} s "
+                            "(the baseline above: their median)", pandas_s, pandas_s, "s", higher_is_better=False,
+                            baseline_name="one pandas groupby, in memory"))
+            rows.append(row(f"recalculate {label} in the store alone, {len(bounds) + 1} key ranges one after another "
+                            "(bounds and prior in one pass, then one range scan each, no queue)", range_floor_s,
+                            pandas_s, "s", higher_is_better=False, baseline_name="one pandas groupby, in memory"))
+            rows.append(row(f"  reading the {len(bounds)} range boundaries and the prior in one pass "
+                            "(RatingsStore.library_plan, in the client)", plan_s, pandas_s, "s", higher_is_better=False,
+                            baseline_name="one pandas groupby, in memory"))
             rows.append(row(f"recalculate {label} in the store alone, the same {auto}-id chunks one after another "
                             "(prior + one statement each, no queue)", floor_s, pandas_s, "s",
                             higher_is_better=False, baseline_name="one pandas groupby, in memory"))
@@ -173,8 +191,8 @@ async def _bench(ctx: BenchContext) -> list[dict]:
     return rows
 
 
-async def _through_queue(client: mediaq.Client, store: RatingsStore, ids: list[str], size: int | None,
-                         url: str) -> tuple[float, Batch, dict[str, float]]:
+async def _through_queue(client: mediaq.Client, store: RatingsStore, ids: list[str],
+                         variant: tuple[str, int | None], url: str) -> tuple[float, Batch, dict[str, float]]:
     """Seconds from the first enqueue to the last result, starting from an empty stats table and with
     the prior recomputed from the database (pandas computes it too); and the wall-clock marks of the
     start, the end of the enqueue and the end of the wait."""
@@ -182,7 +200,9 @@ async def _through_queue(client: mediaq.Client, store: RatingsStore, ids: list[s
         conn.exec_driver_sql("DELETE FROM rating_stats")
     marks = {"start": time.time()}
     t = time.perf_counter()
-    batch = await enqueue_library(client, ids, chunk_size=size, ratings_url=url, refresh_prior=True)
+    form, size = variant
+    batch = await enqueue_library(client, None if form == "range" else ids, chunk_size=size, ratings_url=url,
+                                  refresh_prior=True)
     marks["enqueued"] = time.time()
     counts = await batch.wait(progress=False, timeout=600, poll_interval=0.02)
     elapsed = time.perf_counter() - t
@@ -198,7 +218,7 @@ def _steps(results: pd.DataFrame, marks: dict[str, float]) -> dict[str, float]:
     first_start = results["start_time"].min().timestamp()
     last_finish = results["finish_time"].max().timestamp()
     return {
-        "the client's enqueue (ids cleaned, prior job, chunks)": marks["enqueued"] - marks["start"],
+        "the client's enqueue (bounds + prior pass, or prior job + ids; chunks)": marks["enqueued"] - marks["start"],
         "first enqueue to the first chunk starting in the worker": first_start - marks["start"],
         "first chunk start to the last chunk end (prior + SQL, one writer)": last_finish - first_start,
         "last chunk end to batch.wait() returning": marks["waited"] - last_finish,
@@ -210,6 +230,14 @@ def _chunks_in_the_store(store: RatingsStore, ids: list[str], size: int) -> None
     C, m = store.prior()
     for start in range(0, len(ids), size):
         store.recalculate(ids[start : start + size], C, m)
+
+
+def _ranges_in_the_store(store: RatingsStore, size: int) -> None:
+    """What a whole-library run does, in one thread and with no queue: the boundaries and the prior
+    (the client's pass), then each range."""
+    bounds, _, (C, m) = store.library_plan(size, with_prior=True)
+    for lo, hi in zip([None, *bounds], [*bounds, None], strict=True):
+        store.recalculate_range(lo, hi, C, m)
 
 
 def _cpu(pid: int | None) -> float:

@@ -19,9 +19,15 @@ from arq.worker import Retry
 from helpers import eventually, random_ratings
 
 import mediaq
-from mediaq.client.ratings import chunk_job_id, enqueue_library, prior_job_id
+from mediaq.client.ratings import chunk_job_id, enqueue_library, prior_job_id, range_job_id
 from mediaq.errors import PermanentJobError, TransientJobError
-from mediaq.jobs.ratings import close_stores, get_prior, recalculate_rating, recalculate_ratings
+from mediaq.jobs.ratings import (
+    close_stores,
+    get_prior,
+    recalculate_rating,
+    recalculate_ratings,
+    recalculate_ratings_range,
+)
 from mediaq.pure.ratings import bayesian_ratings
 from mediaq.runtime import keys
 from mediaq.runtime.connections import with_db
@@ -105,6 +111,9 @@ async def test_jobs_report_unknown_ids_and_use_the_cached_prior(ctx: dict[str, A
     chunk = await recalculate_ratings(ctx, ["b", "ghost", "a", 7])
     assert chunk.pop("db_seconds") > 0
     assert chunk == {"updated": 2, "unknown": ["ghost", "7"], "C": 1.5, "m": 7.0, "prior_source": "cache"}
+    ranged = await recalculate_ratings_range(ctx, None, "b")
+    assert ranged.pop("db_seconds") > 0
+    assert ranged == {"updated": 1, "unknown": [], "C": 1.5, "m": 7.0, "prior_source": "cache"}
     given = await recalculate_ratings(ctx, ["a"], C=0, m=0)
     assert given["prior_source"] == "given"
     assert store.stats(["a"]).loc["a", "bayesian"] == 9.0  # no prior: the plain mean
@@ -124,6 +133,10 @@ async def test_jobs_report_unknown_ids_and_use_the_cached_prior(ctx: dict[str, A
         (recalculate_ratings, [["ok"]], {"C": -1, "m": 5}),
         (recalculate_ratings, [["ok"]], {"C": "5", "m": 5}),
         (recalculate_rating, ["ok"], {"C": 1, "m": float("nan")}),
+        (recalculate_ratings_range, [5], {}),
+        (recalculate_ratings_range, [None, ["b"]], {}),
+        (recalculate_ratings_range, ["a", "x" * 300], {}),
+        (recalculate_ratings_range, [None, None], {"m": 5}),
     ],
 )
 async def test_bad_arguments_fail_permanently(ctx: dict[str, Any], function: Any, args: list[Any],
@@ -201,6 +214,9 @@ async def test_chunked_and_per_image_jobs_agree_through_a_worker(client: mediaq.
     await fresh.wait(progress=False, timeout=60, poll_interval=0.05)
     res = await fresh.results()
     assert res["updated"].sum() == len(ids) - 1 and set(res["prior_source"]) == {"given"}
+    assert not any(len(u) for u in res["unknown"])  # ranges hold known images only ("ghost-1" is not one)
+    assert set(frame.columns) - {"image_ids"} <= set(res.columns)  # the id-list chunks' columns, and:
+    assert set(res.columns) - set(frame.columns) == {"start", "stop", "result_C", "result_m"}  # (C, m given)
     stats = store.stats()
     rated = stats["count"] > 0
     np.testing.assert_allclose(stats.loc[rated, "bayesian"], stats.loc[rated, "mean"], rtol=1e-12)
@@ -236,6 +252,39 @@ async def test_refresh_prior_runs_ahead_of_the_chunks_through_a_worker(client: m
     given = await enqueue_library(client, ids[:5], ratings_url=url, refresh_prior=True, prior=(0.0, 0.0))
     await given.wait(progress=False, timeout=60, poll_interval=0.05)
     assert await client.job(prior_job_id(given.name)).status() == JobStatus.not_found  # a given prior: no job
+    store.close()
+
+
+async def test_whole_library_ranges_cover_images_added_after_the_bounds_through_a_worker(
+        client: mediaq.Client, start_worker: Any, tmp_path: Path) -> None:
+    """``enqueue_library`` with no ids: key-range jobs that recalculate every image in their range,
+    also images rated after the client read the boundaries (below the first, between, above the
+    last), as the per-image job would, with the prior refreshed ahead of them."""
+    url = f"sqlite:///{tmp_path}/r.db"
+    store = RatingsStore(url)
+    frame = random_ratings(17, images=200, rows=2000)
+    store.load_frame(frame)
+    store.add_images(["p0100-unrated"])
+    await client.cache.set(keys.ratings_prior(url), "[1.0, 2.0]")  # stale
+    batch = await enqueue_library(client, chunk_size=40, ratings_url=url, refresh_prior=True)  # no worker yet
+    assert await client.job(prior_job_id(batch.name)).status() == JobStatus.not_found  # read with the bounds
+    C, m = len(frame) / frame["image_id"].nunique(), frame["score"].mean()
+    assert json.loads(await client.cache.get(keys.ratings_prior(url))) == pytest.approx([C, m], rel=1e-15)
+    late = pd.DataFrame({"image_id": ["a-first", "p0100-late", "z-last"], "user_id": [1, 2, 3], "score": [2, 9, 7]})
+    store.load_frame(late)
+    frame = pd.concat([frame, late], ignore_index=True)
+    start_worker(ratings_url=url)
+    await batch.wait(progress=False, timeout=60, poll_interval=0.05)
+    res = await batch.results()
+    assert res["success"].all() and len(res) == math.ceil((frame["image_id"].nunique() - 3) / 40)
+    assert res["updated"].sum() == frame["image_id"].nunique() + 1
+    assert set(res["prior_source"]) == {"cache"} and res["C"].tolist() == pytest.approx([C] * len(res), rel=1e-15)
+    stats = store.stats()
+    want = bayesian_ratings(frame, C=res["C"].iloc[0], m=res["m"].iloc[0])  # the prior read with the bounds
+    np.testing.assert_allclose(stats.loc[want.index, "bayesian"], want["bayesian"], rtol=1e-12)
+    assert stats.loc["p0100-unrated", "bayesian"] == 0.0 and len(stats) == len(want) + 1
+    single = await client.result(await client.enqueue_job("recalculate_rating", "z-last"), timeout=20)
+    assert single["prior_source"] == "cache" and single["bayesian"] == stats.loc["z-last", "bayesian"]
     store.close()
 
 
@@ -308,12 +357,29 @@ async def test_unreachable_database_fails_after_the_retries(client: mediaq.Clien
 async def test_enqueue_library_chunking_and_validation(client: mediaq.Client, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/r.db"
     store = RatingsStore(url)
-    store.add_images([f"i{k:05d}" for k in range(2500)])
-    batch = await enqueue_library(client, ratings_url=url)  # the whole library, 1000 ids a job
+
+    def rate(images: range) -> None:
+        store.load_frame(pd.DataFrame({"image_id": [f"i{k:05d}" for k in images], "user_id": 1, "score": 5}))
+
+    rate(range(2500))
+    store.add_images([f"u{k:05d}" for k in range(5000)])  # unrated: covered by the last range, not counted
+    batch = await enqueue_library(client, ratings_url=url)  # the whole library: key ranges of 1000 images
     assert len(batch) == 3
     jobs = [await client.job(job_id).info() for job_id in batch.ids]
-    assert [len(j.kwargs["image_ids"]) for j in jobs] == [1000, 1000, 500]
-    assert jobs[0].kwargs["image_ids"][0] == "i00000" and jobs[2].kwargs["image_ids"][-1] == "i02499"
+    assert {j.function for j in jobs} == {"recalculate_ratings_range"}
+    assert [(j.kwargs["start"], j.kwargs["stop"]) for j in jobs] == [(None, "i01000"), ("i01000", "i02000"),
+                                                                     ("i02000", None)]
+    assert batch.ids[0] == range_job_id(batch.name, None, "i01000")
+    rate(range(2500, 25_000))
+    auto = await enqueue_library(client, ratings_url=url)  # max_jobs ranges of a multiple of 1000 images
+    assert [(await client.job(job_id).info()).kwargs["stop"] for job_id in auto.ids] == [
+        *(f"i{k:05d}" for k in range(3000, 25_000, 3000)), None]  # 25k images: 9 ranges of 3000 (>= 2500)
+    sized = await enqueue_library(client, chunk_size=10_000, ratings_url=url, prior=(1, 5))
+    assert [(await client.job(job_id).info()).kwargs for job_id in sized.ids] == [
+        {"start": lo, "stop": hi, "C": 1.0, "m": 5.0} for lo, hi in [(None, "i10000"), ("i10000", "i20000"),
+                                                                     ("i20000", None)]]
+    again = await enqueue_library(client, chunk_size=10_000, ratings_url=url, batch=sized.name, prior=(1, 5))
+    assert len(again.skipped) == 3  # same bounds, same batch: nothing new
     ids = [f"x{k}" for k in range(25_000)]
     auto = await enqueue_library(client, ids, chunk_size=None, ratings_url=url)  # max_jobs chunks of >= 1000
     assert len(auto) == client.settings.max_jobs  # 10 chunks of 2500

@@ -107,6 +107,84 @@ def test_add_images_makes_unrated_images_known(store: RatingsStore) -> None:
     assert store.stats(["x"]).loc["x", "bayesian"] == 0.0
 
 
+def _ranges(bounds: list[str]) -> list[tuple[str | None, str | None]]:
+    return list(zip([None, *bounds], [*bounds, None], strict=True))
+
+
+def _check_ranges_match_id_lists(store: RatingsStore, seed: int) -> None:
+    """Key ranges over a library (rated images, registered unrated ones, one whose ratings were all
+    deleted) give what id lists give, to the bit; ranges cover ids added after the bounds were read."""
+    frame = random_ratings(seed, images=240, rows=2500)
+    store.load_frame(frame)
+    store.add_images(["p0100x", "quiet"])  # known, never rated
+    ids = sorted(frame["image_id"].unique())
+    gone = ids[7]
+    store.recalculate([gone])  # has a stats row ...
+    with store.engine.begin() as conn:  # ... then loses every rating
+        conn.execute(sa.text("DELETE FROM ratings WHERE image_id = :i"), {"i": gone})
+    frame = frame[frame["image_id"] != gone]
+    known = store.image_ids()
+    for size in (1, 7, 100, len(known), len(known) + 5):
+        assert store.range_bounds(size) == known[size::size]
+    rated = sorted(frame["image_id"].unique())
+    for size in (1, 7, 100, len(rated), len(rated) + 5):
+        bounds, images, prior = store.library_plan(size, with_prior=True)
+        assert bounds == rated[size::size] and images == len(rated)
+        assert prior == pytest.approx(store.prior(), rel=1e-15)
+        assert store.library_plan(size) == (bounds, images, None)
+    bounds = store.range_bounds(50)
+    late = pd.DataFrame({"image_id": ["a-first", "p0150z", "zz-last"], "user_id": [1, 1, 1], "score": [3, 9, 6]})
+    store.load_frame(late)  # after the bounds were read: below the first, between, above the last
+    frame = pd.concat([frame, late], ignore_index=True)
+    C, m = store.prior()
+    got = [store.recalculate_range(lo, hi, C, m) for lo, hi in _ranges(bounds)]
+    assert all(g["unknown"] == [] and (g["C"], g["m"]) == (C, m) for g in got)
+    assert sum(g["updated"] for g in got) == len(known) + 3
+    by_ranges = store.stats()
+    assert store.recalculate_range(*_ranges(bounds)[1], C, m)["updated"] == 50  # idempotent
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM rating_stats"))
+    store.add_images(["p0100x", "quiet", gone])
+    assert store.recalculate(store.image_ids(), C, m)["unknown"] == []
+    by_ids = store.stats()
+    cols = ["count", "mean", "bayesian"]
+    pd.testing.assert_frame_equal(by_ranges.loc[by_ids.index, cols], by_ids[cols])
+    assert by_ranges.loc[["p0100x", "quiet", gone], "bayesian"].tolist() == [0.0, 0.0, 0.0]
+    assert by_ranges.loc[[gone], "count"].tolist() == [0]
+    want = bayesian_ratings(frame).loc[by_ids.index.difference(["p0100x", "quiet", gone])]
+    np.testing.assert_allclose(by_ranges.loc[want.index, "bayesian"], want["bayesian"], rtol=1e-12)
+    assert store.recalculate_range(None, None, C, m)["updated"] == len(by_ids)  # one range: everything
+
+
+def test_key_ranges_recalculate_exactly_what_id_lists_do(store: RatingsStore) -> None:
+    _check_ranges_match_id_lists(store, 21)
+    with store.engine.connect() as conn:  # the other databases' boundary query agrees with SQLite's hops
+        for size in (1, 13, 50):
+            assert list(conn.scalars(store._window_bounds(), {"size": size})) == store.range_bounds(size)
+            rated = list(conn.scalars(store._window_bounds(rated_only=True), {"size": size}))
+            assert rated == store.library_plan(size)[0]
+    assert store.range_bounds(1000) == []
+    assert store.recalculate_range("zzzz", None) == {"updated": 0, "unknown": [], "C": pytest.approx(store.prior()[0]),
+                                                     "m": pytest.approx(store.prior()[1])}
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ConfigError, match="range size"):
+            store.range_bounds(bad)
+        with pytest.raises(ConfigError, match="range size"):
+            store.library_plan(bad)
+    empty = RatingsStore(f"sqlite:///{store.engine.url.database}-empty")
+    assert empty.library_plan(10, with_prior=True) == ([], 0, (0.0, 0.0))
+    empty.close()
+
+
+def test_a_range_of_rated_images_skips_the_unrated_update_on_sqlite(store: RatingsStore) -> None:
+    """All rated: the upsert's row count equals the range's stats rows, so no UPDATE probes them."""
+    store.load_frame(random_ratings(4))
+    seen = _statements(store)
+    store.recalculate_range("p0050", "p0100", 2.0, 6.0)
+    assert not any(sql.lstrip().upper().startswith("UPDATE") for sql in seen)
+    assert sum("BETWEEN" in sql or ">=" in sql for sql in seen) == 2  # the upsert and the count
+
+
 def _statements(store: RatingsStore) -> list[str]:
     """Every SQL statement the store's engine sends from now on (a real SQLite, listened to)."""
     from sqlalchemy import event
@@ -458,3 +536,18 @@ def test_other_database_round_trip(other_url: str) -> None:
                                bayesian_ratings(frame, C=1.0, m=5.0).loc[ids, "bayesian"], rtol=1e-9)
     metadata.drop_all(store.engine)
     store.close()
+
+
+def test_other_database_key_ranges(other_url: str) -> None:
+    """The whole-library form on a real server: the window-function boundaries, the range upserts
+    (row counts inexact on MariaDB: the unrated update always runs there). Drops the tables first."""
+    from mediaq.runtime.ratings_store import metadata
+
+    store = RatingsStore(other_url, create=False)
+    metadata.drop_all(store.engine)
+    store.create_tables()
+    try:
+        _check_ranges_match_id_lists(store, 22)
+    finally:
+        metadata.drop_all(store.engine)
+        store.close()

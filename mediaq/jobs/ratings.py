@@ -4,6 +4,8 @@
 * ``recalculate_ratings(image_ids)``: a whole chunk in one set-based query (one job per image spends
   most of its time in queue bookkeeping); :func:`mediaq.client.ratings.enqueue_library` enqueues a
   library in such chunks;
+* ``recalculate_ratings_range(start, stop)``: every known image in a key range, in one range scan
+  (the chunks of a whole library: ``enqueue_library`` with no ids);
 * ``refresh_rating_prior()``: the prior alone, into the cache (enqueued ahead of a library's chunks).
 
 Both use the seed prior ``(C, m)``, cached in Redis db ``cache_db`` (``ctx['cache']``) for
@@ -41,7 +43,8 @@ from mediaq.runtime import keys
 from mediaq.runtime.jobspec import job, resources
 from mediaq.runtime.settings import redact_url
 
-__all__ = ["close_stores", "get_prior", "recalculate_rating", "recalculate_ratings", "refresh_rating_prior"]
+__all__ = ["close_stores", "get_prior", "recalculate_rating", "recalculate_ratings", "recalculate_ratings_range",
+           "refresh_rating_prior"]
 
 logger = logging.getLogger("mediaq.jobs.ratings")
 
@@ -134,6 +137,31 @@ async def recalculate_ratings(ctx: dict[str, Any], image_ids: list[str], C: floa
     started = time.perf_counter()
     with _db_errors(store.url):
         got = await asyncio.to_thread(store.recalculate, ids, C, m)
+    return {"updated": got["updated"], "unknown": got["unknown"], "C": C, "m": m, "prior_source": source,
+            "db_seconds": round(time.perf_counter() - started, 6)}
+
+
+@job(timeout=300)
+async def recalculate_ratings_range(ctx: dict[str, Any], start: str | None = None, stop: str | None = None,
+                                    C: float | None = None, m: float | None = None) -> dict[str, Any]:
+    """Recalculate every known image whose id is in ``[start, stop)`` (``None``: open on that side)
+    with one range scan: the whole-library form (:func:`~mediaq.client.ratings.enqueue_library` with
+    no ids splits the library into such ranges, see
+    :meth:`~mediaq.runtime.ratings_store.RatingsStore.recalculate_range`).
+
+    Returns what :func:`recalculate_ratings` returns (``unknown`` is always empty: a range holds
+    only images the store knows).
+    """
+    for name, value in (("start", start), ("stop", stop)):
+        if value is not None and (type(value) is not str or len(value) > 255):
+            raise PermanentJobError("bad_argument", f"{name}={value!r} must be an image id (a string of at most "
+                                    "255 characters) or None (open)", value=repr(value)[:200])
+    prior = _given_prior(C, m)
+    store = await _store(ctx)
+    C, m, source = prior if prior else await _cached_prior(ctx, store)
+    started = time.perf_counter()
+    with _db_errors(store.url):
+        got = await asyncio.to_thread(store.recalculate_range, start, stop, C, m)
     return {"updated": got["updated"], "unknown": got["unknown"], "C": C, "m": m, "prior_source": source,
             "db_seconds": round(time.perf_counter() - started, 6)}
 

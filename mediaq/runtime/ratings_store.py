@@ -21,7 +21,10 @@ Recalculation is set based: one ``INSERT .. SELECT .. GROUP BY .. ON CONFLICT DO
 rated images of a chunk (on SQLite one statement per chunk, its ids in one JSON parameter); only when
 that statement wrote fewer rows than there are ids (or on MySQL/MariaDB, whose row counts are not
 exact for upserts), one anti-join ``SELECT`` for the ids that have no ratings, then an ``UPDATE`` to 0
-for the known ones, as in the seed. The prior ``(C, m)`` comes from SQL aggregates.
+for the known ones, as in the seed. The prior ``(C, m)`` comes from SQL aggregates. A whole library
+goes by key ranges instead (:meth:`RatingsStore.range_bounds`, :meth:`RatingsStore.recalculate_range`):
+``image_id >= ? AND image_id < ?`` is a range scan of the clustered key, ~30% cheaper than looking up
+a list of the same ids, and a range holds no unknown ids.
 
 >>> store = RatingsStore("sqlite://")          # in memory; a file URL or Settings in real use
 >>> import pandas as pd
@@ -384,6 +387,145 @@ class RatingsStore:
             updated = conn.scalar(sa.select(sa.func.count()).select_from(rating_stats))
         return {"updated": int(updated or 0), "unknown": [], "C": float(C), "m": float(m)}  # type: ignore[arg-type]
 
+    def range_bounds(self, size: int) -> list[str]:
+        """Boundaries that split the known images into key ranges of about ``size`` images: every
+        ``size``-th known id (rated, or registered in ``rating_stats``) in the database's own order
+        (its collation: the ranges the database evaluates are then exactly consecutive), from the
+        ``size + 1``-th on; ``[]`` for ``size`` images or fewer (one range: everything).
+
+        With boundaries ``b1 < .. < bk`` the ranges ``(None, b1)``, ``[b1, b2)``, .., ``[bk, None)``
+        cover every id there is, including ids added after the boundaries were read: the boundaries
+        only decide how evenly the work is split. On SQLite, one ``LIMIT 1 OFFSET size`` hop per
+        boundary over the merged keys of both tables (SQLite merges the two index-ordered scans
+        and stops at the boundary: one pass over the keys in all, ~55 ms for 100k images / 1M
+        ratings, against ~160 ms for a window function); elsewhere one ``row_number()`` query.
+
+        >>> s = RatingsStore("sqlite://"); s.add_images(["a", "b", "c", "d", "e"])
+        5
+        >>> s.range_bounds(2)
+        ['c', 'e']
+        """
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ConfigError(f"range size {size!r} must be an integer >= 1")
+        with self._reading() as conn:
+            if not self.is_sqlite:
+                return list(conn.scalars(self._window_bounds(), {"size": size}))
+            hop = self._cache.get("hop")
+            if hop is None:
+                after = sa.bindparam("after", type_=sa.String)
+                hop = self._cache["hop"] = (
+                    sa.union(sa.select(ratings.c.image_id).where(ratings.c.image_id >= after),
+                             sa.select(rating_stats.c.image_id).where(rating_stats.c.image_id >= after))
+                    .order_by(sa.literal_column("image_id")).limit(1).offset(sa.bindparam("size", type_=sa.Integer)))
+            bounds: list[str] = []
+            after = ""  # below every id (ids are non-empty)
+            while (after := conn.scalar(hop, {"after": after, "size": size})) is not None:
+                bounds.append(after)
+            return bounds
+
+    def library_plan(self, size: int, *, with_prior: bool = False) -> tuple[list[str], int, tuple[float, float] | None]:
+        """``(bounds, rated images, prior or None)`` for a whole-library run in one pass over the keys:
+        boundaries every ``size``-th *rated* image id in the database's order (as :meth:`range_bounds`,
+        but registered images without ratings do not count towards the split: the ranges still cover
+        them), the number of rated images, and with ``with_prior`` the seed prior ``(C, m)``.
+
+        The pass that finds the boundaries counts the rated images on the way (the prior's costly
+        ``DISTINCT``), so the prior only adds ``count``/``sum`` over the ratings, read side by side on
+        a second connection on SQLite (as :meth:`prior` does). For 100k images / 1M ratings on a
+        shared 2-core machine: 59-81 ms for bounds and prior (bench_ratings, 2 runs), against
+        56-60 ms for :meth:`range_bounds` alone and ~100 ms more for :meth:`prior`. The two
+        connections read their own snapshots (see :meth:`_sqlite_prior_side_by_side`).
+
+        >>> s = RatingsStore("sqlite://")
+        >>> _ = s.load_frame(pd.DataFrame({"image_id": list("aabcde"), "user_id": [1, 2, 1, 1, 1, 1],
+        ...                                "score": [10, 8, 3, 5, 5, 5]}))
+        >>> s.library_plan(2, with_prior=True)
+        (['c', 'e'], 5, (1.2, 6.0))
+        """
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ConfigError(f"range size {size!r} must be an integer >= 1")
+        if not self.is_sqlite or self._memory:
+            with self._reading() as conn:
+                bounds = list(conn.scalars(self._window_bounds(rated_only=True), {"size": size}))
+                images = conn.scalar(sa.select(sa.func.count(sa.distinct(ratings.c.image_id))))
+                prior = self.prior(conn) if with_prior else None
+            return bounds, int(images or 0), prior
+        totals = sa.select(sa.func.count(), sa.func.sum(ratings.c.score))
+
+        def read_totals() -> Any:
+            with self._reading() as conn:
+                return conn.execute(totals).one()
+
+        with ThreadPoolExecutor(1, thread_name_prefix="mediaq-prior") as pool:
+            summed = pool.submit(read_totals) if with_prior else None
+            bounds, images = self._sqlite_rated_hops(size)
+            n, total = summed.result() if summed is not None else (None, None)
+        if summed is None:
+            return bounds, images, None
+        if bool(n) != bool(images):  # a load (or a delete of everything) came between the two
+            return bounds, images, self.prior()
+        return bounds, images, ((float(n) / images, float(total) / n) if n else (0.0, 0.0))
+
+    def _sqlite_rated_hops(self, size: int) -> tuple[list[str], int]:
+        """Every ``size``-th distinct rated id by ``LIMIT 1 OFFSET`` hops, and the count of them (the
+        hops plus the tail), in one read transaction (one snapshot)."""
+        if "rated_hop" not in self._cache:
+            after = sa.bindparam("after", type_=sa.String)
+            rated = sa.select(ratings.c.image_id).distinct().where(ratings.c.image_id >= after)
+            self._cache["rated_hop"] = rated.order_by(ratings.c.image_id).limit(1).offset(
+                sa.bindparam("size", type_=sa.Integer))
+            self._cache["rated_tail"] = sa.select(sa.func.count()).select_from(rated.subquery())
+        bounds: list[str] = []
+        with self._reading() as conn, conn.begin():
+            after = ""
+            while (after := conn.scalar(self._cache["rated_hop"], {"after": after, "size": size})) is not None:
+                bounds.append(after)
+            tail = conn.scalar(self._cache["rated_tail"], {"after": bounds[-1] if bounds else ""})
+        return bounds, len(bounds) * size + int(tail or 0)
+
+    @staticmethod
+    def _window_bounds(rated_only: bool = False) -> Any:
+        known = (sa.select(ratings.c.image_id).distinct() if rated_only
+                 else sa.union(sa.select(ratings.c.image_id), sa.select(rating_stats.c.image_id))).subquery()
+        numbered = sa.select(known.c.image_id,
+                             sa.func.row_number().over(order_by=known.c.image_id).label("n")).subquery()
+        size = sa.bindparam("size", type_=sa.Integer)
+        return (sa.select(numbered.c.image_id).where(numbered.c.n > size, (numbered.c.n - 1) % size == 0)
+                .order_by(numbered.c.n))
+
+    def recalculate_range(self, start: str | None, stop: str | None, C: float | None = None,
+                          m: float | None = None) -> dict[str, Any]:
+        """Recompute every known image whose id is in ``[start, stop)`` (``None``: open on that side)
+        with one range scan: the whole-library form of :meth:`recalculate` (see :meth:`range_bounds`).
+
+        Unlike an id list, a range means "every image in it", so nothing in it is unknown: images
+        with ratings are upserted, registered images without ratings go back to 0 (only when the
+        upsert's row count leaves room for them, as in :meth:`recalculate`). Returns
+        ``{"updated": n, "unknown": [], "C": C, "m": m}``, ``n`` the known images in the range.
+
+        >>> s = RatingsStore("sqlite://")
+        >>> _ = s.load_frame(pd.DataFrame({"image_id": ["a", "b", "c"], "user_id": [1, 1, 1], "score": [4, 6, 8]}))
+        >>> s.recalculate_range("b", None)["updated"], sorted(s.stats().index)
+        (2, ['b', 'c'])
+        """
+        if (C is None) != (m is None):
+            raise ConfigError("pass both C and m (a whole prior), or neither to use the seed prior")
+        if C is not None:
+            check_prior(C, m)  # type: ignore[arg-type]
+        now = _now()
+        bounds = (start is not None, stop is not None)
+        params = {"lo": start, "hi": stop}
+        with self._writing() as conn:
+            if C is None:
+                C, m = self.prior(conn)
+            values = {"cm": float(C) * float(m), "c": float(C), "now": now, **params}  # type: ignore[arg-type]
+            written = conn.execute(self._statements("upsert", bounds), values).rowcount
+            exact = self.engine.dialect.name in ("sqlite", "postgresql") and written is not None and written >= 0
+            known = conn.scalar(self._statements("known", bounds), params)
+            if not exact or known != written:  # some known images in the range have no ratings left
+                conn.execute(self._statements("unrated", bounds), values)
+        return {"updated": int(known or 0), "unknown": [], "C": float(C), "m": float(m)}  # type: ignore[arg-type]
+
     def _recalculate_part(self, conn: Connection, params: dict[str, Any] | None, C: float, m: float,
                           now: dt.datetime) -> int:
         """Upsert the rated images among the ids in ``params``; with ``params=None`` every rated image,
@@ -424,12 +566,24 @@ class RatingsStore:
                              {"some": sorted(unrated)})
         return unrated - set(known)
 
-    def _statements(self, kind: str, by_ids: bool) -> Any:
-        key = (kind, by_ids)
+    def _statements(self, kind: str, by: bool | tuple[bool, bool]) -> Any:
+        """The statement ``kind`` (``upsert``, ``unrated``, ``known``) for the ids in a parameter
+        (``by=True``), every image (``False``), or a key range ``(has start, has stop)``."""
+        key = (kind, by)
         cached = self._cache.get(key)
         if cached is not None:
             return cached
         r = ratings.c
+        if isinstance(by, tuple):
+            def where(column: Any) -> Any:
+                lo, hi = by
+                return sa.and_(sa.true(), *([column >= sa.bindparam("lo", type_=sa.String)] if lo else []),
+                               *([column < sa.bindparam("hi", type_=sa.String)] if hi else []))
+        elif by:
+            where = self._in_ids
+        else:
+            def where(column: Any) -> Any:
+                return sa.true()
         if kind == "upsert":
             n = sa.func.count()
             total = sa.cast(sa.func.sum(r.score), sa.Double)  # one aggregate fewer than AVG: ~15% faster
@@ -441,12 +595,14 @@ class RatingsStore:
                 sa.bindparam("now", type_=sa.DateTime(timezone=True)),
             )
             # SQLite: INSERT .. SELECT .. ON CONFLICT needs a WHERE clause to parse
-            agg = agg.where(self._in_ids(r.image_id) if by_ids else sa.true()).group_by(r.image_id)
+            agg = agg.where(where(r.image_id)).group_by(r.image_id)
             cols = ["image_id", "count", "mean", "bayesian", "updated_at"]
             stmt = self._upsert(rating_stats, ["image_id"], cols[1:], select=agg, columns=cols)
-        else:  # every known image whose ratings are all gone: back to the seed's 0
+        elif kind == "known":
+            stmt = sa.select(sa.func.count()).select_from(rating_stats).where(where(rating_stats.c.image_id))
+        else:  # every known image (of the range) whose ratings are all gone: back to the seed's 0
             unrated = ~sa.exists().where(r.image_id == rating_stats.c.image_id)
-            stmt = rating_stats.update().where(unrated).values(
+            stmt = rating_stats.update().where(where(rating_stats.c.image_id), unrated).values(
                 count=0, mean=None, bayesian=0.0, updated_at=sa.bindparam("now", type_=sa.DateTime(timezone=True))
             )
         self._cache[key] = stmt
