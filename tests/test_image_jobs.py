@@ -281,6 +281,38 @@ async def test_failure_mid_write_leaves_no_file(ctx, tmp_path, monkeypatch):
     assert list((tmp_path / "media" / "thumbs").iterdir()) == []
 
 
+async def test_local_outputs_are_written_in_the_pool_process_and_only_dicts_come_back(tmp_path, photo):
+    """With a local storage folder the pool process writes the files itself (atomically): what
+    crosses back is the small result dicts, never the encoded bytes; an object store gets bytes
+    back and is written from a thread (tests/test_s3.py)."""
+    from concurrent.futures import Executor
+
+    from mediaq.jobs.images import make_outputs
+    from mediaq.runtime.jobspec import make_process_pool
+
+    class Spy(Executor):
+        def __init__(self, inner):
+            self.inner, self.calls = inner, []
+
+        def submit(self, fn, *args, **kwargs):
+            future = self.inner.submit(fn, *args, **kwargs)
+            self.calls.append((fn, future))
+            return future
+
+    pool = Spy(make_process_pool(1))
+    try:
+        settings = Settings.load(env={}, storage=tmp_path / "media")
+        r = await create_image_set({"settings": settings, "pool": pool}, "p", photo)
+    finally:
+        pool.inner.shutdown()
+    [(fn, future)] = pool.calls
+    assert fn.func is make_outputs
+    assert not any(isinstance(v, bytes) for out in future.result().values() for v in out.values())
+    for key in ("thumbnail", "medium", "large"):
+        assert Path(r[key]["path"]).stat().st_size == r[key]["bytes"]
+    assert [p.name for p in (tmp_path / "media" / "thumbs").iterdir()] == ["p.jpg"]  # no temporary file left
+
+
 # -- a real worker subprocess on the real server ----------------------------------------------------
 async def test_jobs_through_a_real_worker(client, start_worker, settings, photo):
     start_worker()
