@@ -181,6 +181,74 @@ async def test_worker_killed_mid_write_leaves_no_temporary_file(settings, start_
         await client.close()
 
 
+POOL_STALL_JOBS = textwrap.dedent('''
+    """A job whose pool process, on the first try, stalls in the middle of writing its output (as the
+    image jobs write a local folder from the pool), for a kill of that process alone."""
+    import os, time
+    from pathlib import Path
+    from mediaq import job
+    from mediaq.runtime.jobspec import run_cpu
+    from mediaq.runtime.storage import local as storage_module
+
+    def write_in_pool(root, image_id, marker):
+        if marker:
+            real = storage_module.os
+
+            class _Os:
+                def __getattr__(self, name):
+                    return getattr(real, name)
+
+                def write(self, fd, data):
+                    real.write(fd, bytes(data[:1000]))
+                    Path(marker).write_text(str(real.getpid()))
+                    time.sleep(3600)
+
+            storage_module.os = _Os()
+        return storage_module.LocalStore(root).write(f"thumbs/{image_id}.jpg", b"J" * 100_000)
+
+    @job(timeout=60)
+    async def pool_stalling_write(ctx, image_id, marker):
+        return await run_cpu(ctx, write_in_pool, ctx["settings"].storage, image_id,
+                             marker if ctx["job_try"] == 1 else "")
+''')
+
+
+async def test_pool_process_killed_mid_write_leaves_no_temporary_file(settings, start_worker, tmp_path,
+                                                                       monkeypatch):
+    """The worker lives on (so no dead worker for the janitor to sweep after): the broken pool is
+    replaced, the job retried, and the dead process's temporary file swept once past the grace."""
+    import signal
+
+    import mediaq
+
+    folder = tmp_path / "jobmods"
+    folder.mkdir()
+    (folder / "mq_pool_stall_jobs.py").write_text(POOL_STALL_JOBS)
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")]))
+    s = settings.replace(job_modules=("mq_pool_stall_jobs",))
+    client = await mediaq.connect(settings=s)
+    try:
+        marker = tmp_path / "mid-write"
+        worker = start_worker(job_modules=("mq_pool_stall_jobs",))
+        job_id = await client.enqueue_job("pool_stalling_write", "p1", str(marker))
+
+        async def stalled():
+            return marker.exists() and marker.read_text() != ""
+        await eventually(stalled, timeout=30, what="the pool process stalls mid-write")
+        (leftover,) = temp_files(Path(s.storage))
+        os.kill(int(marker.read_text()), signal.SIGKILL)  # the pool process only
+        path = await client.result(job_id, timeout=60)  # retried in the replacement pool
+        assert Path(path).read_bytes() == b"J" * 100_000 and worker.alive
+
+        async def swept():
+            return not leftover.exists()
+        await eventually(swept, timeout=30, what="the dead pool process's temporary file is removed")
+        assert temp_files(Path(s.storage)) == []
+    finally:
+        await client.close()
+
+
 # -- the janitor on planted records (real server, no worker) -------------------------------------------
 def _ident(**changes) -> WorkerIdentity:
     import dataclasses

@@ -10,10 +10,16 @@ variant's edge (else ``skipped``, reason ``"not_larger"``), and dropped when its
 fewer than the original file's (``"not_smaller"``). A skipped variant removes any earlier file of the
 same name, so the folder always matches the latest run.
 
-Each job validates its arguments on the event loop, reads, decodes and encodes in the worker's
-process pool (:func:`~mediaq.jobs.run_cpu`: one process per core), then writes the files from a
-thread, so a core never sits idle while a file is fsynced. Pillow and NumPy are imported by the pool
-processes only: the worker's main process stays small and starts fast. Results are plain dicts::
+Each job validates its arguments on the event loop, then reads, decodes and encodes in the worker's
+process pool (:func:`~mediaq.jobs.run_cpu`: one process per core). Into a local folder the pool
+process also writes the files (temporary file, fsync, rename: :meth:`LocalStore.write
+<mediaq.runtime.storage.local.LocalStore.write>`), so only the small result dicts cross back; handing
+the bytes to a writer thread in the worker cost that process ~1 ms of CPU a job more (pickling,
+threads contending for the GIL around each system call), more than the fsync's ~0.3 ms wait in the
+pool process, which the worker's own event loop fills (issue 17). To an object store the bytes come
+back and are uploaded from a thread, so no core waits on the network. Pillow and NumPy are imported
+by the pool processes only: the worker's main process stays small and starts fast. Results are
+plain dicts::
 
     {"image_id", "variant", "path", "key", "width", "height", "bytes", "format", "skipped", "reason",
      "source_width", "source_height", "source_format", "source_bytes"}
@@ -22,8 +28,10 @@ processes only: the worker's main process stays small and starts fast. Results a
 ``key`` where it is under the storage root (``thumbs/42.jpg``).
 
 Reruns write the same bytes to the same path. ``create_image_set`` decodes once for all three
-outputs; its thumbnail and medium can differ by a few levels from the separate jobs' (a JPEG may be
-decoded at a different DCT scale), but each job on its own is deterministic.
+outputs and resizes large from the decode, medium from large and thumbnail from medium
+(:func:`~mediaq.pure.imaging.render_outputs`); its thumbnail and medium can differ by a few levels
+from the separate jobs' (each stays above 45 dB against a resize of the full decode), but each job
+on its own is deterministic.
 
 >>> import asyncio, tempfile
 >>> from mediaq.runtime.settings import Settings
@@ -43,7 +51,7 @@ from mediaq.pure.imagespec import OUTPUT_FORMATS, OutputSpec, check_format, chec
 from mediaq.runtime.jobspec import job, job_settings, run_cpu
 from mediaq.runtime.settings import Settings
 from mediaq.runtime.storage.layout import output_key, validate_image_id
-from mediaq.runtime.storage.urls import open_source, open_store
+from mediaq.runtime.storage.urls import is_url, open_source, open_store
 
 if TYPE_CHECKING:
     from mediaq.pure.imaging import Output
@@ -53,6 +61,7 @@ __all__ = [
     "create_image_set",
     "create_thumbnail",
     "create_variant",
+    "make_outputs",
     "render_task",
     "store_outputs",
 ]
@@ -143,8 +152,11 @@ async def create_image_set(
 
 async def _run(ctx: dict[str, Any], s: Settings, image_id: str | int, source_path: str,
                specs: dict[str, OutputSpec]) -> dict[str, dict[str, Any]]:
-    """Pixels in the process pool, then the files in a thread: an fsync waiting on the disk never
-    holds a pool process (a core) idle."""
+    """Pixels in the process pool. A local folder is written there too (only the small result dicts
+    come back); an object store from a thread here, so no core waits on the network."""
+    if not is_url(s.storage):  # a local folder (settings keep it as an absolute path)
+        return await run_cpu(ctx, make_outputs, source_path, specs, s.storage, image_id,
+                             max_pixels=s.max_image_pixels)
     info, outputs = await run_cpu(ctx, render_task, source_path, specs, max_pixels=s.max_image_pixels)
     return await asyncio.to_thread(store_outputs, s.storage, image_id, info, outputs, specs)
 
@@ -176,6 +188,19 @@ def render_task(source_path: str, specs: dict[str, OutputSpec], *,
     for name, out in render_outputs(source, wanted).items():
         results[name] = "not_smaller" if name != "thumbnail" and len(out.data) >= source.bytes else out
     return source.info(), results
+
+
+def make_outputs(source_path: str, specs: dict[str, OutputSpec], root: str, image_id: str | int, *,
+                 max_pixels: int | None = None) -> dict[str, dict[str, Any]]:
+    """:func:`render_task` then :func:`store_outputs`, in one call: the result dict per key.
+
+    >>> import tempfile
+    >>> r = make_outputs("data/chelsea.png", {"thumbnail": OutputSpec((250, 200))}, tempfile.mkdtemp(), "cat")
+    >>> r["thumbnail"]["key"], r["thumbnail"]["width"]
+    ('thumbs/cat.jpg', 250)
+    """
+    info, outputs = render_task(source_path, specs, max_pixels=max_pixels)
+    return store_outputs(root, image_id, info, outputs, specs)
 
 
 def store_outputs(root: str, image_id: str | int, info: dict[str, Any], outputs: dict[str, Output | str],

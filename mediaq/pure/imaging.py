@@ -4,9 +4,11 @@ One pipeline for every output: **open** the file (:func:`open_source`: file-syst
 apart from bad image data, since only the former carry an errno), **decode** once (bomb guard on;
 JPEG ``draft()`` to the smallest DCT scale that keeps at least ``reducing_gap`` times the largest
 output; any mode normalised to 8-bit L, LA, RGB, RGBA or CMYK; animations give their first frame),
-then per output **render** (``reduce()`` + LANCZOS in the stored frame, embedded ICC profile to
-sRGB, EXIF orientation applied) and **encode** (deterministic: same pixels and options give the same
-bytes; alpha flattened on white for JPEG, kept for PNG and WebP; no metadata copied).
+then per output, largest first, **render** (``reduce()`` + LANCZOS in the stored frame, embedded
+ICC profile to sRGB, EXIF orientation applied; an output at most half the size of one already
+rendered is resized from that one instead: :func:`render_outputs`) and **encode** (deterministic:
+same pixels and options give the same bytes; alpha flattened on white for JPEG, kept for PNG and
+WebP; no metadata copied).
 
 Every problem with the input raises :class:`~mediaq.errors.PermanentJobError` with a stable code:
 ``missing_file``, ``unreadable``, ``corrupt_image``, ``not_an_image``, ``unsupported_format``,
@@ -65,6 +67,9 @@ __all__ = [
 #: Pillow formats we decode. Anything else Pillow can identify is ``unsupported_format``: fewer
 #: parsers exposed to untrusted files. (JPEGs with a multi-picture block open as format "MPO".)
 INPUT_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP", "AVIF", "ICO", "PPM", "JPEG2000")
+#: An output is resized from an earlier, larger output (not the source) when that one is at least
+#: this many times its size on each side (see :func:`render_outputs`).
+CASCADE_FACTOR = 2
 #: Largest source file accepted (bytes).
 MAX_FILE_BYTES = 512 * 1024 * 1024
 #: EXIF orientation -> the transpose that makes the picture upright (as ``ImageOps.exif_transpose``).
@@ -490,7 +495,9 @@ def encode(im: Image.Image, fmt: str = "jpeg", quality: int = 87) -> bytes:
         if im.mode in ("LA", "RGBA"):  # flatten on white
             white = Image.new("RGBA", im.size, (255, 255, 255, 255))
             im = Image.alpha_composite(white, im.convert("RGBA")).convert(im.mode[:-1])
-        im.save(buf, "JPEG", quality=quality, optimize=True)
+        # no optimize=True: its second Huffman pass doubles the encode time (13 ms more for a 2560 px
+        # variant) for files 0.8-3.5% smaller (issue 17)
+        im.save(buf, "JPEG", quality=quality)
     elif fmt == "png":
         im.save(buf, "PNG", compress_level=6)
     else:
@@ -501,12 +508,33 @@ def encode(im: Image.Image, fmt: str = "jpeg", quality: int = 87) -> bytes:
 
 
 def render_outputs(source: Source, specs: Mapping[str, OutputSpec]) -> dict[str, Output]:
-    """Render and encode every spec from one decoded ``source``."""
+    """Render and encode every spec from one decoded ``source``, largest output first.
+
+    An output at most half the size (each side, give or take one pixel of rounding) of one already
+    rendered is resized from the smallest such output instead of from the source: the cascade
+    large -> medium -> thumbnail resizes far fewer pixels, and colour and orientation are done once.
+    Each output stays above 45 dB against a LANCZOS resize of the full decode (48.6-54 dB on photos
+    of 2700 to 6000 px; ``tests/test_image_jobs.py`` checks it).
+
+    >>> source = decode(read_source("data/astronaut.jpg"))
+    >>> outs = render_outputs(source, {"t": OutputSpec((64, 64)), "m": OutputSpec((256, 256))})
+    >>> [(k, o.width, o.height) for k, o in outs.items()]
+    [('t', 64, 64), ('m', 256, 256)]
+    """
+    sizes = {key: fit_size((source.width, source.height), spec.box) for key, spec in specs.items()}
+    rendered: list[Image.Image] = []  # largest first
     out = {}
-    for key, spec in specs.items():
-        im = render(source, spec.box)
-        out[key] = Output(encode(im, spec.format, spec.quality), im.width, im.height, spec.format)
-    return out
+    for key in sorted(specs, key=lambda k: sizes[k][0] * sizes[k][1], reverse=True):
+        size = sizes[key]
+        parent = next((im for im in reversed(rendered) if im.width + 1 >= CASCADE_FACTOR * size[0]
+                       and im.height + 1 >= CASCADE_FACTOR * size[1]), None)  # + 1: sizes are rounded
+        if parent is None:
+            im = render(source, specs[key].box)
+        else:
+            im = parent.resize(size, Image.Resampling.LANCZOS, reducing_gap=source.reducing_gap)
+        rendered.append(im)
+        out[key] = Output(encode(im, specs[key].format, specs[key].quality), im.width, im.height, specs[key].format)
+    return {key: out[key] for key in specs}
 
 
 def thumbnail(
