@@ -178,8 +178,9 @@ def test_image_set_pixels_stay_above_45_db_against_full_decode_lanczos(tmp_path,
 @pytest.mark.parametrize(("size", "orientation"), [
     ((3000, 2000), 1), ((3000, 2000), 6), ((2700, 1400), 8), ((6000, 4000), 1),
     pytest.param((4000, 2600), 1, marks=pytest.mark.xfail(strict=True, reason=(
-        "known, not the cascade: a lone thumbnail drafted at 1/8 (the DC terms, an 8x8 box) to exactly "
-        "2x its size, then LANCZOS 2x, gives 44.9 dB; 3x after the draft gives 50+"))),
+        "known: 44.99 dB. Not the cascade nor the 1/8 DCT scale (at 1/4 it is 44.99 too): reduce() with "
+        "reducing_gap 2 box-filters 4x to exactly 2x before LANCZOS, as the direct draft(2x)+reduce "
+        "method does; 3x (no reduce) gives 50.7 dB, 6x 46.2"))),
 ])
 def test_separate_jobs_pixels_stay_above_45_db(tmp_path, size, orientation):
     src = _photo_file(tmp_path, size, orientation)
