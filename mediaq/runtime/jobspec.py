@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -32,7 +31,6 @@ from mediaq.errors import JobFailure, TransientJobError
 __all__ = ["JobSpec", "exit_with_parent", "job", "job_settings", "make_process_pool", "resources", "run_cpu"]
 
 _PROCESS_RESOURCES: dict[str, Any] = {}
-logger = logging.getLogger("arq.mediaq")
 
 
 def job_settings(ctx: dict[str, Any]) -> Any:
@@ -167,33 +165,8 @@ async def run_cpu(ctx: dict[str, Any], fn: Callable[..., Any], *args: Any, **kwa
         if (shared.get("pool") or ctx.get("pool")) is pool:  # first job to notice replaces it, for all jobs
             shared["pool"] = make_process_pool(ctx["settings"].processes)
             pool.shutdown(wait=False, cancel_futures=True)
-            _sweep_after_pool_death(ctx, shared)
+            janitor = ctx.get("janitor_obj")
+            if janitor is not None:  # a process killed mid-write leaves its temporary file: swept after the grace
+                janitor.request_sweep()
         raise TransientJobError("worker_pool_broken", "a pool process died; the job will be retried") from None
 
-
-def _sweep_after_pool_death(ctx: dict[str, Any], shared: dict[str, Any]) -> None:
-    """Pool processes write outputs into a local storage folder (:mod:`mediaq.jobs.images`); one killed
-    mid-write (SIGKILL, the OOM killer) leaves its temporary file, whose lock died with it. The janitor
-    sweeps after dead *workers* only, and this worker lives on: sweep the storage root once such a
-    file is older than the store's grace (:meth:`~mediaq.runtime.storage.local.LocalStore.sweep`)."""
-    root = getattr(ctx.get("settings"), "storage", None)
-    if not root:
-        return
-
-    async def sweep() -> None:
-        from mediaq.runtime.storage.urls import open_store
-
-        try:
-            store = open_store(root)
-            await asyncio.sleep(getattr(store, "stale_after", 0.0) + 0.5)
-            removed = await asyncio.to_thread(store.sweep)
-        except Exception:  # a storage problem: the next worker start sweeps again
-            logger.warning("could not sweep %s after a pool process died", root, exc_info=True)
-            return
-        if removed:
-            logger.warning("removed %d temporary file(s) left by a dead pool process", len(removed))
-
-    tasks: set[asyncio.Task[None]] = shared.setdefault("pool_sweeps", set())
-    task = asyncio.get_running_loop().create_task(sweep())
-    tasks.add(task)  # a reference until done (the loop keeps only a weak one)
-    task.add_done_callback(tasks.discard)

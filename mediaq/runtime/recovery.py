@@ -28,7 +28,8 @@ and runs a :class:`Janitor` at start and then every health-check interval, which
    again meanwhile). This scan (``SCAN arq:in-progress:*``) runs at start, after a death, after a Redis restart
    and after a job ended without its end hook, not on every tick;
 4. **sweeps temporary files** that dead writers left in the storage roots (``Store.sweep``: a local
-   folder's unlocked temporary files; object stores have none, an object exists only once written).
+   folder's unlocked temporary files; object stores have none, an object exists only once written):
+   after dead workers, and in its own root after one of its pool processes died (``request_sweep``).
 
 Every recovery is logged and pushed to ``mediaq:recoveries`` (list of JSON, newest first, capped).
 
@@ -324,6 +325,7 @@ class Janitor:
         self._scripts: dict[str, Any] = {}
         self._dead_identities: dict[str, WorkerIdentity | None] = {}  # storage roots still to sweep
         self._orphan_scan_due = False
+        self._sweeps_requested = self._sweeps_done = 0  # own root: see request_sweep
 
     def _script(self, name: str, source: str) -> Any:
         if name not in self._scripts:
@@ -440,9 +442,17 @@ class Janitor:
         """Look for orphans at the next tick (the worker failed to talk to Redis mid-job)."""
         self._orphan_scan_due = True
 
+    def request_sweep(self) -> None:
+        """Sweep this worker's own storage root at the next tick: one of its pool processes died, maybe
+        mid-write (pool processes write local outputs, :mod:`mediaq.jobs.images`), and the worker lives
+        on, so no dead worker would make the tick sweep. A request that comes during a sweep is kept
+        for the next tick (that sweep may have looked before its file was old enough)."""
+        self._sweeps_requested += 1
+
     async def tick(self, *, look_for_orphans: bool = False,
                    dead_before: dict[str, WorkerIdentity | None] | None = None) -> dict[str, Any]:
-        """One pass: dead workers, then (if anything suggests it) orphans and temporary files.
+        """One pass: dead workers, then (if anything suggests it) orphans and temporary files (after
+        dead workers, or when :meth:`request_sweep` asked).
         ``dead_before``: dead workers already freed by an earlier :meth:`free_dead` (still to sweep)."""
         started = time.monotonic()
         restarted = await self._server_restarted()
@@ -455,12 +465,15 @@ class Janitor:
         if self._orphan_scan_due:
             orphans = await self.free_orphans()  # waits `grace` when there are candidates
             self._orphan_scan_due = False
-        if dead:  # the dead writers' files are older than `started`: let them age past the grace
+        requested = self._sweeps_requested
+        if dead or requested > self._sweeps_done:
+            # the dead writers' files are older than `started`: let them age past the grace
             await asyncio.sleep(max(0.0, self.grace - (time.monotonic() - started)))
             roots = {self.identity.storage} | {w.storage for w in self._dead_identities.values() if w}
             for root in sorted(r for r in roots if r):
                 swept += await asyncio.to_thread(open_store(root).sweep, self.grace)
             self._dead_identities.clear()
+            self._sweeps_done = requested
             if swept:
                 logger.warning("removed %d temporary file(s) left by dead writers", len(swept))
         return {"restarted": restarted, "dead": dead, "orphans": orphans, "ended_without_hook": ended,
