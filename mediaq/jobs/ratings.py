@@ -131,14 +131,7 @@ async def recalculate_ratings(ctx: dict[str, Any], image_ids: list[str], C: floa
         ids = list(image_ids)
     else:
         ids = [_image_id(value, f"image_ids[{i}]") for i, value in enumerate(image_ids)]
-    prior = _given_prior(C, m)
-    store = await _store(ctx)
-    C, m, source = prior if prior else await _cached_prior(ctx, store)
-    started = time.perf_counter()
-    with _db_errors(store.url):
-        got = await asyncio.to_thread(store.recalculate, ids, C, m)
-    return {"updated": got["updated"], "unknown": got["unknown"], "C": C, "m": m, "prior_source": source,
-            "db_seconds": round(time.perf_counter() - started, 6)}
+    return await _recalculate_chunk(ctx, C, m, lambda store, C, m: store.recalculate(ids, C, m))
 
 
 @job(timeout=300)
@@ -156,14 +149,7 @@ async def recalculate_ratings_range(ctx: dict[str, Any], start: str | None = Non
         if value is not None and (type(value) is not str or len(value) > 255):
             raise PermanentJobError("bad_argument", f"{name}={value!r} must be an image id (a string of at most "
                                     "255 characters) or None (open)", value=repr(value)[:200])
-    prior = _given_prior(C, m)
-    store = await _store(ctx)
-    C, m, source = prior if prior else await _cached_prior(ctx, store)
-    started = time.perf_counter()
-    with _db_errors(store.url):
-        got = await asyncio.to_thread(store.recalculate_range, start, stop, C, m)
-    return {"updated": got["updated"], "unknown": got["unknown"], "C": C, "m": m, "prior_source": source,
-            "db_seconds": round(time.perf_counter() - started, 6)}
+    return await _recalculate_chunk(ctx, C, m, lambda store, C, m: store.recalculate_range(start, stop, C, m))
 
 
 @job(timeout=60)
@@ -184,6 +170,20 @@ async def refresh_rating_prior(ctx: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+async def _recalculate_chunk(ctx: dict[str, Any], C: float | None, m: float | None,
+                             recalculate: Callable[[Any, float, float], dict[str, Any]]) -> dict[str, Any]:
+    """What both chunk jobs do once their arguments are checked: the prior (given, or the cached seed
+    prior), ``recalculate(store, C, m)`` in a thread, and their common result."""
+    prior = _given_prior(C, m)
+    store = await _store(ctx)
+    C, m, source = prior if prior else await _cached_prior(ctx, store)
+    started = time.perf_counter()
+    with _db_errors(store.url):
+        got = await asyncio.to_thread(recalculate, store, C, m)
+    return {"updated": got["updated"], "unknown": got["unknown"], "C": C, "m": m, "prior_source": source,
+            "db_seconds": round(time.perf_counter() - started, 6)}
+
+
 def _image_id(value: Any, name: str) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
         raise PermanentJobError("bad_argument", f"{name}={value!r} must be a non-empty string (or an integer)",
