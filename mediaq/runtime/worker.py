@@ -74,7 +74,7 @@ async def _startup(ctx: dict[str, Any]) -> None:
     ctx["stats_flush"] = asyncio.create_task(_flush_stats(ctx))
     feeder = ctx["bulk_feeder"] = BulkFeeder(ctx["redis"], settings)  # keeps bulk batches flowing: runtime.bulk
     ctx["bulk"] = asyncio.create_task(feeder.run())
-    bell = ctx["doorbell_obj"] = Doorbell(ctx["redis"], keys.wake_channel(settings.queue_name))
+    bell = Doorbell(ctx["redis"], keys.wake_channel(settings.queue_name))
     ctx["doorbell"] = asyncio.create_task(bell.run())
     bell.install()  # arq's poll loop runs next, in this task: its sleep ends when a client rings
     _watch_lifeline()
