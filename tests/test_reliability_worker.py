@@ -143,14 +143,19 @@ STALL_JOBS = textwrap.dedent('''
 ''')
 
 
-@pytest.fixture
-def stall_jobs(tmp_path, monkeypatch):
+def _job_module(tmp_path, monkeypatch, name: str, source: str) -> str:
+    """Write job module ``name`` into a temp folder importable here and in worker subprocesses."""
     folder = tmp_path / "jobmods"
-    folder.mkdir()
-    (folder / "mq_stall_jobs.py").write_text(STALL_JOBS)
+    folder.mkdir(exist_ok=True)
+    (folder / f"{name}.py").write_text(source)
     monkeypatch.syspath_prepend(str(folder))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")]))
-    return "mq_stall_jobs"
+    return name
+
+
+@pytest.fixture
+def stall_jobs(tmp_path, monkeypatch):
+    return _job_module(tmp_path, monkeypatch, "mq_stall_jobs", STALL_JOBS)
 
 
 async def test_worker_killed_mid_write_leaves_no_temporary_file(settings, start_worker, stall_jobs, tmp_path):
@@ -221,11 +226,7 @@ async def test_pool_process_killed_mid_write_leaves_no_temporary_file(settings, 
 
     import mediaq
 
-    folder = tmp_path / "jobmods"
-    folder.mkdir()
-    (folder / "mq_pool_stall_jobs.py").write_text(POOL_STALL_JOBS)
-    monkeypatch.syspath_prepend(str(folder))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")]))
+    _job_module(tmp_path, monkeypatch, "mq_pool_stall_jobs", POOL_STALL_JOBS)
     s = settings.replace(job_modules=("mq_pool_stall_jobs",))
     client = await mediaq.connect(settings=s)
     try:
@@ -358,11 +359,7 @@ async def test_a_job_that_kills_every_worker_ends_failed_after_max_tries(setting
                                                                          monkeypatch):
     import mediaq
 
-    folder = tmp_path / "poison"
-    folder.mkdir()
-    (folder / "mq_poison_jobs.py").write_text(POISON)
-    monkeypatch.syspath_prepend(str(folder))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")]))
+    _job_module(tmp_path, monkeypatch, "mq_poison_jobs", POISON)
     s = settings.replace(job_modules=("mq_poison_jobs",))
     client = await mediaq.connect(settings=s)
     try:
