@@ -76,8 +76,9 @@ async def test_widget_state_after_a_known_batch(client, start_worker):
     assert {k.decode(): v.decode() for k, v in retries.items()} == {"k8": "k8~r1", "k9": "k9~r1"}
     assert await client.redis.exists("arq:job:k8~r1", "arq:result:k8~r1") >= 1
     await batch.wait(progress=False, timeout=60)
+    # a snapshot's reads run side by side: wait for every flushed figure asserted below
     snap = await eventually(dash.refresh, lambda s: {f.job_id for f in s.failures} >= {"k8~r1", "k9~r1"}
-                                and s.batches[0].finished)
+                                and s.batches[0].finished and s.failed == 4)
     assert "<code>k9~r1</code>" in dash.failures.value
     # the batch counts each item once (its latest attempt); the whole queue counts every attempt
     assert (snap.batches[0].total, snap.batches[0].failed) == (10, 2) and snap.failed == 4

@@ -21,9 +21,15 @@ async def test_snapshot_of_a_finished_batch(client, start_worker):
     items = [{"seconds": 0}] * 10 + [{"seconds": -1}, {"seconds": "x"}]
     batch = await client.enqueue_many("sleep", items, job_id="s{index}", batch="known")
     await batch.wait(progress=False, timeout=60)
-    # workers flush their counters every second: wait for them, not for a fixed time
-    snap = await eventually(lambda: queue_snapshot(client, batch, worker),
-                            lambda s: s.batches and s.batches[0].finished and len(s.failures) == 2)
+    # Workers flush their counters every second and a heartbeat carries `finished`; a snapshot's
+    # reads run side by side, so one snapshot can see a flush in one hash and not yet in another.
+    # Wait until every figure asserted below has arrived, not for a fixed time.
+    def arrived(s: Snapshot) -> bool:
+        return bool(s.batches and s.batches[0].finished and len(s.failures) == 2
+                    and (s.complete, s.failed) == (10, 2) and sum(c for _, c, _ in s.throughput) == 10
+                    and sum(f for _, _, f in s.throughput) == 2 and s.workers and s.workers[0].finished == 12)
+
+    snap = await eventually(lambda: queue_snapshot(client, batch, worker), arrived)
     assert snap.error is None and snap.ok
     (b,) = snap.batches
     assert (b.name, b.function, b.total, b.complete, b.failed, b.pending) == ("known", "sleep", 12, 10, 2, 0)
@@ -46,7 +52,8 @@ async def test_snapshot_of_a_finished_batch(client, start_worker):
     await other.wait(progress=False, timeout=60)
     snap = await eventually(lambda: queue_snapshot(client, batch), lambda s: s.failed == 3)
     assert {f.job_id for f in snap.failures} == {"s10", "s11"}
-    whole = await queue_snapshot(client)  # the whole queue: newest batches first, every failure
+    # the whole queue: newest batches first, every failure (the list is flushed beside the counts)
+    whole = await eventually(lambda: queue_snapshot(client), lambda s: len(s.failures) == 3)
     assert [x.name for x in whole.batches] == ["other", "known"]
     assert len(whole.failures) == 3 and whole.failures[0].batch == "other"
 
