@@ -22,7 +22,9 @@ async def test_widget_state_after_a_known_batch(client, start_worker):
     dash = Dashboard(client, batch, local_worker=worker, autostart=False)
     assert not dash.running and dash.snapshot is None
     await batch.wait(progress=False, timeout=60)
-    await eventually(dash.refresh, lambda s: s.batches[0].finished and len(s.failures) == 2)
+    # a snapshot's reads run side by side and can straddle a worker's flush: wait for all it shows
+    await eventually(dash.refresh, lambda s: s.batches[0].finished and len(s.failures) == 2
+                     and sum(g.count for g in s.errors) == 2 and bool(s.workers))
 
     bar, label, _ = dash._bars["known"]
     assert bar.value == 1.0 and bar.bar_style == "warning"  # finished, with failures
