@@ -11,7 +11,9 @@
 2. Thumbnail + medium + large per image: the one-decode ``create_image_set`` (large resized from
    the decode, medium from large, thumbnail from medium) against three separate jobs, one pool
    process (one core of image work); and the PSNR of each of its outputs against a LANCZOS resize
-   of the full decode to that output's size (pixels before encoding, target >= 45 dB).
+   of the full decode to that output's size (pixels before encoding, target >= 45 dB). Beside
+   them, the same pixel work alone in this process (:func:`pixel_ceiling`): the most the one-decode
+   job can gain over the separate jobs, whatever the queue costs.
 
 The direct methods read the file, resize, encode JPEG q87 and write it with a plain ``save``; the
 queue jobs also fsync each file and rename it into place (atomic writes), in the pool process for a
@@ -101,6 +103,33 @@ def set_psnr(path: str) -> dict[str, float]:
         full = im.convert("RGB")
     return {k: _psnr(Image.open(io.BytesIO(o.data)), full.resize((o.width, o.height), Image.Resampling.LANCZOS))
             for k, o in outs.items()}
+
+
+def pixel_ceiling(paths: list[str], rounds: int) -> tuple[float, float]:
+    """Median CPU seconds per image of the pixel work alone (bytes in memory, JPEG q87 outputs, no
+    queue, no files), this process: (one decode + the cascade, three decodes as the separate jobs
+    do), alternating round by round. The set job cannot beat the separate jobs by more than this
+    ratio, whatever the queue does (it saves decodes and resizes, nothing else)."""
+    specs = {k: imaging.OutputSpec(box) for k, box in SET_BOXES.items()}
+    datas = [Path(p).read_bytes() for p in paths]
+
+    def one_decode(data: bytes) -> None:
+        imaging.render_outputs(imaging.decode(data, list(SET_BOXES.values())), specs)
+
+    def separate(data: bytes) -> None:
+        for key, spec in specs.items():
+            imaging.render_outputs(imaging.decode(data, [spec.box]), {key: spec})
+
+    seen: dict[Callable[[bytes], None], list[float]] = {one_decode: [], separate: []}
+    for fn in seen:  # warm up
+        fn(datas[0])
+    for _ in range(rounds):
+        for fn, times in seen.items():
+            started = time.process_time()
+            for data in datas:
+                fn(data)
+            times.append((time.process_time() - started) / len(datas))
+    return float(np.median(seen[one_decode])), float(np.median(seen[separate]))
 
 
 METHODS: dict[str, Callable[[str], Image.Image]] = {
@@ -338,5 +367,9 @@ def run(ctx: BenchContext) -> list[dict]:
     rows.append(row("CPU per image for all three sizes: one-decode job vs 3 separate jobs", sets["combined"][1] * 1000,
                     sets["separate"][1] * 1000, "ms", higher_is_better=False,
                     baseline_name="create_thumbnail + 2x create_variant"))
+    one, three = pixel_ceiling(paths, 1 if ctx.quick else 5)
+    rows.append(row("CPU per image for all three sizes, pixel work alone (no queue, no files): one decode + "
+                    "cascade vs 3 decodes (the ceiling of the two rows above)", one * 1000, three * 1000, "ms",
+                    higher_is_better=False, baseline_name="3 separate decodes and renders"))
     return rows
 
