@@ -3,21 +3,26 @@
 - bulk enqueue of N jobs: ``enqueue_many`` vs sequential ``ArqRedis.enqueue_job``, and vs the
   server's ceiling for the same writes without checks (pipelined PSETEX + ZADD);
 - N results to a DataFrame: ``batch.results()`` vs ``all_job_results()`` + ``pd.DataFrame``;
-- ``batch.status()`` over N jobs (target <= 0.5 s).
+- ``batch.status()`` over N jobs (target <= 0.5 s);
+- the Redis server's CPU while ``batch.wait()`` waits on N queued jobs, against reading the status
+  every 0.5 s (what ``wait()`` did before it spaced its reads by their cost).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import time
 import tracemalloc
 
 import pandas as pd
+import psutil
 
 import mediaq
 from benchmarks._harness import BenchContext, row
 from mediaq.runtime.serialization import msgpack_dumps
+from mediaq.runtime.server import EmbeddedServer
 
 
 async def _bench(ctx: BenchContext) -> list[dict]:
@@ -62,6 +67,30 @@ async def _bench(ctx: BenchContext) -> list[dict]:
         await fresh.status()
         rows.append(row(f"batch.status() over {n} jobs", time.perf_counter() - t, 0.5, "s",
                         higher_is_better=False, baseline_name="target 0.5 s"))
+
+        # the Redis server's CPU while a client waits on these n queued jobs (no worker runs them):
+        # batch.wait() against reading the status every poll_interval (0.5 s), as wait() did before
+        server = psutil.Process(EmbeddedServer(ctx.settings.state_dir).status()["pid"])
+        span = 3.0 if ctx.quick else 8.0
+
+        async def wait_for_a_while() -> None:
+            with contextlib.suppress(TimeoutError):
+                await fresh.wait(progress=False, timeout=span)
+
+        async def poll_every_interval() -> None:
+            end = time.monotonic() + span
+            while time.monotonic() < end:
+                await fresh.status()
+                await asyncio.sleep(0.5)
+
+        waiting = {}
+        for name, fn in (("wait", wait_for_a_while), ("poll", poll_every_interval)):
+            cpu0, t = sum(server.cpu_times()[:2]), time.perf_counter()
+            await fn()
+            waiting[name] = (sum(server.cpu_times()[:2]) - cpu0) / (time.perf_counter() - t)
+        rows.append(row(f"Redis server busy while a client waits on {n} queued jobs (share of a core)",
+                        waiting["wait"] * 100, waiting["poll"] * 100, "%", higher_is_better=False,
+                        baseline_name="status read every 0.5 s"))
 
         # results: write n result records as a worker would, then read them both ways
         ctx.flush()

@@ -366,3 +366,55 @@ async def test_wait_obeys_every_cancel(client):
         done, _ = await asyncio.wait({task}, timeout=10)
         assert done, "a cancelled wait went on waiting"
         assert task.cancelled()
+
+
+async def test_wait_reads_a_slow_status_less_often(client, monkeypatch):
+    """A batch whose status read is slow (a large batch) is read at most ~5% of the time, not every
+    ``poll_interval``: waiting on 100k jobs must not keep Redis busy. The read is slowed here by
+    0.05 s, so the gap becomes about 1 s; a slower machine only makes the reads fewer."""
+    from mediaq.client.batch import Batch, poll_gap
+
+    batch = await client.enqueue_many("noop", range(20), batch="slow-status")  # no worker: never done
+    reads = []
+    real = Batch.status
+
+    async def slow_status(self):
+        reads.append(asyncio.get_running_loop().time())
+        await asyncio.sleep(0.05)
+        return await real(self)
+
+    monkeypatch.setattr(Batch, "status", slow_status)
+    with pytest.raises(TimeoutError, match=r"not finished after 2\.5 s"):
+        await batch.wait(progress=False, timeout=2.5, poll_interval=0.01)
+    # every 0.01 s this would be ~40 reads; at 5% of the time: at 0, ~1, ~2 s and the deadline
+    assert 2 <= len(reads) <= 6, reads
+    assert reads[1] - reads[0] >= 0.9  # read 0.05 s + gap 0.95 s (sleeps are never shorter)
+    assert poll_gap(0.01, 0.05) == pytest.approx(0.95)
+
+
+async def test_wait_keeps_topping_up_a_bulk_batch_between_slow_status_reads(client, monkeypatch):
+    """With only stock arq workers, ``wait()``'s top-ups set a bulk batch's pace: spacing the status
+    reads must not space the top-ups (still one every ``poll_interval``)."""
+    import mediaq.client.batch as batch_module
+
+    batch = await client.enqueue_many("noop", range(50), batch="slow-bulk", priority="bulk")
+    reads, topups = [], []
+    real_status, real_topup = batch_module.Batch.status, batch_module.topup
+
+    async def slow_status(self):
+        reads.append(1)
+        await asyncio.sleep(0.05)
+        return await real_status(self)
+
+    async def counting_topup(*args, **kwargs):
+        topups.append(1)
+        return await real_topup(*args, **kwargs)
+
+    monkeypatch.setattr(batch_module.Batch, "status", slow_status)
+    monkeypatch.setattr(batch_module, "topup", counting_topup)
+    with pytest.raises(TimeoutError):
+        await batch.wait(progress=False, timeout=2.0, poll_interval=0.05)
+    assert len(reads) <= 5, len(reads)
+    # a top-up every 0.05 s between the reads: ~35 in 2 s on a quiet machine, fewer on a busy one,
+    # but always several per read
+    assert len(topups) >= 3 * len(reads), (len(topups), len(reads))
