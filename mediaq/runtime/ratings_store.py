@@ -268,9 +268,7 @@ class RatingsStore:
                 n, images, total = conn.execute(self._prior_query()).one()
         else:
             n, images, total = conn.execute(self._prior_query()).one()
-        if not n:
-            return 0.0, 0.0
-        return float(n) / float(images), float(total) / float(n)
+        return _prior_of(n, images, total)
 
     @staticmethod
     def _prior_query() -> Any:
@@ -288,19 +286,18 @@ class RatingsStore:
         ``SELECT DISTINCT`` reads the key in index order: no temporary B-tree, which
         ``count(DISTINCT ..)`` builds."""
         distinct = sa.select(sa.func.count()).select_from(sa.select(ratings.c.image_id).distinct().subquery())
-        totals = sa.select(sa.func.count(), sa.func.sum(ratings.c.score))
-
-        def read(query: Any) -> Any:
-            with self._reading() as conn:
-                return conn.execute(query).one()
-
         with ThreadPoolExecutor(1, thread_name_prefix="mediaq-prior") as pool:
-            images = pool.submit(read, distinct)
-            n, total = read(totals)
+            images = pool.submit(self._read_one, distinct)
+            n, total = self._read_one(_TOTALS)
             (count_images,) = images.result()
         if bool(n) != bool(count_images):  # a load (or a delete of everything) came between the two
-            return read(self._prior_query())
+            return self._read_one(self._prior_query())
         return n, count_images, total
+
+    def _read_one(self, query: Any) -> Any:
+        """The one row of ``query`` on a read connection of its own (callable from another thread)."""
+        with self._reading() as conn:
+            return conn.execute(query).one()
 
     def ratings_frame(self) -> pd.DataFrame:
         """Every rating as a DataFrame (``image_id``, ``user_id``, ``score``)."""
@@ -405,8 +402,7 @@ class RatingsStore:
         >>> s.range_bounds(2)
         ['c', 'e']
         """
-        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-            raise ConfigError(f"range size {size!r} must be an integer >= 1")
+        _check_range_size(size)
         with self._reading() as conn:
             if not self.is_sqlite:
                 return list(conn.scalars(self._window_bounds(), {"size": size}))
@@ -417,11 +413,7 @@ class RatingsStore:
                     sa.union(sa.select(ratings.c.image_id).where(ratings.c.image_id >= after),
                              sa.select(rating_stats.c.image_id).where(rating_stats.c.image_id >= after))
                     .order_by(sa.literal_column("image_id")).limit(1).offset(sa.bindparam("size", type_=sa.Integer)))
-            bounds: list[str] = []
-            after = ""  # below every id (ids are non-empty)
-            while (after := conn.scalar(hop, {"after": after, "size": size})) is not None:
-                bounds.append(after)
-            return bounds
+            return _hops(conn, hop, size)
 
     def library_plan(self, size: int, *, with_prior: bool = False) -> tuple[list[str], int, tuple[float, float] | None]:
         """``(bounds, rated images, prior or None)`` for a whole-library run in one pass over the keys:
@@ -442,29 +434,22 @@ class RatingsStore:
         >>> s.library_plan(2, with_prior=True)
         (['c', 'e'], 5, (1.2, 6.0))
         """
-        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-            raise ConfigError(f"range size {size!r} must be an integer >= 1")
+        _check_range_size(size)
         if not self.is_sqlite or self._memory:
             with self._reading() as conn:
                 bounds = list(conn.scalars(self._window_bounds(rated_only=True), {"size": size}))
                 images = conn.scalar(sa.select(sa.func.count(sa.distinct(ratings.c.image_id))))
                 prior = self.prior(conn) if with_prior else None
             return bounds, int(images or 0), prior
-        totals = sa.select(sa.func.count(), sa.func.sum(ratings.c.score))
-
-        def read_totals() -> Any:
-            with self._reading() as conn:
-                return conn.execute(totals).one()
-
         with ThreadPoolExecutor(1, thread_name_prefix="mediaq-prior") as pool:
-            summed = pool.submit(read_totals) if with_prior else None
+            summed = pool.submit(self._read_one, _TOTALS) if with_prior else None
             bounds, images = self._sqlite_rated_hops(size)
             n, total = summed.result() if summed is not None else (None, None)
         if summed is None:
             return bounds, images, None
         if bool(n) != bool(images):  # a load (or a delete of everything) came between the two
             return bounds, images, self.prior()
-        return bounds, images, ((float(n) / images, float(total) / n) if n else (0.0, 0.0))
+        return bounds, images, _prior_of(n, images, total)
 
     def _sqlite_rated_hops(self, size: int) -> tuple[list[str], int]:
         """Every ``size``-th distinct rated id by ``LIMIT 1 OFFSET`` hops, and the count of them (the
@@ -475,11 +460,8 @@ class RatingsStore:
             self._cache["rated_hop"] = rated.order_by(ratings.c.image_id).limit(1).offset(
                 sa.bindparam("size", type_=sa.Integer))
             self._cache["rated_tail"] = sa.select(sa.func.count()).select_from(rated.subquery())
-        bounds: list[str] = []
         with self._reading() as conn, conn.begin():
-            after = ""
-            while (after := conn.scalar(self._cache["rated_hop"], {"after": after, "size": size})) is not None:
-                bounds.append(after)
+            bounds = _hops(conn, self._cache["rated_hop"], size)
             tail = conn.scalar(self._cache["rated_tail"], {"after": bounds[-1] if bounds else ""})
         return bounds, len(bounds) * size + int(tail or 0)
 
@@ -671,6 +653,33 @@ class RatingsStore:
             conn = conn.execution_options(mediaq_immediate=True)
             with conn.begin():
                 yield conn
+
+
+#: ``(ratings, sum of scores)``: the prior's cheap scan, read beside the pass that counts rated images
+_TOTALS = sa.select(sa.func.count(), sa.func.sum(ratings.c.score))
+
+
+def _prior_of(n: int | None, images: int | None, total: Any) -> tuple[float, float]:
+    """``(C, m)`` from the count of ratings, of distinct rated images and the sum of scores;
+    ``(0.0, 0.0)`` with no ratings."""
+    if not n:
+        return 0.0, 0.0
+    return float(n) / float(images), float(total) / float(n)  # type: ignore[arg-type]
+
+
+def _check_range_size(size: object) -> None:
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ConfigError(f"range size {size!r} must be an integer >= 1")
+
+
+def _hops(conn: Connection, hop: Any, size: int) -> list[str]:
+    """Every id the ``LIMIT 1 OFFSET size`` statement ``hop`` lands on, each hop starting at the last
+    (``after``: from below every id, as ids are non-empty)."""
+    bounds: list[str] = []
+    after = ""
+    while (after := conn.scalar(hop, {"after": after, "size": size})) is not None:
+        bounds.append(after)
+    return bounds
 
 
 def _batches(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
