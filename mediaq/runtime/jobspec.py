@@ -169,4 +169,3 @@ async def run_cpu(ctx: dict[str, Any], fn: Callable[..., Any], *args: Any, **kwa
             if janitor is not None:  # a process killed mid-write leaves its temporary file: swept after the grace
                 janitor.request_sweep()
         raise TransientJobError("worker_pool_broken", "a pool process died; the job will be retried") from None
-
