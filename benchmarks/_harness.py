@@ -7,7 +7,7 @@ and builds its rows with :func:`row`. Ratios are oriented so that above 1 means 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ from typing import Any
 from mediaq.runtime.localworker import LocalWorker
 from mediaq.runtime.settings import Settings
 
-__all__ = ["BenchContext", "row"]
+__all__ = ["BenchContext", "cpu_seconds", "row"]
 
 
 def row(metric: str, mediaq: float, baseline: float, unit: str, *, higher_is_better: bool = True,
@@ -27,6 +27,22 @@ def row(metric: str, mediaq: float, baseline: float, unit: str, *, higher_is_bet
         ratio = baseline / mediaq if mediaq else float("inf")
     return {"metric": metric, "mediaq": mediaq, "baseline": baseline, "ratio": ratio, "unit": unit,
             "baseline_name": baseline_name}
+
+
+def cpu_seconds(pids: Iterable[int], *, children: bool = False) -> float:
+    """User + system CPU seconds so far of the processes ``pids`` (with ``children``, of all their
+    descendants too); a process that is gone counts 0."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(pid)
+            for p in [proc, *(proc.children(recursive=True) if children else ())]:
+                with contextlib.suppress(psutil.Error):
+                    times = p.cpu_times()
+                    total += times.user + times.system
+    return total
 
 
 @dataclass

@@ -39,7 +39,7 @@ import psutil
 from PIL import Image
 
 import mediaq
-from benchmarks._harness import BenchContext, row
+from benchmarks._harness import BenchContext, cpu_seconds, row
 from mediaq.pure import imaging
 from mediaq.runtime.localworker import LocalWorker
 
@@ -179,18 +179,6 @@ def _photos(ctx: BenchContext, n: int) -> list[str]:
 
 
 # -- measurements -----------------------------------------------------------------------------------
-def _cpu(pids: list[int]) -> float:
-    """User + system CPU seconds of these processes so far (gone ones count 0)."""
-    total = 0.0
-    for pid in pids:
-        try:
-            t = psutil.Process(pid).cpu_times()
-            total += t.user + t.system
-        except psutil.Error:
-            pass
-    return total
-
-
 def direct_rate(pool: ProcessPoolExecutor, method: str, paths: list[str],
                 out_dir: Path) -> tuple[float, float, float]:
     """Images/s, CPU seconds per image of ``pool``'s processes, and of those plus this process (whose
@@ -199,12 +187,12 @@ def direct_rate(pool: ProcessPoolExecutor, method: str, paths: list[str],
     out_dir.mkdir(parents=True, exist_ok=True)
     list(pool.map(direct_job, [method] * 2, paths[:2], [str(out_dir / "warm0.jpg"), str(out_dir / "warm1.jpg")]))
     pids = list(pool._processes)  # type: ignore[attr-defined]
-    cpu0, own0, t = _cpu(pids), _cpu([os.getpid()]), time.perf_counter()
+    cpu0, own0, t = cpu_seconds(pids), cpu_seconds([os.getpid()]), time.perf_counter()
     futures = [pool.submit(direct_job, method, p, str(out_dir / f"{i}.jpg")) for i, p in enumerate(paths)]
     for f in futures:
         f.result()
     elapsed = time.perf_counter() - t
-    pool_cpu, own = _cpu(pids) - cpu0, _cpu([os.getpid()]) - own0
+    pool_cpu, own = cpu_seconds(pids) - cpu0, cpu_seconds([os.getpid()]) - own0
     return len(paths) / elapsed, pool_cpu / len(paths), (pool_cpu + own) / len(paths)
 
 
@@ -216,11 +204,11 @@ async def queue_rate(client: mediaq.Client, function: str, items: list[dict], ba
     The first figure is the throughput; the second adds the enqueue and the worker's pick-up delay
     (up to ``poll_delay``), which weighs on short runs only.
     """
-    cpu0 = _cpu(pids or [])
+    cpu0 = cpu_seconds(pids or [])
     t0 = time.time()
     b = await client.enqueue_many(function, items, job_id=batch + ":{image_id}", batch=batch)
     await b.wait(progress=False, timeout=600, poll_interval=0.1)
-    cpu1 = _cpu(pids or [])
+    cpu1 = cpu_seconds(pids or [])
     df = await b.results()
     failed = df[df["status"] != "complete"]
     if len(failed):
@@ -304,9 +292,9 @@ async def _set_part(ctx: BenchContext, paths: list[str], repeats: int) -> dict[s
                 items = [{"image_id": f"s{r}-{i}", "source_path": p} for i, p in enumerate(paths)]
                 rate, _, cpu = await queue_rate(client, "create_image_set", items, f"set{r}", pids)
                 seen["combined"].append((rate, cpu))
-                cpu0 = _cpu(pids)
+                cpu0 = cpu_seconds(pids)
                 sep = await separate_rate(client, paths, f"sep{r}-")
-                seen["separate"].append((sep, (_cpu(pids) - cpu0) / len(paths)))
+                seen["separate"].append((sep, (cpu_seconds(pids) - cpu0) / len(paths)))
         finally:
             await client.close()
     return {k: (float(np.median([v[0] for v in runs])), float(np.median([v[1] for v in runs])))

@@ -50,7 +50,7 @@ import psutil
 import redis
 
 import mediaq
-from benchmarks._harness import BenchContext, row
+from benchmarks._harness import BenchContext, cpu_seconds, row
 from mediaq.runtime.connections import with_db
 from mediaq.runtime.server import resolve_redis_url
 
@@ -196,7 +196,7 @@ def _worker_rate(ctx: BenchContext, side: Any, n: int, info: redis.Redis, *, thu
         starter = _mediaq_worker(ctx, storage) if isinstance(side, MediaqSide) else _peer_worker(side, log)
         with starter as proc:
             first, elapsed = _wait_done(side, n, proc, start, limit=max(120.0, n / 20 if storage is None else n))
-            cpu = _tree_cpu(proc)
+            cpu = cpu_seconds([proc.pid], children=True)
         after = _server_counters(info)
     finally:
         side.flush()
@@ -275,17 +275,6 @@ def _alive(proc: psutil.Process) -> bool:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
-
-
-def _tree_cpu(proc: psutil.Process) -> float:
-    """CPU seconds (user + system) of the worker and all its children, while they still run."""
-    total = 0.0
-    with contextlib.suppress(psutil.NoSuchProcess):
-        for p in [proc, *proc.children(recursive=True)]:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                times = p.cpu_times()
-                total += times.user + times.system
-    return total
 
 
 def _server_counters(info: redis.Redis) -> tuple[int, float]:

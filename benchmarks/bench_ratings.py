@@ -32,7 +32,6 @@ Repeated timings are medians of 3 runs; the queue and pandas alternate (the mach
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import statistics
 import time
 from typing import Any
@@ -41,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 import mediaq
-from benchmarks._harness import BenchContext, row
+from benchmarks._harness import BenchContext, cpu_seconds, row
 from mediaq.client.batch import Batch
 from mediaq.client.ratings import enqueue_library
 from mediaq.pure.ratings import bayesian_ratings
@@ -131,9 +130,9 @@ async def _bench(ctx: BenchContext) -> list[dict]:
                     bayesian_ratings(frame)
                     pandas_times.append(time.perf_counter() - t)
                     pandas_cpu.append(time.process_time() - cpu)
-                    cpu = time.process_time() + _cpu(worker.pid)
+                    cpu = time.process_time() + cpu_seconds([worker.pid], children=True)
                     elapsed, batch, marks = await _through_queue(client, store, ids, variant, url)
-                    queue_cpu[variant].append(time.process_time() + _cpu(worker.pid) - cpu)
+                    queue_cpu[variant].append(time.process_time() + cpu_seconds([worker.pid], children=True) - cpu)
                     queue_times[variant].append(elapsed)
                     results = await batch.results()
                     if results["updated"].sum() != len(ids) or any(len(u) for u in results["unknown"]):
@@ -238,19 +237,6 @@ def _ranges_in_the_store(store: RatingsStore, size: int) -> None:
     bounds, _, (C, m) = store.library_plan(size, with_prior=True)
     for lo, hi in zip([None, *bounds], [*bounds, None], strict=True):
         store.recalculate_range(lo, hi, C, m)
-
-
-def _cpu(pid: int | None) -> float:
-    """CPU seconds (user + system) of a process and its children so far."""
-    import psutil
-
-    proc = psutil.Process(pid)
-    total = 0.0
-    for p in [proc, *proc.children(recursive=True)]:
-        with contextlib.suppress(psutil.Error):
-            times = p.cpu_times()
-            total += times.user + times.system
-    return total
 
 
 def _check(store: RatingsStore, want: pd.DataFrame) -> None:
