@@ -21,12 +21,11 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from mediaq.errors import JobFailure, TransientJobError
+from mediaq.runtime.procpool import BrokenProcessPool, ProcessPool
 
 __all__ = ["JobSpec", "exit_with_parent", "job", "job_settings", "make_process_pool", "resources", "run_cpu"]
 
@@ -105,9 +104,10 @@ def _retry_or_raise(ctx: dict[str, Any], exc: JobFailure, max_tries: int | None)
         raise Retry(defer=backoff * job_try) from exc
 
 
-def make_process_pool(processes: int) -> ProcessPoolExecutor:
-    """A pool for CPU-bound work. ``forkserver``: a forked pool can hang when the parent already
-    holds library threads (seen with pyvips), and ``spawn`` would re-import on every start.
+def make_process_pool(processes: int) -> ProcessPool:
+    """A pool for CPU-bound work (:class:`~mediaq.runtime.procpool.ProcessPool`). ``forkserver``: a
+    forked pool can hang when the parent already holds library threads (seen with pyvips), and
+    ``spawn`` would re-import on every start.
 
     Its processes end when the worker that made the pool dies, however it dies (SIGKILL, the OOM
     killer): see :func:`exit_with_parent`. With them gone, the forkserver and the resource tracker
@@ -116,16 +116,15 @@ def make_process_pool(processes: int) -> ProcessPoolExecutor:
     import multiprocessing
 
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    return ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context(method),
-                               initializer=exit_with_parent)
+    return ProcessPool(processes, mp_context=multiprocessing.get_context(method), initializer=exit_with_parent)
 
 
 def exit_with_parent() -> None:
     """Pool initializer: end this process as soon as the process that started it is gone.
 
-    A pool process blocks on its task queue, and holds both ends of that pipe itself, so it never
-    sees its worker die; it would live on with parent 1 (about 100 MB each), keeping the forkserver
-    (whose child it is, so ``PR_SET_PDEATHSIG`` cannot help) and the resource tracker alive. The
+    An idle pool process sees its worker die (its socket ends), but one busy with a long call would
+    finish it first, with parent 1 (about 100 MB each), keeping the forkserver (whose child it is,
+    so ``PR_SET_PDEATHSIG`` cannot help) and the resource tracker alive meanwhile. The
     worker holds the write end of ``multiprocessing.parent_process().sentinel`` (for the forkserver
     and spawn methods alike) and nothing else does: it becomes readable exactly when the worker is
     gone. A daemon thread waits on it, then leaves at once (``os._exit``: nothing of a dead worker's
@@ -150,22 +149,19 @@ def exit_with_parent() -> None:
 async def run_cpu(ctx: dict[str, Any], fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run ``fn(*args, **kwargs)`` in the worker's process pool, off the event loop.
 
-    Without a pool (a job called directly, in a test or a notebook) it runs in a thread. A pool
-    broken by a killed child is replaced for every later job, and this job is retried (transient).
+    Without a pool (a job called directly, in a test or a notebook) it runs in a thread. A call
+    whose pool process dies is retried (a transient error); the pool starts a new process for the
+    next call, and the janitor sweeps the temporary file a process killed mid-write leaves.
     """
-    loop = asyncio.get_running_loop()
-    call = functools.partial(fn, *args, **kwargs)
-    shared = resources(ctx)
-    pool = shared.get("pool") or ctx.get("pool")
+    pool = ctx.get("pool")
     if pool is None:
-        return await asyncio.to_thread(call)
+        return await asyncio.to_thread(functools.partial(fn, *args, **kwargs))
     try:
-        return await loop.run_in_executor(pool, call)
+        if isinstance(pool, ProcessPool):
+            return await pool.run(fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(fn, *args, **kwargs))
     except BrokenProcessPool:
-        if (shared.get("pool") or ctx.get("pool")) is pool:  # first job to notice replaces it, for all jobs
-            shared["pool"] = make_process_pool(ctx["settings"].processes)
-            pool.shutdown(wait=False, cancel_futures=True)
-            janitor = ctx.get("janitor_obj")
-            if janitor is not None:  # a process killed mid-write leaves its temporary file: swept after the grace
-                janitor.request_sweep()
+        janitor = ctx.get("janitor_obj")
+        if janitor is not None:
+            janitor.request_sweep()
         raise TransientJobError("worker_pool_broken", "a pool process died; the job will be retried") from None

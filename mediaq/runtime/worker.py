@@ -5,7 +5,8 @@ specs into arq's ``WorkerSettings``: 3 tries, 300 s timeout (less for short jobs
 backoff 5 s x try, 10 jobs at once, queue on Redis db 1. The job specs are handed in by the entry
 point (:mod:`mediaq.worker`), which sits above the jobs.
 
-CPU-bound work runs in a process pool sized to the cores (``forkserver``), so one worker keeps every
+CPU-bound work runs in a process pool sized to the cores (:mod:`mediaq.runtime.procpool`: ``forkserver``
+processes the event loop writes calls to directly, no executor threads), so one worker keeps every
 core busy while its event loop still answers health checks and aborts.
 
 Each worker claims the jobs it runs and runs a janitor (:mod:`mediaq.runtime.recovery`): the jobs of a worker
