@@ -160,7 +160,7 @@ class ProcessPool(Executor):
             self._queued.popleft()[1].cancel()
         processes = [child.process for child in self._children]
         for child in list(self._children):
-            self._close(child, BrokenProcessPool("the pool was shut down while this call ran"))
+            self._close(child, BrokenProcessPool("the pool was shut down while this call ran"), quiet=True)
         if wait:
             for process in processes:
                 process.join(_JOIN_TIMEOUT)
@@ -272,9 +272,11 @@ class ProcessPool(Executor):
         how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
         if code is None:
             how = "closed its connection"
-        return BrokenProcessPool(f"pool process {child.process.pid} {how} while running a call")
+        return BrokenProcessPool(f"pool process {child.process.pid} {how} with a call sent to it")
 
-    def _close(self, child: _Child, error: BaseException | None) -> None:
+    def _close(self, child: _Child, error: BaseException | None, *, quiet: bool = False) -> None:
+        """Forget ``child`` and close its socket; its call, if any, fails with ``error`` (``quiet``:
+        no "exception was never retrieved" log when nobody awaits it any more, as at shutdown)."""
         if child in self._children:
             self._children.remove(child)
         if child in self._idle:
@@ -286,6 +288,8 @@ class ProcessPool(Executor):
         future, child.call = child.call, None
         if future is not None and not future.done() and error is not None:
             future.set_exception(error)
+            if quiet:
+                future.exception()  # marks it retrieved
 
 
 def _child_main(sock: socket.socket, initializer: Callable[[], Any] | None) -> None:
