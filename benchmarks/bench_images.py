@@ -7,7 +7,8 @@
    and each method's PSNR against a full-decode LANCZOS reference (pixels before JPEG encoding).
    CPU per thumbnail: the worker, its pool and the Redis server against the direct method's pool
    alone, and against that pool plus the process whose threads dispatch to it (as the worker's
-   main process does for the queue).
+   main process does for the queue). Beside them, the job's own work alone in this process
+   (:func:`job_ceiling`): the most the queue can reach against the direct method, were it free.
 2. Thumbnail + medium + large per image: the one-decode ``create_image_set`` (large resized from
    the decode, medium from large, thumbnail from medium) against three separate jobs, one pool
    process (one core of image work); and the PSNR of each of its outputs against a LANCZOS resize
@@ -130,6 +131,35 @@ def pixel_ceiling(paths: list[str], rounds: int) -> tuple[float, float]:
                 fn(data)
             times.append((time.process_time() - started) / len(datas))
     return float(np.median(seen[one_decode])), float(np.median(seen[separate]))
+
+
+def job_ceiling(paths: list[str], method: str, out_dir: Path, rounds: int) -> tuple[float, float]:
+    """Median CPU seconds per thumbnail in this process, no queue and no pool: (what a
+    ``create_thumbnail`` job runs in its pool process: :func:`mediaq.jobs.images.make_outputs`, read,
+    decode, render, encode, fsynced atomic write into a storage folder; ``direct_job`` with
+    ``method``: the same pixels, a plain ``save``), alternating round by round. The queue cannot beat
+    the direct method by more than this ratio, however little it costs itself."""
+    from mediaq.jobs.images import make_outputs
+
+    spec = {"thumbnail": imaging.OutputSpec(BOX, "jpeg", QUALITY)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def job(i: int, path: str) -> None:
+        make_outputs(path, spec, str(out_dir / "storage"), f"c{i}")
+
+    def direct(i: int, path: str) -> None:
+        direct_job(method, path, str(out_dir / f"c{i}.jpg"))
+
+    seen: dict[Callable[[int, str], None], list[float]] = {job: [], direct: []}
+    for fn in seen:  # warm up
+        fn(0, paths[0])
+    for _ in range(rounds):
+        for fn, times in seen.items():
+            started = time.process_time()
+            for i, path in enumerate(paths):
+                fn(i, path)
+            times.append((time.process_time() - started) / len(paths))
+    return float(np.median(seen[job])), float(np.median(seen[direct]))
 
 
 METHODS: dict[str, Callable[[str], Image.Image]] = {
@@ -330,6 +360,12 @@ def run(ctx: BenchContext) -> list[dict]:
             measured[best][1] * 1000, "ms", higher_is_better=False, baseline_name=best),
         row("CPU per thumbnail: the same vs that method's pool + the process dispatching to it", queue_cpu * 1000,
             measured[best][2] * 1000, "ms", higher_is_better=False, baseline_name=f"{best}, pool + dispatcher"),
+    ]
+    job_cpu, direct_cpu = job_ceiling(paths, best, ctx.tmp / "ceiling", 1 if ctx.quick else 5)
+    rows += [
+        row("CPU per thumbnail, the job's own work alone (no queue, no pool: decode, render, encode, fsynced "
+            "atomic write) vs that method (plain save), one process: the ceiling of the rows above", job_cpu * 1000,
+            direct_cpu * 1000, "ms", higher_is_better=False, baseline_name=best),
         row("thumbnail PSNR vs full-decode LANCZOS, mediaq vs that method", mediaq_db, psnr[best], "dB",
             baseline_name=best),
         row("thumbnail PSNR vs full-decode LANCZOS, mediaq vs the 45 dB target", mediaq_db, TARGET_DB, "dB",
