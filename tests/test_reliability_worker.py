@@ -220,8 +220,8 @@ POOL_STALL_JOBS = textwrap.dedent('''
 
 async def test_pool_process_killed_mid_write_leaves_no_temporary_file(settings, start_worker, tmp_path,
                                                                        monkeypatch):
-    """The worker lives on (so no dead worker for the janitor to sweep after): the broken pool is
-    replaced, the job retried, and the dead process's temporary file swept once past the grace."""
+    """The worker lives on (so no dead worker for the janitor to sweep after): the dead pool process
+    is replaced, the job retried, and the dead process's temporary file swept once past the grace."""
     import signal
 
     import mediaq
@@ -239,7 +239,7 @@ async def test_pool_process_killed_mid_write_leaves_no_temporary_file(settings, 
         await eventually(stalled, timeout=30, what="the pool process stalls mid-write")
         (leftover,) = temp_files(Path(s.storage))
         os.kill(int(marker.read_text()), signal.SIGKILL)  # the pool process only
-        path = await client.result(job_id, timeout=60)  # retried in the replacement pool
+        path = await client.result(job_id, timeout=60)  # retried in the dead process's replacement
         assert Path(path).read_bytes() == b"J" * 100_000 and worker.alive
 
         async def swept():

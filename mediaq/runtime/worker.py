@@ -110,7 +110,7 @@ async def _shutdown(ctx: dict[str, Any]) -> None:
 
 
 async def _close_resources(resources: dict[str, Any]) -> None:
-    """Close what jobs kept in ``resources(ctx)``: a replacement pool, DB engines and stores, clients.
+    """Close what jobs kept in ``resources(ctx)``: executors, DB engines and stores, clients.
     ctx itself is left alone: its Redis pool is arq's, closed by arq after this hook."""
     from concurrent.futures import Executor
 
