@@ -27,8 +27,17 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["eventually", "eventually_sync", "free_port", "parse_source", "png_header", "random_ratings",
+__all__ = ["eventually", "eventually_sync", "free_port", "parse_source", "pid_gone", "png_header", "random_ratings",
            "stop_process"]
+
+
+def pid_gone(pid: int) -> bool:
+    """Whether no process has the id ``pid`` (any more)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
 
 
 def parse_source(path: Path) -> ast.Module:

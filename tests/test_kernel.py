@@ -7,7 +7,7 @@ import os
 import signal
 
 import pytest
-from helpers import eventually_sync
+from helpers import eventually_sync, pid_gone
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -60,14 +60,6 @@ class Kernel:
         self.km.shutdown_kernel(now=True)  # SIGKILL: no atexit, no clean shutdown
 
 
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
 def test_interrupt_second_worker_and_a_killed_kernel(settings):
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEDIAQ_")}
     env.update(settings.replace(worker_processes=1).to_env())
@@ -96,10 +88,10 @@ def test_interrupt_second_worker_and_a_killed_kernel(settings):
     # the worker the kernel started stops when the kernel dies, even by SIGKILL
     if pid is not None:
         try:
-            eventually_sync(lambda: _gone(pid) or _reap(pid), timeout=30, interval=0.1,
+            eventually_sync(lambda: pid_gone(pid) or _reap(pid), timeout=30, interval=0.1,
                             what="the kernel's worker to stop")
         finally:
-            if not _gone(pid):
+            if not pid_gone(pid):
                 os.kill(pid, signal.SIGKILL)
 
 
@@ -107,7 +99,7 @@ def _reap(pid: int) -> bool:
     try:
         return os.waitpid(pid, os.WNOHANG)[0] == pid
     except ChildProcessError:
-        return _gone(pid)
+        return pid_gone(pid)
 
 
 def test_ctrl_c_in_a_script_ends_the_wait_with_one_line(settings, tmp_path):

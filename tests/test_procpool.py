@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import eventually
+from helpers import eventually, pid_gone
 
 from mediaq.runtime.jobspec import make_process_pool, run_cpu
 from mediaq.runtime.procpool import BrokenProcessPool, ProcessPool, RemoteTraceback
@@ -114,6 +114,25 @@ async def test_a_process_that_dies_idle_is_replaced_when_work_comes(pool):
         os.kill(pid, signal.SIGKILL)
     await eventually(lambda: "idle=0" in repr(pool), timeout=30, what="the pool to see both deaths")
     assert (await pool.run(pid_of, 5))[1] == 25
+
+
+async def test_a_cancelled_running_call_stops_its_process(tmp_path):
+    """A job that times out (or is aborted) while its call runs: the process is killed at once rather
+    than left running the call, and the next call gets a new one."""
+    pool = make_process_pool(1)
+    try:
+        gate, note = tmp_path / "gate", tmp_path / "pid"  # the gate never opens: a runaway call
+        call = pool.run(wait_for, str(gate), str(note))
+        await eventually(note.exists, timeout=30, what="the call to start")
+        victim = int(note.read_text())
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(call, 0.1)  # cancels the running call, as arq's job timeout does
+        await eventually(lambda: pid_gone(victim), timeout=30, what="the cancelled call's process to end")
+        pid, square = await pool.run(pid_of, 3)  # at once: not behind the runaway call
+        assert square == 9 and pid != victim
+        assert "started=2" in repr(pool)
+    finally:
+        pool.shutdown()
 
 
 async def test_a_cancelled_queued_call_never_runs(tmp_path):

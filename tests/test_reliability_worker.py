@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import eventually
+from helpers import eventually, pid_gone
 from PIL import Image
 
 from mediaq.pure.imaging import fit_size
@@ -267,6 +267,58 @@ async def _plant(redis, ident: WorkerIdentity, job_ids: list[str]) -> None:
 
 async def _blocked(redis, job_ids):
     return {j for j in job_ids if await redis.exists(f"arq:in-progress:{j}")}
+
+
+RUNAWAY_JOBS = textwrap.dedent('''
+    """A job whose pool call never ends by itself (a runaway decode: CPU, no sleep), and one that
+    tells which pool process ran it."""
+    import os, time
+    from pathlib import Path
+    from mediaq import job
+    from mediaq.runtime.jobspec import run_cpu
+
+    def spin(note):
+        Path(note).write_text(str(os.getpid()))
+        deadline = time.monotonic() + 300  # bound: far beyond every wait of the test
+        while time.monotonic() < deadline:
+            pass
+        return os.getpid()
+
+    @job(timeout=5, max_tries=1)
+    async def runaway(ctx, note):
+        return await run_cpu(ctx, spin, note)
+
+    def pid():
+        return os.getpid()
+
+    @job
+    async def pool_pid(ctx):
+        return await run_cpu(ctx, pid)
+''')
+
+
+async def test_a_job_that_times_out_stops_its_pool_process(settings, start_worker, tmp_path, monkeypatch):
+    """The job's timeout ends its pool call too: the pool process is killed, not left spinning, so a
+    job queued behind it on a one-process pool runs at once instead of after the runaway call."""
+    import mediaq
+    from mediaq.errors import JobError
+
+    _job_module(tmp_path, monkeypatch, "mq_runaway_jobs", RUNAWAY_JOBS)
+    s = settings.replace(job_modules=("mq_runaway_jobs",))
+    client = await mediaq.connect(settings=s)
+    try:
+        start_worker(job_modules=("mq_runaway_jobs",), worker_processes=1)
+        note = tmp_path / "spinning"
+        stuck = await client.enqueue_job("runaway", str(note))
+        await eventually(note.exists, timeout=30, what="the runaway call to start in the pool")
+        victim = int(note.read_text())
+        with pytest.raises(JobError):
+            await client.result(stuck, timeout=60)  # timed out after 5 s
+        after = await client.enqueue_job("pool_pid")
+        assert await client.result(after, timeout=30) != victim  # with the old pool: 300 s behind the spin
+        await eventually(lambda: pid_gone(victim), timeout=30, what="the runaway call's pool process to end")
+    finally:
+        await client.close()
 
 
 async def test_janitor_tells_dead_workers_from_live_ones(client):

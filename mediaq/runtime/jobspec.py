@@ -150,8 +150,9 @@ async def run_cpu(ctx: dict[str, Any], fn: Callable[..., Any], *args: Any, **kwa
     """Run ``fn(*args, **kwargs)`` in the worker's process pool, off the event loop.
 
     Without a pool (a job called directly, in a test or a notebook) it runs in a thread. A call
-    whose pool process dies is retried (a transient error); the pool starts a new process for the
-    next call, and the janitor sweeps the temporary file a process killed mid-write leaves.
+    whose pool process dies is retried (a transient error); a call cancelled while it runs (its job
+    timed out or was aborted) has its process killed. Either way the pool starts a new process for
+    the next call, and the janitor sweeps any temporary file the process left mid-write.
     """
     pool = ctx.get("pool")
     if pool is None:
@@ -161,7 +162,14 @@ async def run_cpu(ctx: dict[str, Any], fn: Callable[..., Any], *args: Any, **kwa
             return await pool.run(fn, *args, **kwargs)
         return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(fn, *args, **kwargs))
     except BrokenProcessPool:
-        janitor = ctx.get("janitor_obj")
-        if janitor is not None:
-            janitor.request_sweep()
+        _request_sweep(ctx)
         raise TransientJobError("worker_pool_broken", "a pool process died; the job will be retried") from None
+    except asyncio.CancelledError:
+        _request_sweep(ctx)
+        raise
+
+
+def _request_sweep(ctx: dict[str, Any]) -> None:
+    janitor = ctx.get("janitor_obj")
+    if janitor is not None:  # a process killed mid-write leaves its temporary file: swept after the grace
+        janitor.request_sweep()

@@ -20,14 +20,20 @@ start method                  ``forkserver`` (``spawn`` where there is none): se
                               :func:`~mediaq.runtime.jobspec.make_process_pool`
 a child dies mid-call         the call's future raises ``BrokenProcessPool``
                               (``run_cpu`` turns it into a transient job error: retried)
-a cancelled call              a queued one never runs; a running one runs to its end and its
-                              result is dropped (a child cannot be interrupted safely mid-write)
+a cancelled call              a queued one never runs (as the executor's)
 ``shutdown(wait)``             children exit when their socket closes; ``wait`` joins them
 ``submit`` / ``map``          the ``Executor`` interface, from the event loop's thread
 ============================  ====================================================================
 
-What differs, on purpose: a dead child breaks only its own call, not the pool; it is replaced the
-next time a call needs a process (so a child that dies while idle is not restarted in a loop).
+What differs, on purpose:
+
+* a dead child breaks only its own call, not the pool; it is replaced the next time a call needs a
+  process (so a child that dies while idle is not restarted in a loop);
+* a *running* call that is cancelled (its job timed out or was aborted) has its child killed, and
+  the next call gets a new one. The executor cannot stop a running call: a runaway decode would
+  keep its core busy after its job had ended, and every later job would wait behind it. A child
+  killed mid-write leaves only a temporary file (outputs are written atomically), which the
+  worker's janitor removes.
 
 >>> import asyncio, math
 >>> async def main():
@@ -207,6 +213,7 @@ class ProcessPool(Executor):
                 return
             self._queued.popleft()
             child.call = future
+            future.add_done_callback(functools.partial(self._call_done, child))
             try:
                 sent = child.sock.send(frame)
             except BlockingIOError:
@@ -218,6 +225,14 @@ class ProcessPool(Executor):
                 task = asyncio.ensure_future(self._send_rest(child, memoryview(frame)[sent:]), loop=self._loop)
                 self._sending.add(task)
                 task.add_done_callback(self._sending.discard)
+
+    def _call_done(self, child: _Child, future: asyncio.Future[Any]) -> None:
+        """A running call cancelled by its caller: stop its child (see the module doc)."""
+        if future.cancelled() and child.call is future:
+            child.call = None
+            child.process.kill()
+            self._close(child, None)
+            self._dispatch()
 
     async def _send_rest(self, child: _Child, rest: memoryview) -> None:
         try:
