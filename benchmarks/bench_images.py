@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -121,16 +122,7 @@ def pixel_ceiling(paths: list[str], rounds: int) -> tuple[float, float]:
         for key, spec in specs.items():
             imaging.render_outputs(imaging.decode(data, [spec.box]), {key: spec})
 
-    seen: dict[Callable[[bytes], None], list[float]] = {one_decode: [], separate: []}
-    for fn in seen:  # warm up
-        fn(datas[0])
-    for _ in range(rounds):
-        for fn, times in seen.items():
-            started = time.process_time()
-            for data in datas:
-                fn(data)
-            times.append((time.process_time() - started) / len(datas))
-    return float(np.median(seen[one_decode])), float(np.median(seen[separate]))
+    return _alternating_cpu(one_decode, separate, datas, rounds)
 
 
 def job_ceiling(paths: list[str], method: str, out_dir: Path, rounds: int) -> tuple[float, float]:
@@ -144,22 +136,29 @@ def job_ceiling(paths: list[str], method: str, out_dir: Path, rounds: int) -> tu
     spec = {"thumbnail": imaging.OutputSpec(BOX, "jpeg", QUALITY)}
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    def job(i: int, path: str) -> None:
-        make_outputs(path, spec, str(out_dir / "storage"), f"c{i}")
+    def job(item: tuple[int, str]) -> None:
+        make_outputs(item[1], spec, str(out_dir / "storage"), f"c{item[0]}")
 
-    def direct(i: int, path: str) -> None:
-        direct_job(method, path, str(out_dir / f"c{i}.jpg"))
+    def direct(item: tuple[int, str]) -> None:
+        direct_job(method, item[1], str(out_dir / f"c{item[0]}.jpg"))
 
-    seen: dict[Callable[[int, str], None], list[float]] = {job: [], direct: []}
-    for fn in seen:  # warm up
-        fn(0, paths[0])
+    return _alternating_cpu(job, direct, list(enumerate(paths)), rounds)
+
+
+def _alternating_cpu(a: Callable[[Any], None], b: Callable[[Any], None], items: list[Any],
+                     rounds: int) -> tuple[float, float]:
+    """Median CPU seconds per item of ``a`` and of ``b`` over ``items``, in this process: one warm-up
+    call each, then ``rounds`` rounds, each running ``a`` then ``b`` over every item."""
+    seen: dict[Callable[[Any], None], list[float]] = {a: [], b: []}
+    for fn in seen:
+        fn(items[0])
     for _ in range(rounds):
         for fn, times in seen.items():
             started = time.process_time()
-            for i, path in enumerate(paths):
-                fn(i, path)
-            times.append((time.process_time() - started) / len(paths))
-    return float(np.median(seen[job])), float(np.median(seen[direct]))
+            for item in items:
+                fn(item)
+            times.append((time.process_time() - started) / len(items))
+    return float(np.median(seen[a])), float(np.median(seen[b]))
 
 
 METHODS: dict[str, Callable[[str], Image.Image]] = {
