@@ -158,7 +158,7 @@ async def run_cpu(ctx: dict[str, Any], fn: Callable[..., Any], *args: Any, **kwa
     if pool is None:
         return await asyncio.to_thread(functools.partial(fn, *args, **kwargs))
     try:
-        if isinstance(pool, ProcessPool):
+        if isinstance(pool, ProcessPool):  # its own future: no thread-safe Future and self-pipe write a call
             return await pool.run(fn, *args, **kwargs)
         return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(fn, *args, **kwargs))
     except BrokenProcessPool:

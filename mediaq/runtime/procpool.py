@@ -4,10 +4,10 @@
 call runs in one of N processes, its result or exception comes back), without the executor's
 threads. ``ProcessPoolExecutor`` hands every call from the event loop to a manager thread, then to
 a feeder thread that writes the pipe, and every result back the same way: four thread wake-ups and
-a self-pipe write a call, which on a 2-core machine whose cores are busy with the pool's own work
-cost the worker's main process 0.6-0.9 ms a call (``benchmarks/bench_images.py``). Here each child
-has one socket; the event loop writes a call to an idle child's socket and reads the result when
-the socket is readable: 0.15-0.23 ms a call, measured side by side on 8 ms calls.
+a self-pipe write a call. Here each child has one socket; the event loop writes a call to an idle
+child's socket and reads the result when the socket is readable. On 8 ms calls with both cores busy
+in the pool, the worker's main process spends 0.07 ms a call against the executor's 0.31 ms
+(``benchmarks/bench_pool.py``, side by side).
 
 What stays as with ``ProcessPoolExecutor``, since :func:`~mediaq.runtime.jobspec.run_cpu` and its
 callers depend on it:
