@@ -3,7 +3,7 @@ library's ``concurrent.futures.ProcessPoolExecutor``, which the worker used befo
 and against ``anyio.to_process.run_sync`` (anyio comes with httpx), the library that does the same
 without threads: the reason mediaq has a pool of its own is in these rows.
 
-Both pools as the worker makes them: 2 processes (one per core here), ``forkserver``, the same
+Each pool as the worker would make it: 2 processes (one per core here), ``forkserver``, the same
 initializer; an event loop keeps at most 10 calls in flight (the worker's ``max_jobs``), the
 executor's through ``loop.run_in_executor`` as arq's own process-pool recipe does. Two call sizes:
 
@@ -25,6 +25,9 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
+
+import anyio
+import anyio.to_process
 
 from benchmarks._harness import BenchContext, row
 from mediaq.runtime.jobspec import exit_with_parent
@@ -64,9 +67,6 @@ async def _bench(ctx: BenchContext) -> list[dict]:
     loop = asyncio.get_running_loop()
     executor = ProcessPoolExecutor(PROCESSES, mp_context=mp, initializer=exit_with_parent)
     pool = ProcessPool(PROCESSES, mp_context=mp, initializer=exit_with_parent)
-    import anyio
-    import anyio.to_process
-
     limiter = anyio.CapacityLimiter(PROCESSES)
     sides: dict[str, Callable[[float], Awaitable[Any]]] = {
         "executor": lambda ms: loop.run_in_executor(executor, spin, ms),
